@@ -1,0 +1,48 @@
+"""Robust intensity statistics of a whole volume, for normalising network input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["robust_stats"]
+
+_IQR_TO_SIGMA = 1.349  # IQR of a unit normal distribution
+
+
+def robust_stats(volume: np.ndarray, *, max_samples: int = 1 << 22) -> tuple[float, float]:
+    """Median and robust standard deviation (IQR / 1.349) of the finite voxels of `volume`.
+
+    Statistics come from the whole volume, not per tile, so every tile is normalised alike. A
+    volume larger than `max_samples` voxels is subsampled on a regular strided grid, which reads
+    only those voxels from a memmap and copies no more than `max_samples` values.
+
+    Parameters
+    ----------
+    volume : ndarray of real dtype, any shape
+    max_samples : int, default=4194304
+
+    Returns
+    -------
+    center, scale : float
+        `scale` falls back to the standard deviation, then to 1.0, for (near-)constant volumes.
+
+    Raises
+    ------
+    ValueError
+        If the volume holds no finite value.
+    """
+    n = volume.size
+    step = max(1, math.ceil((n / max_samples) ** (1.0 / max(volume.ndim, 1)))) if n > max_samples else 1
+    sample = np.asarray(volume[(slice(None, None, step),) * volume.ndim], dtype=np.float64).ravel()
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        raise ValueError("volume holds no finite values (all NaN or Inf)")
+    q25, med, q75 = np.percentile(sample, [25, 50, 75])
+    scale = (q75 - q25) / _IQR_TO_SIGMA
+    if not scale > 0:
+        scale = float(sample.std())
+    if not scale > 0:
+        scale = 1.0
+    return float(med), float(scale)

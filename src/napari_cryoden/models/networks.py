@@ -1,0 +1,289 @@
+"""3D denoising networks and discriminators of van Gijn (2019).
+
+All networks take and return tensors of shape ``(N, C, Z, Y, X)``. Generators map a one-channel
+noisy volume to a one-channel denoised volume of the same shape; the spatial size must be a
+multiple of the network's :attr:`stride`.
+
+The published listing (thesis appendix B) applies *one* module at every level of the encoder and
+decoder, so the weights are shared across levels. That is kept as the faithful variant
+(``shared_weights=True``, the default). ``shared_weights=False`` gives every level its own
+weights, as the figures in section 3 draw the networks.
+
+Fixes to the listing
+--------------------
+* The SimpleAutoEncoder body was mis-indented and its shape comments were wrong
+  (``16^3 x 32`` is ``16^3 x 16``); the layer sizes are as in the code.
+* The Pix2PixDiscriminator ended in a ``Sigmoid`` marked "manual edit". A WGAN-GP critic must be
+  unbounded (Gulrajani et al. 2017), and a GAN discriminator is trained more stably on logits, so
+  the sigmoid is gone and both discriminators return logits / critic scores.
+* SimpleDiscriminator took a packed two-channel tensor while Pix2PixDiscriminator took two
+  tensors; both now take ``(noisy, candidate)``. SimpleDiscriminator's flat size was fixed to
+  64^3 inputs; it now follows the patch size.
+* Pix2PixDiscriminator can drop batch normalisation (``norm=None``), as a WGAN-GP critic should:
+  the gradient penalty is defined per sample (Gulrajani et al. 2017, section 4).
+
+References
+----------
+.. [1] van Gijn, D. (2019). Denoising Cryo-Electron Tomograms Using Deep Learning. Master's
+   thesis, Utrecht University, sections 3.2-3.8 and appendix B.
+.. [2] Isola, P. et al. (2017). Image-to-image translation with conditional adversarial
+   networks. CVPR, 1125-1134. doi:10.1109/CVPR.2017.632
+.. [3] Gulrajani, I. et al. (2017). Improved Training of Wasserstein GANs. NeurIPS 30.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "SimpleAutoEncoder",
+    "Unet48",
+    "UpsampleUnet48",
+    "SimpleDiscriminator",
+    "Pix2PixDiscriminator",
+    "FINAL_ACTIVATIONS",
+]
+
+
+def _final_activation(name: str) -> nn.Module:
+    try:
+        return FINAL_ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(
+            f"final_activation must be one of {sorted(FINAL_ACTIVATIONS)}, got {name!r}"
+        ) from None
+
+
+FINAL_ACTIVATIONS = {"softplus": nn.Softplus, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+
+
+def _conv_block(cin: int, cout: int, k: int, stride: int = 1) -> nn.Sequential:
+    """Conv3d -> ReLU -> BatchNorm3d, the block of every thesis generator (appendix B)."""
+    return nn.Sequential(
+        nn.Conv3d(cin, cout, k, stride=stride, padding=k // 2),
+        nn.ReLU(inplace=True),
+        nn.BatchNorm3d(cout),
+    )
+
+
+def _up_block(cin: int, cout: int) -> nn.Sequential:
+    """ConvTranspose3d (k=5, stride 2) -> ReLU -> BatchNorm3d: doubles the spatial size."""
+    return nn.Sequential(
+        nn.ConvTranspose3d(cin, cout, 5, stride=2, padding=2, output_padding=1),
+        nn.ReLU(inplace=True),
+        nn.BatchNorm3d(cout),
+    )
+
+
+def _levels(make, n: int, shared: bool) -> nn.ModuleList:
+    """One module reused at all ``n`` levels (shared) or ``n`` independent modules."""
+    return nn.ModuleList([make() for _ in range(1 if shared else n)])
+
+
+class _Generator(nn.Module):
+    """Common interface: ``stride`` is the factor the spatial size must be divisible by."""
+
+    stride: int = 1
+
+    @staticmethod
+    def _pick(mods: nn.ModuleList, i: int) -> nn.Module:
+        return mods[min(i, len(mods) - 1)]
+
+
+class SimpleAutoEncoder(_Generator):
+    """Eight-layer strided convolutional auto-encoder (thesis section 3.2).
+
+    Four stride-2 5^3 convolutions take ``64^3 x 1`` to ``4^3 x 256`` (channels 4, 16, 64, 256),
+    and four transposed convolutions mirror them.
+
+    Parameters
+    ----------
+    final_activation : {"sigmoid", "softplus", "identity"}, default="sigmoid"
+        The listing ends in a sigmoid, which needs targets in [0, 1].
+    """
+
+    stride = 16
+
+    def __init__(self, final_activation: str = "sigmoid"):
+        super().__init__()
+        a, b, c, d = 4, 16, 64, 256
+        self.network = nn.Sequential(
+            nn.BatchNorm3d(1),
+            _conv_block(1, a, 5, 2),
+            _conv_block(a, b, 5, 2),
+            _conv_block(b, c, 5, 2),
+            _conv_block(c, d, 5, 2),
+            _up_block(d, c),
+            _up_block(c, b),
+            _up_block(b, a),
+            nn.ConvTranspose3d(a, 1, 5, stride=2, padding=2, output_padding=1),
+            _final_activation(final_activation),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+
+class Unet48(_Generator):
+    """U-Net with 48 channels, strided encoder and transposed-convolution decoder (section 3.5).
+
+    Encoder: ``64^3 -> 32^3 -> 16^3 -> 8^3`` (5^3 kernels, stride 2), a bottleneck down to 4^3
+    and back, then three decoder steps that concatenate the skip connection, convolve (3^3) and
+    upsample by a transposed convolution, and a last 3^3 block that also sees the input.
+
+    Parameters
+    ----------
+    ch : int, default=48
+        Channels of every intermediate feature map.
+    shared_weights : bool, default=True
+        Reuse one encoder module (levels 2 and 3) and one decoder module (all three levels), as in
+        the published listing. ``False`` gives each level its own weights.
+    final_activation : {"softplus", "sigmoid", "identity"}, default="softplus"
+    """
+
+    stride = 16
+
+    def __init__(self, ch: int = 48, *, shared_weights: bool = True, final_activation: str = "softplus"):
+        super().__init__()
+        self.ch, self.shared_weights = ch, shared_weights
+        self.e0 = _conv_block(1, ch, 5, 2)
+        self.e1 = _levels(lambda: _conv_block(ch, ch, 5, 2), 2, shared_weights)
+        self.bot = nn.Sequential(_conv_block(ch, ch, 5, 2), _up_block(ch, ch))
+        self.d0 = _levels(lambda: nn.Sequential(_conv_block(2 * ch, ch, 3), _up_block(ch, ch)), 3, shared_weights)
+        self.d3 = nn.Sequential(
+            _conv_block(ch + 1, ch, 3),
+            nn.Conv3d(ch, 1, 3, padding=1),
+            _final_activation(final_activation),
+        )
+
+    def forward(self, x64: torch.Tensor) -> torch.Tensor:
+        x32 = self.e0(x64)
+        x16 = self._pick(self.e1, 0)(x32)
+        x8 = self._pick(self.e1, 1)(x16)
+        out = self.bot(x8)
+        for i, skip in enumerate((x8, x16, x32)):
+            out = self._pick(self.d0, i)(torch.cat((out, skip), 1))
+        return self.d3(torch.cat((out, x64), 1))
+
+
+class UpsampleUnet48(_Generator):
+    """U-Net with 48 channels and nearest-neighbour upsampling in the decoder (sections 3.6-3.7).
+
+    A 3^3 input block, three stride-2 5^3 "narrow" blocks (``64^3 -> 8^3``), and three decoder
+    steps that upsample by nearest neighbour (Odena et al. 2016, against checkerboard artefacts),
+    concatenate the skip connection and convolve (3^3). A 3^3 convolution gives one channel.
+
+    Parameters
+    ----------
+    ch : int, default=48
+    shared_weights : bool, default=True
+        Reuse one "narrow" module at all three encoder levels and one "convolve" module at all
+        three decoder levels, as in the published listing. ``False`` gives each level its own.
+    final_activation : {"softplus", "sigmoid", "identity"}, default="softplus"
+        The listing ends in a softplus (non-negative densities). Models that work on normalised,
+        zero-centred tomograms use ``"identity"``.
+    """
+
+    stride = 8
+
+    def __init__(self, ch: int = 48, *, shared_weights: bool = True, final_activation: str = "softplus"):
+        super().__init__()
+        self.ch, self.shared_weights = ch, shared_weights
+        self.input = _conv_block(1, ch, 3)
+        self.narrow = _levels(lambda: _conv_block(ch, ch, 5, 2), 3, shared_weights)
+        self.convolve = _levels(lambda: _conv_block(2 * ch, ch, 3), 3, shared_weights)
+        self.output = nn.Sequential(nn.Conv3d(ch, 1, 3, padding=1), _final_activation(final_activation))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x64 = self.input(x)
+        x32 = self._pick(self.narrow, 0)(x64)
+        x16 = self._pick(self.narrow, 1)(x32)
+        out = self._pick(self.narrow, 2)(x16)
+        for i, skip in enumerate((x16, x32, x64)):
+            up = F.interpolate(out, scale_factor=2, mode="nearest")
+            out = self._pick(self.convolve, i)(torch.cat((up, skip), 1))
+        return self.output(out)
+
+
+class SimpleDiscriminator(nn.Module):
+    """Strided convolutional discriminator with a fully connected head (thesis section 3.7).
+
+    Four stride-2 5^3 convolutions (48, 48, 48, 64 channels, LeakyReLU 0.2, batch norm) and four
+    linear layers, each 8 times narrower than the last. It is conditional: it sees the noisy
+    volume and a candidate (real or generated) as two channels.
+
+    Parameters
+    ----------
+    patch : int, default=64
+        Edge of the cubic input; a multiple of 16 and at least 32.
+
+    Returns a logit of shape ``(N, 1)``.
+    """
+
+    def __init__(self, patch: int = 64):
+        super().__init__()
+        if patch % 16 or patch < 32:
+            raise ValueError(f"patch must be a multiple of 16 and >= 32, got {patch}")
+        a, b, c, d = 48, 48, 48, 64
+        e = d * (patch // 16) ** 3
+        f, g, h = max(e // 8, 1), max(e // 64, 1), max(e // 512, 1)
+
+        def conv(cin, cout):
+            return [nn.Conv3d(cin, cout, 5, stride=2, padding=2), nn.LeakyReLU(0.2, True), nn.BatchNorm3d(cout)]
+
+        def lin(cin, cout):
+            return [nn.Linear(cin, cout), nn.LeakyReLU(0.2, True), nn.BatchNorm1d(cout)]
+
+        self.network = nn.Sequential(
+            *conv(2, a), *conv(a, b), *conv(b, c), *conv(c, d),
+            nn.Flatten(1),
+            *lin(e, f), *lin(f, g), *lin(g, h),
+            nn.Linear(h, 1),
+        )
+
+    def forward(self, noisy: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        return self.network(torch.cat((noisy, candidate), 1))
+
+
+class Pix2PixDiscriminator(nn.Module):
+    """3D PatchGAN discriminator / critic adapted from pix2pix (Isola et al. 2017; thesis 3.8).
+
+    Four stride-2 4^3 convolutions (64, 128, 256, 512 channels, LeakyReLU 0.2) and a final 4^3
+    convolution to one channel: one score per patch of the input.
+
+    Parameters
+    ----------
+    norm : {"batch", None}, default="batch"
+        Normalisation after blocks 2-4 (the listing uses batch norm). Use ``None`` for a WGAN-GP
+        critic.
+    base : int, default=64
+        Channels of the first block; later blocks double it.
+
+    Returns scores of shape ``(N, 1, z, y, x)``: logits for a GAN, critic values for WGAN-GP.
+    """
+
+    def __init__(self, norm: str | None = "batch", base: int = 64):
+        super().__init__()
+        if norm not in ("batch", None):
+            raise ValueError(f"norm must be 'batch' or None, got {norm!r}")
+
+        def block(cin, cout, use_norm):
+            layers = [nn.Conv3d(cin, cout, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+            if use_norm and norm == "batch":
+                layers.append(nn.BatchNorm3d(cout))
+            return layers
+
+        c = base
+        self.model = nn.Sequential(
+            *block(2, c, False),
+            *block(c, 2 * c, True),
+            *block(2 * c, 4 * c, True),
+            *block(4 * c, 8 * c, True),
+            nn.ZeroPad3d((1, 0, 1, 0, 1, 0)),
+            nn.Conv3d(8 * c, 1, 4, padding=1, bias=False),
+        )
+
+    def forward(self, noisy: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.cat((noisy, candidate), 1))

@@ -1,0 +1,258 @@
+"""Model registry: architecture names -> constructors, model names -> safetensors + JSON card.
+
+A model is two files side by side: ``<name>.safetensors`` (weights only, no pickle) and
+``<name>.json`` (the model card). The card names an architecture from the fixed table
+:data:`ARCHITECTURES` and its keyword arguments; nothing in a card can make the program import or
+run code. The card's ``sha256`` must match the weights file, and the tensors must fit the
+architecture exactly, or the model is refused with a :class:`ModelError`.
+
+Built-in models live in the package's ``zoo`` folder (the repository's ``models/``); user models
+(fine-tuned ones) in ``platformdirs.user_data_dir("napari-cryoden")/models``, or in the folder
+named by the environment variable ``CRYODEN_USER_MODELS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import networks
+
+__all__ = [
+    "ARCHITECTURES",
+    "DEFAULT_MODEL",
+    "LoadedModel",
+    "ModelError",
+    "available_models",
+    "build",
+    "builtin_model_dir",
+    "load_model",
+    "save_model",
+    "user_model_dir",
+]
+
+DEFAULT_MODEL = "upsampleunet48-gan"
+
+#: Architecture name -> (constructor, keyword arguments a card may set, spatial dimensions).
+ARCHITECTURES: dict[str, tuple[type[nn.Module], frozenset[str], int]] = {
+    "UpsampleUnet48": (networks.UpsampleUnet48, frozenset({"ch", "shared_weights", "final_activation"}), 3),
+    "Unet48": (networks.Unet48, frozenset({"ch", "shared_weights", "final_activation"}), 3),
+    "SimpleAutoEncoder": (networks.SimpleAutoEncoder, frozenset({"final_activation"}), 3),
+}
+
+_CARD_REQUIRED = ("name", "architecture", "arch_kwargs", "sha256", "voxel_size_A", "normalization")
+_ALLOWED_KWARG_TYPES = (bool, int, float, str)
+
+
+class ModelError(ValueError):
+    """A model is missing, malformed, does not match its card, or does not fit its architecture."""
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference, with its card.
+
+    Attributes
+    ----------
+    name : str
+    module : torch.nn.Module
+        In eval mode, on the CPU, float32.
+    card : dict
+        The parsed model card.
+    stride : int
+        Spatial sizes fed to the network must be multiples of this.
+    ndim : int
+        2 for micrograph models, 3 for tomogram models.
+    """
+
+    name: str
+    module: nn.Module
+    card: dict = field(default_factory=dict)
+    stride: int = 1
+    ndim: int = 3
+
+    @classmethod
+    def from_module(cls, module: nn.Module, name: str = "custom", ndim: int = 3) -> "LoadedModel":
+        """Wrap a plain module (tests, freshly trained networks); stride from ``module.stride``."""
+        return cls(name=name, module=module.eval(), stride=int(getattr(module, "stride", 1)), ndim=ndim)
+
+
+def builtin_model_dir() -> Path:
+    """Folder of the shipped models: the installed ``napari_cryoden/zoo`` or the repo's ``models/``."""
+    here = Path(__file__).resolve().parent.parent
+    installed = here / "zoo"
+    if installed.is_dir() and any(installed.glob("*.json")):
+        return installed
+    return here.parent.parent / "models"
+
+
+def user_model_dir() -> Path:
+    """Folder of user (fine-tuned) models; ``$CRYODEN_USER_MODELS`` overrides the platform default."""
+    env = os.environ.get("CRYODEN_USER_MODELS")
+    if env:
+        return Path(env)
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("napari-cryoden", appauthor=False)) / "models"
+
+
+def _model_dirs() -> list[Path]:
+    return [builtin_model_dir(), user_model_dir()]
+
+
+def _read_card(path: Path) -> dict:
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: model card is not valid JSON ({exc})") from None
+    if not isinstance(card, dict):
+        raise ModelError(f"{path}: model card must be a JSON object")
+    missing = [k for k in _CARD_REQUIRED if k not in card]
+    if missing:
+        raise ModelError(f"{path}: model card lacks {', '.join(missing)}")
+    arch = card["architecture"]
+    if arch not in ARCHITECTURES:
+        raise ModelError(f"{path}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    kwargs = card["arch_kwargs"]
+    if not isinstance(kwargs, dict):
+        raise ModelError(f"{path}: arch_kwargs must be a JSON object")
+    allowed = ARCHITECTURES[arch][1]
+    bad = [k for k, v in kwargs.items() if k not in allowed or not isinstance(v, _ALLOWED_KWARG_TYPES)]
+    if bad:
+        raise ModelError(f"{path}: arch_kwargs {bad} not allowed for {arch} (allowed: {sorted(allowed)})")
+    return card
+
+
+def available_models() -> dict[str, dict]:
+    """Every model that can be loaded by name, built-in first; a user model may not shadow one.
+
+    Returns
+    -------
+    dict
+        Model name -> its card (with ``"_path"`` set to the card file). Malformed cards are skipped.
+    """
+    found: dict[str, dict] = {}
+    for folder in _model_dirs():
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.json")):
+            if not path.with_suffix(".safetensors").is_file():
+                continue
+            try:
+                card = _read_card(path)
+            except ModelError:
+                continue
+            found.setdefault(path.stem, {**card, "_path": str(path)})
+    return found
+
+
+def build(architecture: str, **kwargs: Any) -> nn.Module:
+    """Construct an architecture from :data:`ARCHITECTURES` with random weights.
+
+    Raises
+    ------
+    ModelError
+        If the architecture is unknown.
+    """
+    if architecture not in ARCHITECTURES:
+        raise ModelError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[architecture][0](**kwargs)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".json", ".safetensors") and p.exists():
+        return p.with_suffix(".json")
+    for folder in _model_dirs():
+        card = folder / f"{name_or_path}.json"
+        if card.is_file():
+            return card
+    known = ", ".join(available_models()) or "none"
+    raise ModelError(f"no model named {str(name_or_path)!r} (available: {known})")
+
+
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> LoadedModel:
+    """Load a model by registry name or by the path of its card or weights.
+
+    Weights are read with :func:`safetensors.torch.load_file` (never pickle) after their sha256 is
+    checked against the card.
+
+    Raises
+    ------
+    ModelError
+        If no such model exists, the card is malformed, the checksum differs, or the tensors do
+        not fit the declared architecture.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    card_path = _resolve(name_or_path)
+    card = _read_card(card_path)
+    weights = card_path.with_suffix(".safetensors")
+    if not weights.is_file():
+        raise ModelError(f"{card_path}: weights file {weights.name} is missing")
+    digest = _sha256(weights)
+    if digest != card["sha256"]:
+        raise ModelError(f"{weights}: sha256 {digest[:12]}… does not match the model card ({str(card['sha256'])[:12]}…)")
+    arch = card["architecture"]
+    module = build(arch, **card["arch_kwargs"])
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"{weights}: not a readable safetensors file ({exc})") from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelError(f"{weights}: tensors do not fit architecture {arch}: {first}") from None
+    module.eval()
+    return LoadedModel(
+        name=card["name"], module=module, card=card,
+        stride=int(getattr(module, "stride", 1)), ndim=ARCHITECTURES[arch][2],
+    )
+
+
+def save_model(module: nn.Module, folder: str | os.PathLike, name: str, card: dict) -> Path:
+    """Write ``<name>.safetensors`` and ``<name>.json`` atomically into `folder`.
+
+    `card` must hold ``architecture`` and ``arch_kwargs``; ``name`` and ``sha256`` are filled in.
+    Returns the card path.
+    """
+    from safetensors.torch import save_file
+
+    from ..io.atomic import atomic_path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
+             for k, v in module.state_dict().items()}
+    weights = folder / f"{name}.safetensors"
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp))
+    card = {**card, "name": name, "weights": weights.name, "sha256": _sha256(weights)}
+    card.setdefault("voxel_size_A", None)
+    card.setdefault("normalization", NORMALIZATION)
+    card_path = folder / f"{name}.json"
+    with atomic_path(card_path) as tmp:
+        Path(tmp).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    _read_card(card_path)
+    return card_path
+
+
+#: The one normalisation scheme of every shipped model; see :mod:`napari_cryoden.inference.normalize`.
+NORMALIZATION = "robust: (x - median) / (IQR / 1.349), statistics of the whole input volume"
