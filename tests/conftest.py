@@ -1,0 +1,76 @@
+"""Shared fixtures. Core tests never import napari; Qt tests live in tests/napari/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_file(*parts: str) -> Path:
+    """A file of ../shared/data, or skip the test with a reason when it is not there."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data file {path} not available")
+    return path
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def aniso_volume(rng):
+    """Non-constant, anisotropic (Z, Y, X) float32 volume."""
+    z, y, x = np.meshgrid(np.arange(5), np.arange(37), np.arange(41), indexing="ij")
+    return (np.sin(z / 2.0) + np.cos(y / 5.0) * x / 41.0 + 0.1 * rng.normal(size=z.shape)).astype(np.float32)
+
+
+@pytest.fixture
+def mrc_file(tmp_path, aniso_volume):
+    """An MRC file with voxel size (z, y, x) = (3.0, 2.0, 2.0) Å."""
+    import mrcfile
+
+    path = tmp_path / "tomo.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(aniso_volume)
+        mrc.voxel_size = (2.0, 2.0, 3.0)  # mrcfile order: x, y, z
+    return path
+
+
+@pytest.fixture
+def identity_model():
+    """A torch module that returns its input: separates stitching bugs from model quality."""
+    import torch
+
+    class Identity(torch.nn.Module):
+        stride = 8
+
+        def forward(self, x):
+            return x.clone()
+
+    return Identity()
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, monkeypatch):
+    """A user model folder holding 'tiny-test', an untrained 4-channel UpsampleUnet48."""
+    import torch
+
+    from napari_cryoden.models import UpsampleUnet48, save_model
+
+    torch.manual_seed(0)
+    net = UpsampleUnet48(ch=4, final_activation="identity")
+    folder = tmp_path / "user_models"
+    save_model(
+        net, folder, "tiny-test",
+        {"architecture": "UpsampleUnet48", "arch_kwargs": {"ch": 4, "final_activation": "identity"},
+         "description": "untrained test network", "voxel_size_A": 10.0},
+    )
+    monkeypatch.setenv("CRYODEN_USER_MODELS", str(folder))
+    return folder
