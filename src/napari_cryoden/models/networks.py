@@ -211,7 +211,7 @@ class SimpleDiscriminator(nn.Module):
     """Strided convolutional discriminator with a fully connected head (thesis section 3.7).
 
     Four stride-2 5^3 convolutions (48, 48, 48, 64 channels, LeakyReLU 0.2, batch norm) and four
-    linear layers, each 8 times narrower than the last. It is conditional: it sees the noisy
+    linear layers, each 8 times narrower than the last (at least 8 wide). It is conditional: it sees the noisy
     volume and a candidate (real or generated) as two channels.
 
     Parameters
@@ -228,7 +228,7 @@ class SimpleDiscriminator(nn.Module):
             raise ValueError(f"patch must be a multiple of 16 and >= 32, got {patch}")
         a, b, c, d = 48, 48, 48, 64
         e = d * (patch // 16) ** 3
-        f, g, h = max(e // 8, 1), max(e // 64, 1), max(e // 512, 1)
+        f, g, h = max(e // 8, 8), max(e // 64, 8), max(e // 512, 8)  # >= 8 wide for small patches
 
         def conv(cin, cout):
             return [nn.Conv3d(cin, cout, 5, stride=2, padding=2), nn.LeakyReLU(0.2, True), nn.BatchNorm3d(cout)]

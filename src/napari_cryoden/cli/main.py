@@ -1,0 +1,442 @@
+"""The ``cryoden`` command: parse arguments, call the core, turn the outcome into an exit status.
+
+The CLI is a thin layer over the core (:mod:`napari_cryoden.io`, :mod:`~napari_cryoden.models`,
+:mod:`~napari_cryoden.inference`). This module imports only the standard library at import time;
+each subcommand imports what it needs when it runs, so ``cryoden --help`` never imports torch.
+
+Subcommands live in :data:`SUBCOMMANDS`, a table keyed by name: adding ``simulate``, ``train``,
+``metrics`` or ``benchmark`` means writing an ``_add_<name>(parser)`` and a ``_run_<name>(args)``
+and adding one entry.
+
+Exit statuses
+-------------
+0
+    Success.
+1
+    The run failed for a reason outside the arguments (disk full, permission denied, out of
+    memory); one line ``cryoden: error: ...`` on stderr.
+2
+    Bad input: a missing, non-MRC, corrupt or truncated file, a bad option value, an unknown
+    model, an output that exists or is the input. One line ``cryoden: error: ...`` on stderr, no
+    traceback, and no output file (nor temporary file) is left behind.
+130
+    Interrupted (Ctrl-C); no partial output is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence, TextIO
+
+__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "SUBCOMMANDS", "main"]
+
+PROG = "cryoden"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: Shown in ``--help`` without importing torch; a test keeps it equal to
+#: :data:`napari_cryoden.models.DEFAULT_MODEL`.
+DEFAULT_MODEL = "upsampleunet48-gan"
+#: Relative difference between the input's and the model's voxel size above which a note is printed.
+VOXEL_SIZE_TOLERANCE = 0.5
+
+
+class CliError(Exception):
+    """A problem with the user's input, found by the CLI itself: exit status 2."""
+
+
+class _UsageError(Exception):
+    """Raised by :class:`_Parser` instead of printing argparse's multi-line usage and exiting."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``cryoden: error: ...``."""
+
+    def error(self, message: str):  # noqa: D102 (argparse API)
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line (name of the exception type when it has none)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.strerror:
+        name = exc.filename if exc.filename is not None else ""
+        text = f"{name}: {exc.strerror}" if name else exc.strerror
+    return text or type(exc).__name__
+
+
+def _error(message: str, stream: TextIO | None = None) -> None:
+    print(f"{PROG}: error: {message}", file=stream or sys.stderr, flush=True)
+
+
+def _note(message: str) -> None:
+    print(f"{PROG}: note: {message}", file=sys.stderr, flush=True)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _format_voxel_size(voxel_size: Sequence[float]) -> str:
+    """``'10.52 Å'`` when isotropic, else ``'(12, 10, 10) Å (Z, Y, X)'``."""
+    values = [float(v) for v in voxel_size]
+    if len(set(values)) == 1:
+        return f"{values[0]:g} Å"
+    axes = "ZYX"[-len(values):] if len(values) <= 3 else None
+    joined = ", ".join(f"{v:g}" for v in values)
+    return f"({joined}) Å" + (f" ({', '.join(axes)})" if axes else "")
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class ProgressBar:
+    """A small textual progress bar for ``(done, total)`` reports, written to a stream.
+
+    On a terminal the bar is redrawn in place (at most ten times a second); otherwise a line is
+    written each time another tenth of the work is done, so log files stay short.
+
+    Parameters
+    ----------
+    label : str
+        Written before the bar.
+    stream : text stream, optional
+        Default: ``sys.stderr``.
+    width : int, default=30
+        Characters of the bar itself.
+    """
+
+    def __init__(self, label: str, stream: TextIO | None = None, *, width: int = 30):
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        try:
+            self.tty = bool(self.stream.isatty())
+        except (AttributeError, ValueError):
+            self.tty = False
+        self._start = time.perf_counter()
+        self._last_draw = -1.0
+        self._last_tenth = 0
+        self._open = False  # a line without its newline is on a terminal
+        self._drawn = 0  # length of the text on that line
+
+    def _text(self, done: int, total: int) -> str:
+        frac = done / total if total else 1.0
+        filled = int(round(self.width * frac))
+        elapsed = time.perf_counter() - self._start
+        text = (f"{self.label} [{'#' * filled}{'-' * (self.width - filled)}] "
+                f"{done}/{total} tiles {100 * frac:3.0f}%  {_format_seconds(elapsed)}")
+        if 0 < done < total:
+            text += f" (~{_format_seconds(elapsed * (total - done) / done)} left)"
+        return text
+
+    def update(self, done: int, total: int) -> None:
+        """Report that `done` of `total` tiles are finished."""
+        if self.tty:
+            now = time.perf_counter()
+            if done < total and now - self._last_draw < 0.1:
+                return
+            self._last_draw = now
+            text = self._text(done, total)
+            self.stream.write("\r" + text.ljust(self._drawn))  # blank what a longer line left
+            self._drawn = len(text)
+            self._open = True
+            if done >= total:
+                self.close()
+        else:
+            tenth = 10 * done // total if total else 10
+            if tenth > self._last_tenth:
+                self._last_tenth = tenth
+                self.stream.write(self._text(done, total) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the bar's line (call it before printing anything else to the stream)."""
+        if self._open:
+            self.stream.write("\n")
+            self._drawn = 0
+            self.stream.flush()
+            self._open = False
+
+
+# --------------------------------------------------------------------------------------------
+# cryoden denoise
+
+_DENOISE_DESCRIPTION = """\
+Denoise a cryo-ET tomogram (an MRC file) with a pretrained network, tile by
+tile, and write the result as a float32 MRC file with the input's voxel size
+and intensity scale. OUTPUT is never the input file (not even with
+--overwrite), and an existing OUTPUT is replaced only with --overwrite. The
+result is written to a temporary file and renamed when complete, so a failed
+or interrupted run leaves nothing behind.
+"""
+
+_DENOISE_EPILOG = """\
+examples:
+  cryoden denoise tomo.mrc tomo_denoised.mrc
+  cryoden denoise tomo.rec out.mrc --device cpu --tile 96 --overlap 16
+
+exit status: 0 success, 1 run failed, 2 bad input or option, 130 interrupted.
+"""
+
+
+def _add_denoise(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", metavar="INPUT", help="tomogram to denoise (.mrc .rec .map .st .ali, optionally .gz/.bz2)")
+    p.add_argument("output", metavar="OUTPUT", help="denoised tomogram to write (float32 MRC)")
+    p.add_argument("--model", metavar="NAME", default=None,
+                   help=f"registry name or card path of the network (default: {DEFAULT_MODEL}); "
+                        "see 'cryoden models'")
+    p.add_argument("--tile", metavar="N", type=_positive_int, default=None,
+                   help="largest tile edge in voxels, a multiple of the network stride "
+                        "(default: 128 on the CPU, 256 on CUDA)")
+    p.add_argument("--overlap", metavar="N", type=_non_negative_int, default=None,
+                   help="voxels discarded on each side of every tile; 2*N must be a multiple of the "
+                        "network stride (default: from the model card, else 16)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the network runs; auto takes CUDA when available (default: auto)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autocast dtype of the forward pass; the output is float32 either way "
+                        "(default: auto)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (never the input)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
+
+
+def _check_output(src: Path, dst: Path, *, overwrite: bool) -> None:
+    """Refuse an output that is the input, exists without `overwrite`, or has no folder."""
+    from ..io import same_file
+
+    if same_file(src, dst):
+        raise CliError(f"OUTPUT {dst} is the input file; choose another output name")
+    if dst.is_dir():
+        raise CliError(f"OUTPUT {dst} is a folder; give a file name")
+    if (dst.exists() or dst.is_symlink()) and not overwrite:
+        raise CliError(f"OUTPUT {dst} exists; pass --overwrite to replace it")
+    folder = dst.parent
+    if not folder.is_dir():
+        raise CliError(f"OUTPUT folder {folder} does not exist")
+
+
+def _voxel_size_note(input_voxel_size: Sequence[float], known: bool, model) -> str | None:
+    """A note when the input's pixel size is far from the one the model was trained at."""
+    trained = model.card.get("voxel_size_A") if isinstance(model.card, dict) else None
+    if not known or not isinstance(trained, (int, float)) or trained <= 0:
+        return None
+    xy = sum(input_voxel_size[-2:]) / 2
+    if abs(xy - trained) / trained <= VOXEL_SIZE_TOLERANCE:
+        return None
+    return (f"model {model.name!r} was trained at {trained:g} Å/voxel and the input is {xy:g} Å/voxel; "
+            "the network is not rescaled, so results may be poor (bin or pick another model)")
+
+
+def _run_denoise(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    from ..io import read_mrc, write_mrc
+
+    src, dst = Path(args.input), Path(args.output)
+    _check_output(src, dst, overwrite=args.overwrite)
+    volume = read_mrc(src)
+
+    from ..inference import iter_denoise, resolve_device, resolve_precision
+    from ..models import load_model
+
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    model = load_model(args.model or DEFAULT_MODEL)
+
+    steps = iter_denoise(volume.data, model, tile=args.tile, overlap=args.overlap,
+                         device=str(device), precision=precision)
+    bar = None if args.quiet else ProgressBar(f"denoising {src.name}")
+    try:
+        # Arguments are checked before the first report, so a bad value ends here with one line.
+        done, total = next(steps)
+        note = _voxel_size_note(volume.voxel_size, volume.metadata.get("voxel_size_known", True), model)
+        if note and not args.quiet:
+            _note(note)
+        while True:
+            if bar is not None:
+                bar.update(done, total)
+            try:
+                done, total = next(steps)
+            except StopIteration as stop:
+                result = stop.value
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        steps.close()
+
+    write_mrc(dst, result, volume.voxel_size, overwrite=args.overwrite, protect=(src,),
+              label=f"cryoden {model.name}")
+    if not args.quiet:
+        print(f"{PROG}: wrote {dst}: shape {tuple(result.shape)}, voxel size "
+              f"{_format_voxel_size(volume.voxel_size)}, model {model.name} ({device.type}, {precision}), "
+              f"{total} tiles, {time.perf_counter() - start:.1f} s", flush=True)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# cryoden models
+
+
+def _add_models(p: argparse.ArgumentParser) -> None:
+    del p  # no options yet
+
+
+def _short_description(card: dict, limit: int = 100) -> str:
+    text = str(card.get("description") or card.get("architecture") or "").strip()
+    text = text.splitlines()[0] if text else "(no description)"
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    del args
+    from ..models import DEFAULT_MODEL as default, available_models, builtin_model_dir, user_model_dir
+
+    models = available_models()
+    if not models:
+        _note(f"no models found in {builtin_model_dir()} or {user_model_dir()}")
+        return EXIT_OK
+    width = max(len(name) for name in models)
+    for name, card in models.items():
+        extra = []
+        if isinstance(card.get("voxel_size_A"), (int, float)):
+            extra.append(f"{card['voxel_size_A']:g} Å/voxel")
+        if name == default:
+            extra.append("default")
+        tail = f" [{', '.join(extra)}]" if extra else ""
+        print(f"{name:<{width}}  {_short_description(card)}{tail}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# The dispatch table and the entry point
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``cryoden`` subcommand.
+
+    Attributes
+    ----------
+    help : str
+        One line for ``cryoden --help``.
+    add_arguments : callable(argparse.ArgumentParser)
+        Declares the subcommand's arguments.
+    run : callable(argparse.Namespace) -> int
+        Does the work and returns the exit status. It imports the core lazily and raises
+        :class:`ValueError` (bad input, exit 2) or :class:`OSError` (exit 1) on failure.
+    description : str, optional
+        Text of ``cryoden <name> --help`` (default: `help`).
+    epilog : str, optional
+    """
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None
+    epilog: str | None = None
+
+
+#: Subcommand name -> :class:`Subcommand`; later: simulate, train, metrics, benchmark.
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "denoise": Subcommand(
+        help="denoise a tomogram (MRC) with a pretrained network",
+        add_arguments=_add_denoise, run=_run_denoise,
+        description=_DENOISE_DESCRIPTION, epilog=_DENOISE_EPILOG,
+    ),
+    "models": Subcommand(
+        help="list the available models, one per line: name, then description",
+        add_arguments=_add_models, run=_run_models,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cryoden`` argument parser, one subparser per entry of :data:`SUBCOMMANDS`."""
+    from .. import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description="Denoise cryo-electron tomograms with neural networks (napari-cryoden).",
+        epilog=f"Run '{PROG} <command> --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
+    for name, cmd in SUBCOMMANDS.items():
+        p = sub.add_parser(
+            name, help=cmd.help, description=cmd.description or cmd.help, epilog=cmd.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        cmd.add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cryoden`` with `argv` (default: ``sys.argv[1:]``) and return the exit status.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+
+    Returns
+    -------
+    int
+        0 success, 1 failure, 2 bad input or option, 130 interrupted (see the module docstring).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    if args.command is None:
+        _error(f"choose a command: {', '.join(SUBCOMMANDS)} (see '{PROG} --help')")
+        return EXIT_USAGE
+
+    try:
+        return SUBCOMMANDS[args.command].run(args)
+    except KeyboardInterrupt:
+        _error("interrupted; nothing was written")
+        return EXIT_INTERRUPTED
+    except (CliError, FileExistsError, ValueError) as exc:  # MrcError and ModelError are ValueErrors
+        _error(_one_line(exc))
+        return EXIT_USAGE
+    except (OSError, MemoryError, RuntimeError) as exc:
+        _error(_one_line(exc))
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
