@@ -1,0 +1,7 @@
+"""napari dock widgets of napari-cryoden (Qt; never imported by the core or by ``napari_cryoden``).
+
+The manifest points straight at :class:`napari_cryoden._widgets.denoise.DenoiseWidget`, so this
+package imports nothing itself: plugin discovery stays free of Qt and torch.
+"""
+
+__all__: list[str] = []

@@ -1,0 +1,422 @@
+"""The Denoise dock widget: image layer + model + tiling options -> worker thread -> new layer.
+
+The widget is thin. :func:`denoise_kwargs` turns its settings into the keyword arguments of
+:func:`napari_cryoden.inference.iter_denoise`, and :func:`denoised_layer_kwargs` builds the
+attributes of the result layer; both are pure functions. The layer's array (a numpy array or a
+read-only memmap, never the layer) goes into a napari ``thread_worker`` that runs the core
+generator; progress comes back through the worker's ``yielded`` signal, and only the main-thread
+handlers touch the viewer. Cancel quits the worker and closes the core generator; nothing is
+added.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Generator
+
+import napari.viewer
+import numpy as np
+import torch
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton, SpinBox
+from napari.layers import Image
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from ..inference import iter_denoise
+from ..models import DEFAULT_MODEL, available_models
+
+__all__ = ["AUTO_OVERLAP", "AUTO_TILE", "DEVICES", "PRECISIONS", "DenoiseWidget", "denoise_kwargs", "denoised_layer_kwargs"]
+
+#: Choices of the device and precision combo boxes (the core's accepted values).
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Spin box values that mean "let the core choose".
+AUTO_TILE = 0
+AUTO_OVERLAP = -1
+_MAX_TILE = 1024
+_MAX_OVERLAP = 256
+
+log = logging.getLogger(__name__)
+
+
+def denoise_kwargs(*, tile: int, overlap: int, device: str, precision: str) -> dict[str, Any]:
+    """Turn the widget's settings into keyword arguments of :func:`~napari_cryoden.inference.iter_denoise`.
+
+    Parameters
+    ----------
+    tile : int
+        Tile edge in voxels; ``0`` (:data:`AUTO_TILE`) lets the core choose.
+    overlap : int
+        Voxels discarded per tile side; ``-1`` (:data:`AUTO_OVERLAP`) lets the core choose.
+    device : {"auto", "cpu", "cuda"}
+    precision : {"auto", "fp32", "bf16", "fp16"}
+
+    Returns
+    -------
+    dict
+        ``tile``, ``overlap`` (``None`` for automatic), ``device`` and ``precision``.
+
+    Raises
+    ------
+    ValueError
+        If a setting is out of range; the message names it. Network constraints (multiples of
+        the stride) are checked by the core.
+
+    Examples
+    --------
+    >>> denoise_kwargs(tile=0, overlap=-1, device="cpu", precision="fp32")
+    {'tile': None, 'overlap': None, 'device': 'cpu', 'precision': 'fp32'}
+    """
+    tile, overlap = int(tile), int(overlap)
+    if tile < 0:
+        raise ValueError(f"tile must be {AUTO_TILE} (automatic) or a positive number of voxels, got {tile}")
+    if overlap < AUTO_OVERLAP:
+        raise ValueError(f"overlap must be {AUTO_OVERLAP} (automatic) or at least 0 voxels, got {overlap}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return {
+        "tile": None if tile == AUTO_TILE else tile,
+        "overlap": None if overlap == AUTO_OVERLAP else overlap,
+        "device": device,
+        "precision": precision,
+    }
+
+
+def denoised_layer_kwargs(
+    name: str,
+    *,
+    scale,
+    translate,
+    contrast_limits,
+    model: str,
+    source_path: str | None = None,
+) -> dict[str, Any]:
+    """Attributes of the layer that shows a denoised copy of the layer `name`.
+
+    The result is in the input's intensity scale (the core never rescales), so it keeps the input
+    layer's scale, translate and contrast limits and the two can be compared side by side.
+
+    Parameters
+    ----------
+    name : str
+        Name of the input layer.
+    scale, translate : sequence of float
+        World units per voxel and offset of the input layer, array axis order.
+    contrast_limits : (2,) sequence of float
+        Contrast limits of the input layer.
+    model : str
+        Name of the model used, kept in the metadata.
+    source_path : str, optional
+        File the input layer was read from; kept as ``metadata["source_path"]`` so that saving
+        the denoised layer never replaces it.
+
+    Returns
+    -------
+    dict
+        Keyword arguments of :meth:`napari.Viewer.add_image`.
+
+    Examples
+    --------
+    >>> kw = denoised_layer_kwargs("tomo", scale=(3, 2, 2), translate=(0, 0, 0),
+    ...                            contrast_limits=(-1, 1), model="m")
+    >>> kw["name"], kw["scale"], kw["contrast_limits"]
+    ('tomo denoised', (3.0, 2.0, 2.0), (-1.0, 1.0))
+    """
+    lo, hi = (float(c) for c in contrast_limits)
+    metadata: dict[str, Any] = {"denoised_from": name, "model": model}
+    if source_path:
+        metadata["source_path"] = str(source_path)
+    return {
+        "name": f"{name} denoised",
+        "scale": tuple(float(s) for s in scale),
+        "translate": tuple(float(t) for t in translate),
+        "contrast_limits": (lo, hi),
+        "metadata": metadata,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failed:
+    """Returned by the job instead of an array when the core refused the input or the model."""
+
+    message: str
+
+
+#: Errors that are the user's to fix: bad input or settings (ValueError, which ModelError and
+#: MrcError are) and running out of memory.
+_USER_ERRORS = (ValueError, MemoryError, torch.cuda.OutOfMemoryError)
+
+
+def _denoise_job(volume: np.ndarray, model: str, kwargs: dict) -> Generator[tuple[int, int], None, Any]:
+    """Run in the worker thread: yield ``(done, total)`` tiles, return the array or a :class:`_Failed`.
+
+    Every exception becomes a :class:`_Failed`, shown by the main thread as one notification;
+    unforeseen ones are also logged with their traceback.
+    """
+    try:
+        return (yield from iter_denoise(volume, model, **kwargs))
+    except Exception as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, _USER_ERRORS) and not isinstance(exc, ValueError):
+            message = f"out of memory ({message}); try a smaller tile size"
+        elif not isinstance(exc, _USER_ERRORS):
+            log.exception("denoising failed")
+            message = f"{type(exc).__name__}: {message}"
+        return _Failed(message)
+
+
+def _drive(job: Generator) -> Generator[tuple[int, int], None, Any]:
+    # The widget keeps `job` so that it can close it (and the core generator) after a cancel.
+    return (yield from job)
+
+
+def _layer_array(layer: Image) -> Any:
+    """The array behind an image layer (level 0 of a multiscale one), without copying it."""
+    if layer.rgb:
+        raise ValueError(f"layer {layer.name!r} is an RGB(A) image; denoising needs a grayscale tomogram")
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def _grid(viewer: napari.viewer.Viewer):
+    """The viewer's grid settings: ``viewer.canvas.grid`` (napari >= 0.9) or ``viewer.grid``."""
+    canvas = getattr(viewer, "canvas", None)
+    grid = getattr(canvas, "grid", None) if canvas is not None else None
+    return grid if grid is not None else viewer.grid
+
+
+class DenoiseWidget(QWidget):
+    """Dock widget that denoises an image layer with a pretrained network.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+    parent : QWidget, optional
+
+    Attributes
+    ----------
+    image, model, device, precision : magicgui ComboBox
+    tile, overlap : magicgui SpinBox
+        ``0`` tile and ``-1`` overlap mean automatic.
+    side_by_side : magicgui CheckBox
+        Mirrors the viewer's grid mode (``viewer.canvas.grid.enabled``, ``viewer.grid`` before
+        napari 0.9).
+    refresh_button, run_button, cancel_button : magicgui PushButton
+    progress_bar : magicgui ProgressBar
+        Tiles done out of the total.
+    worker : GeneratorWorker or None
+        The running job, if any.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._model_cards: dict[str, dict] = {}
+        self.worker = None
+        self._job: Generator | None = None
+        self._pending: dict[str, Any] | None = None
+        self._activity: progress | None = None
+
+        self.image = ComboBox(label="image", choices=self._image_choices)
+        self.model = ComboBox(label="model", choices=())
+        self.refresh_button = PushButton(text="Refresh models", tooltip="Look again for built-in and user models")
+        self.tile = SpinBox(
+            label="tile", value=AUTO_TILE, min=0, max=_MAX_TILE, step=8,
+            tooltip="Tile edge in voxels, a multiple of the network stride; 0 = automatic",
+        )
+        self.overlap = SpinBox(
+            label="overlap", value=AUTO_OVERLAP, min=AUTO_OVERLAP, max=_MAX_OVERLAP,
+            tooltip="Voxels discarded on each tile side; -1 = automatic",
+        )
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.precision = ComboBox(label="precision", choices=PRECISIONS, value="auto")
+        self.side_by_side = CheckBox(
+            text="side by side", value=bool(_grid(viewer).enabled),
+            tooltip="Show the layers next to each other (grid mode)",
+        )
+        self.run_button = PushButton(text="Denoise")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress_bar = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.status = Label(value="")
+        self._container = Container(
+            widgets=[
+                self.image, self.model, self.refresh_button, self.tile, self.overlap, self.device,
+                self.precision, self.side_by_side, self.run_button, self.cancel_button,
+                self.progress_bar, self.status,
+            ]
+        )
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._container.native)
+        layout.addStretch(1)
+
+        self.refresh_button.changed.connect(self.refresh_models)
+        self.model.changed.connect(self._update_model_tooltip)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.side_by_side.changed.connect(self._on_side_by_side)
+        _grid(viewer).events.enabled.connect(self._on_grid_changed)
+        for emitter in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
+            emitter.connect(self._on_layers_changed)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._on_layers_changed)
+        self.refresh_models()
+
+    # ------------------------------------------------------------------ choices
+    def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+
+    def _on_layers_changed(self, event=None) -> None:
+        if event is not None and getattr(event, "type", None) == "inserted":
+            event.value.events.name.connect(self._on_layers_changed)
+        self.image.reset_choices()
+
+    def refresh_models(self, _value=None) -> None:
+        """Read the model registry again (new user models appear without a restart)."""
+        current = self.model.value
+        self._model_cards = available_models()
+        names = list(self._model_cards)
+        self.model.choices = names
+        if current in names:
+            self.model.value = current
+        elif DEFAULT_MODEL in names:
+            self.model.value = DEFAULT_MODEL
+        combo = self.model.native
+        for i, name in enumerate(names):
+            combo.setItemData(i, self._describe(name), Qt.ItemDataRole.ToolTipRole)
+        self._update_model_tooltip()
+
+    def _describe(self, name: str | None) -> str:
+        if not name:
+            return "No model found: train or install one, then press Refresh models"
+        card = self._model_cards.get(name, {})
+        parts = [card.get("description") or name]
+        if card.get("architecture"):
+            parts.append(f"architecture: {card['architecture']}")
+        if card.get("voxel_size_A"):
+            parts.append(f"trained at {card['voxel_size_A']} Å/voxel")
+        return "\n".join(parts)
+
+    def _update_model_tooltip(self, _value=None) -> None:
+        self.model.tooltip = self._describe(self.model.value)
+
+    def reset_choices(self, _event=None) -> None:
+        """Refresh the layer and model lists (napari calls this when layers change)."""
+        self.image.reset_choices()
+        self.refresh_models()
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        """Refresh the model list whenever the widget is shown."""
+        self.refresh_models()
+        super().showEvent(event)
+
+    # ------------------------------------------------------------------ grid
+    def _on_side_by_side(self, value: bool) -> None:
+        _grid(self._viewer).enabled = bool(value)
+
+    def _on_grid_changed(self, event=None) -> None:
+        self.side_by_side.value = bool(_grid(self._viewer).enabled)
+
+    # ------------------------------------------------------------------ run
+    @property
+    def is_running(self) -> bool:
+        """True while a denoising job is in progress."""
+        return self.worker is not None
+
+    def run(self, _value=None) -> None:
+        """Start denoising the selected layer in a worker thread (the Denoise button).
+
+        Problems with the settings show as an error notification; nothing is started then.
+        """
+        if self.is_running:
+            return
+        layer = self.image.value
+        model = self.model.value
+        if layer is None:
+            show_error("Denoise: no image layer selected")
+            return
+        if not model:
+            show_error("Denoise: no model available; train or install one, then press Refresh models")
+            return
+        try:
+            kwargs = denoise_kwargs(
+                tile=self.tile.value, overlap=self.overlap.value,
+                device=self.device.value, precision=self.precision.value,
+            )
+            volume = _layer_array(layer)
+        except ValueError as exc:
+            show_error(f"Denoise: {exc}")
+            return
+        self._pending = denoised_layer_kwargs(
+            layer.name, scale=layer.scale, translate=layer.translate,
+            contrast_limits=layer.contrast_limits, model=model,
+            source_path=(layer.metadata or {}).get("path") or (layer.metadata or {}).get("source_path"),
+        )
+        self._job = _denoise_job(volume, model, kwargs)
+        self.worker = create_worker(
+            _drive, self._job, _start_thread=False,
+            _connect={
+                "yielded": self._on_yielded, "returned": self._on_returned,
+                "errored": self._on_errored, "finished": self._on_finished,
+            },
+        )
+        self._activity = progress(total=0, desc=f"Denoising {layer.name}")
+        self.progress_bar.max, self.progress_bar.value = 1, 0
+        self.status.value = f"denoising {layer.name} with {model}…"
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.worker.start()
+
+    def cancel(self, _value=None) -> None:
+        """Stop the running job after the current tile (the Cancel button); nothing is added."""
+        if self.worker is not None:
+            self.worker.quit()
+            self.cancel_button.enabled = False
+            self.status.value = "cancelling…"
+
+    def _on_yielded(self, value: tuple[int, int]) -> None:
+        done, total = value
+        self.progress_bar.max = max(int(total), 1)
+        self.progress_bar.value = min(int(done), self.progress_bar.max)
+        if self._activity is not None:
+            if self._activity.total != total:
+                self._activity.total = total
+            if done > self._activity.n:
+                self._activity.update(done - self._activity.n)
+
+    def _on_returned(self, result: Any) -> None:
+        pending, self._pending = self._pending, None
+        if isinstance(result, _Failed):
+            self.status.value = "failed"
+            show_error(f"Denoise: {result.message}")
+            return
+        if result is None or pending is None:
+            return
+        self._viewer.add_image(result, **pending)
+        if self.side_by_side.value:
+            _grid(self._viewer).enabled = True
+        self.status.value = f"added {pending['name']!r}"
+
+    def _on_errored(self, exc: BaseException) -> None:
+        # The job turns exceptions into _Failed; anything else napari reports itself.
+        self._pending = None
+        self.status.value = f"failed: {type(exc).__name__}"
+
+    def _on_finished(self) -> None:
+        worker, self.worker = self.worker, None
+        job, self._job = self._job, None
+        if worker is not None and worker.abort_requested:
+            if job is not None:
+                job.close()  # the worker thread has let go of it; this closes the core generator
+            self._pending = None
+            self.status.value = "cancelled"
+            self.progress_bar.value = 0
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False

@@ -1,0 +1,21 @@
+"""The core never imports Qt or napari; the CLI help never imports torch."""
+
+import subprocess
+import sys
+
+CORE = ["io", "models", "inference", "training", "simulate", "metrics"]
+
+
+def test_core_imports_without_qt():
+    code = (
+        "import sys\n"
+        + "".join(f"import napari_cryoden.{m}\n" for m in CORE)
+        + "bad = [m for m in ('qtpy', 'PyQt5', 'PySide2', 'PySide6', 'napari', 'magicgui') if m in sys.modules]\n"
+        + "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_package_import_is_light():
+    code = "import sys, napari_cryoden; assert 'torch' not in sys.modules and 'napari' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
