@@ -39,6 +39,9 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part" + "".join(target.suffixes[-2:]), dir=folder)
     os.close(fd)
     tmp = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a result gets the usual permissions
     try:
         yield tmp
         os.replace(tmp, target)
