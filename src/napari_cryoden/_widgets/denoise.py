@@ -7,6 +7,12 @@ read-only memmap, never the layer) goes into a napari ``thread_worker`` that run
 generator; progress comes back through the worker's ``yielded`` signal, and only the main-thread
 handlers touch the viewer. Cancel quits the worker and closes the core generator; nothing is
 added.
+
+Pressing Denoise while a job runs queues a second job (with the settings and layer of that
+moment); queued jobs start one after the other, and Cancel stops the running job and empties the
+queue. Closing the viewer's window (or calling :meth:`DenoiseWidget.shutdown`) stops the worker
+after its current tile, drops the queue and adds nothing. NaN/Inf voxels of the input are
+replaced by the median, and a warning notification gives their number.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, 
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error
-from qtpy.QtCore import Qt
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..inference import iter_denoise
@@ -153,14 +159,17 @@ class _Failed:
 _USER_ERRORS = (ValueError, MemoryError, torch.cuda.OutOfMemoryError)
 
 
-def _denoise_job(volume: np.ndarray, model: str, kwargs: dict) -> Generator[tuple[int, int], None, Any]:
+def _denoise_job(
+    volume: np.ndarray, model: str, kwargs: dict, info: dict | None = None
+) -> Generator[tuple[int, int], None, Any]:
     """Run in the worker thread: yield ``(done, total)`` tiles, return the array or a :class:`_Failed`.
 
     Every exception becomes a :class:`_Failed`, shown by the main thread as one notification;
-    unforeseen ones are also logged with their traceback.
+    unforeseen ones are also logged with their traceback. `info` is filled in by the core (number
+    of NaN/Inf voxels replaced).
     """
     try:
-        return (yield from iter_denoise(volume, model, **kwargs))
+        return (yield from iter_denoise(volume, model, info=info, **kwargs))
     except Exception as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         if isinstance(exc, _USER_ERRORS) and not isinstance(exc, ValueError):
@@ -220,18 +229,21 @@ class DenoiseWidget(QWidget):
         self.worker = None
         self._job: Generator | None = None
         self._pending: dict[str, Any] | None = None
+        self._info: dict[str, Any] = {}
         self._activity: progress | None = None
+        self._queue: list[dict[str, Any]] = []
+        self._watched_window: QWidget | None = None
 
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.model = ComboBox(label="model", choices=())
         self.refresh_button = PushButton(text="Refresh models", tooltip="Look again for built-in and user models")
         self.tile = SpinBox(
             label="tile", value=AUTO_TILE, min=0, max=_MAX_TILE, step=8,
-            tooltip="Tile edge in voxels, a multiple of the network stride; 0 = automatic",
+            tooltip="Edge of the output block of each tile (voxels), a multiple of the network stride; 0 = automatic",
         )
         self.overlap = SpinBox(
             label="overlap", value=AUTO_OVERLAP, min=AUTO_OVERLAP, max=_MAX_OVERLAP,
-            tooltip="Voxels discarded on each tile side; -1 = automatic",
+            tooltip="Voxels of context on each tile side, read and discarded; -1 = automatic",
         )
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.precision = ComboBox(label="precision", choices=PRECISIONS, value="auto")
@@ -310,9 +322,50 @@ class DenoiseWidget(QWidget):
         self.refresh_models()
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
-        """Refresh the model list whenever the widget is shown."""
+        """Refresh the model list whenever the widget is shown; watch the window for closing."""
         self.refresh_models()
+        top = self
+        while top.parentWidget() is not None:
+            top = top.parentWidget()
+        if top is not self and top is not self._watched_window:
+            top.installEventFilter(self)
+            self._watched_window = top
         super().showEvent(event)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
+        """Stop the running job when the viewer's window closes."""
+        if obj is self._watched_window and event.type() == QEvent.Type.Close:
+            self.shutdown()
+        return False
+
+    def shutdown(self) -> None:
+        """Stop the running job (after its current tile), drop queued jobs, add nothing.
+
+        Called when the viewer's window closes. The worker's handlers are disconnected from the
+        widget, which may be deleted soon, and the core generator is closed once the worker has
+        let go of it.
+        """
+        self._queue.clear()
+        worker, job = self.worker, self._job
+        self.worker, self._job, self._pending = None, None, None
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
+        if worker is None:
+            return
+        for name, slot in (("yielded", self._on_yielded), ("returned", self._on_returned),
+                           ("errored", self._on_errored), ("finished", self._on_finished)):
+            try:
+                getattr(worker, name).disconnect(slot)
+            except (RuntimeError, TypeError):  # already disconnected
+                pass
+
+        def close_job() -> None:
+            if job is not None:
+                job.close()
+
+        worker.finished.connect(close_job)
+        worker.quit()
 
     # ------------------------------------------------------------------ grid
     def _on_side_by_side(self, value: bool) -> None:
@@ -327,21 +380,36 @@ class DenoiseWidget(QWidget):
         """True while a denoising job is in progress."""
         return self.worker is not None
 
-    def run(self, _value=None) -> None:
-        """Start denoising the selected layer in a worker thread (the Denoise button).
+    @property
+    def queued(self) -> int:
+        """Number of jobs waiting for the running one to finish."""
+        return len(self._queue)
 
-        Problems with the settings show as an error notification; nothing is started then.
+    def run(self, _value=None) -> None:
+        """Denoise the selected layer in a worker thread (the Denoise button).
+
+        While a job runs, the new job (this layer and these settings) is queued and starts when
+        the running one ends. Problems with the settings show as an error notification; nothing
+        is started or queued then.
         """
-        if self.is_running:
+        spec = self._job_spec()
+        if spec is None:
             return
+        if self.is_running:
+            self._queue.append(spec)
+            self.status.value = f"{self.status.value.split(' (')[0]} ({len(self._queue)} queued)"
+            return
+        self._start(spec)
+
+    def _job_spec(self) -> dict[str, Any] | None:
         layer = self.image.value
         model = self.model.value
         if layer is None:
             show_error("Denoise: no image layer selected")
-            return
+            return None
         if not model:
             show_error("Denoise: no model available; train or install one, then press Refresh models")
-            return
+            return None
         try:
             kwargs = denoise_kwargs(
                 tile=self.tile.value, overlap=self.overlap.value,
@@ -350,13 +418,19 @@ class DenoiseWidget(QWidget):
             volume = _layer_array(layer)
         except ValueError as exc:
             show_error(f"Denoise: {exc}")
-            return
-        self._pending = denoised_layer_kwargs(
+            return None
+        pending = denoised_layer_kwargs(
             layer.name, scale=layer.scale, translate=layer.translate,
             contrast_limits=layer.contrast_limits, model=model,
             source_path=(layer.metadata or {}).get("path") or (layer.metadata or {}).get("source_path"),
         )
-        self._job = _denoise_job(volume, model, kwargs)
+        return {"volume": volume, "model": model, "kwargs": kwargs, "pending": pending, "name": layer.name}
+
+    def _start(self, spec: dict[str, Any]) -> None:
+        model, name = spec["model"], spec["name"]
+        self._pending = spec["pending"]
+        self._info = {}
+        self._job = _denoise_job(spec["volume"], model, spec["kwargs"], self._info)
         self.worker = create_worker(
             _drive, self._job, _start_thread=False,
             _connect={
@@ -364,15 +438,16 @@ class DenoiseWidget(QWidget):
                 "errored": self._on_errored, "finished": self._on_finished,
             },
         )
-        self._activity = progress(total=0, desc=f"Denoising {layer.name}")
+        self._activity = progress(total=0, desc=f"Denoising {name}")
         self.progress_bar.max, self.progress_bar.value = 1, 0
-        self.status.value = f"denoising {layer.name} with {model}…"
-        self.run_button.enabled = False
+        self.status.value = f"denoising {name} with {model}…"
         self.cancel_button.enabled = True
         self.worker.start()
 
     def cancel(self, _value=None) -> None:
-        """Stop the running job after the current tile (the Cancel button); nothing is added."""
+        """Stop the running job after the current tile and drop queued ones (the Cancel button);
+        nothing is added."""
+        self._queue.clear()
         if self.worker is not None:
             self.worker.quit()
             self.cancel_button.enabled = False
@@ -396,6 +471,11 @@ class DenoiseWidget(QWidget):
             return
         if result is None or pending is None:
             return
+        if self._info.get("nonfinite"):
+            show_warning(
+                f"Denoise: {pending['metadata']['denoised_from']!r} holds {self._info['nonfinite']} NaN/Inf "
+                f"voxels; they were replaced by the median {self._info['nonfinite_value']:g} before denoising"
+            )
         self._viewer.add_image(result, **pending)
         if self.side_by_side.value:
             _grid(self._viewer).enabled = True
@@ -420,3 +500,5 @@ class DenoiseWidget(QWidget):
             self._activity = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
+        if self._queue:
+            self._start(self._queue.pop(0))

@@ -14,7 +14,7 @@ Exit statuses
     Success.
 1
     The run failed for a reason outside the arguments (disk full, permission denied, out of
-    memory); one line ``cryoden: error: ...`` on stderr.
+    memory, an unforeseen internal error); one line ``cryoden: error: ...`` on stderr.
 2
     Bad input: a missing, non-MRC, corrupt or truncated file, a bad option value, an unknown
     model, an output that exists or is the input. One line ``cryoden: error: ...`` on stderr, no
@@ -26,6 +26,7 @@ Exit statuses
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -217,16 +218,19 @@ def _add_denoise(p: argparse.ArgumentParser) -> None:
                    help=f"registry name or card path of the network (default: {DEFAULT_MODEL}); "
                         "see 'cryoden models'")
     p.add_argument("--tile", metavar="N", type=_positive_int, default=None,
-                   help="largest tile edge in voxels, a multiple of the network stride "
-                        "(default: 128 on the CPU, 256 on CUDA)")
+                   help="edge of the output block each tile produces, in voxels, a multiple of the "
+                        "network stride (default: 96 on the CPU, 192 on CUDA)")
     p.add_argument("--overlap", metavar="N", type=_non_negative_int, default=None,
-                   help="voxels discarded on each side of every tile; 2*N must be a multiple of the "
-                        "network stride (default: from the model card, else 16)")
+                   help="voxels of context read on each side of every tile and discarded; 2*N must be a "
+                        "multiple of the network stride (default: from the model card, else 24)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where the network runs; auto takes CUDA when available (default: auto)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="autocast dtype of the forward pass; the output is float32 either way "
                         "(default: auto)")
+    p.add_argument("--nonfinite", choices=("replace", "refuse"), default="replace",
+                   help="NaN/Inf voxels in the input: replace them by the median (with a note giving "
+                        "their number) or refuse the input (default: replace)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (never the input)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
 
@@ -273,12 +277,18 @@ def _run_denoise(args: argparse.Namespace) -> int:
     precision = resolve_precision(args.precision, device)
     model = load_model(args.model or DEFAULT_MODEL)
 
+    # The core logs replaced NaN/Inf voxels; the CLI says it once itself, as a note.
+    logging.getLogger("napari_cryoden").addHandler(logging.NullHandler())
+    info: dict = {}
     steps = iter_denoise(volume.data, model, tile=args.tile, overlap=args.overlap,
-                         device=str(device), precision=precision)
+                         device=str(device), precision=precision, nonfinite=args.nonfinite, info=info)
     bar = None if args.quiet else ProgressBar(f"denoising {src.name}")
     try:
         # Arguments are checked before the first report, so a bad value ends here with one line.
         done, total = next(steps)
+        if info.get("nonfinite"):
+            _note(f"replaced {info['nonfinite']} NaN/Inf voxels of the input by the median "
+                  f"{info['nonfinite_value']:g} (use --nonfinite refuse to stop instead)")
         note = _voxel_size_note(volume.voxel_size, volume.metadata.get("voxel_size_known", True), model)
         if note and not args.quiet:
             _note(note)
@@ -583,6 +593,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except (OSError, MemoryError, RuntimeError) as exc:
         _error(_one_line(exc))
+        return EXIT_FAILURE
+    except Exception as exc:  # an unforeseen failure still ends with one line, not a traceback
+        _error(f"internal error: {type(exc).__name__}: {_one_line(exc)}")
         return EXIT_FAILURE
 
 

@@ -19,15 +19,35 @@ from ..models.registry import DEFAULT_MODEL, LoadedModel, load_model
 from .normalize import robust_stats
 from .tiling import plan_tiles, read_tile
 
-__all__ = ["Cancelled", "denoise", "iter_denoise", "default_geometry", "resolve_device", "resolve_precision"]
+__all__ = ["NONFINITE_CHOICES", "Cancelled", "count_nonfinite", "denoise", "iter_denoise", "default_geometry", "resolve_device", "resolve_precision"]
 
 log = logging.getLogger(__name__)
 
-#: Default tile edge (voxels) on the CPU and on CUDA, and default margin per side.
-DEFAULT_TILE = {"cpu": 128, "cuda": 256}
-DEFAULT_OVERLAP = 16
+#: Default tile core edge (voxels) on the CPU and on CUDA, and default margin per side.
+DEFAULT_TILE = {"cpu": 96, "cuda": 192}
+DEFAULT_OVERLAP = 24
 
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+#: What :func:`iter_denoise` does with NaN/Inf input voxels.
+NONFINITE_CHOICES = ("replace", "refuse")
+
+
+def count_nonfinite(volume: np.ndarray, *, chunk_bytes: int = 64 * 1024**2) -> int:
+    """Number of NaN/Inf voxels in `volume`, read in slabs along the first axis (memmap-friendly).
+
+    Integer and boolean volumes are always finite and are not read.
+    """
+    if not np.issubdtype(volume.dtype, np.inexact):
+        return 0
+    if volume.ndim == 0:
+        return int(not np.isfinite(volume))
+    per_slab = max(1, volume[0].size * volume.dtype.itemsize)
+    step = max(1, chunk_bytes // per_slab)
+    return sum(
+        int(np.count_nonzero(~np.isfinite(volume[i : i + step]))) for i in range(0, volume.shape[0], step)
+    )
 
 
 class Cancelled(Exception):
@@ -83,8 +103,7 @@ def default_geometry(model: LoadedModel, device: torch.device, tile=None, overla
         overlap = int(model.card.get("overlap", DEFAULT_OVERLAP))
         overlap = -(-2 * overlap // s) * s // 2  # 2*overlap must be a multiple of the stride
     if tile is None:
-        tile = DEFAULT_TILE["cuda" if device.type == "cuda" else "cpu"]
-        tile = max(-(-tile // s) * s, 2 * overlap + s)
+        tile = -(-DEFAULT_TILE["cuda" if device.type == "cuda" else "cpu"] // s) * s
     return tile, overlap
 
 
@@ -108,6 +127,8 @@ def iter_denoise(
     precision: str = "auto",
     out: np.ndarray | None = None,
     batch_size: int = 1,
+    nonfinite: str = "replace",
+    info: dict | None = None,
 ) -> Generator[tuple[int, int], None, np.ndarray]:
     """Denoise tile by tile, yielding ``(tiles_done, tiles_total)``; returns the output array.
 
@@ -129,12 +150,27 @@ def iter_denoise(
         raise ValueError(f"model {lm.name!r} expects {lm.ndim}D input, got a {vol.ndim}D array of shape {vol.shape}")
     if min(vol.shape) < 1:
         raise ValueError(f"volume is empty: shape {vol.shape}")
+    if nonfinite not in NONFINITE_CHOICES:
+        raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_CHOICES)}, got {nonfinite!r}")
+    n_bad = count_nonfinite(vol)
+    if info is not None:
+        info["nonfinite"] = n_bad
+        info["nonfinite_action"] = nonfinite if n_bad else None
+    if n_bad and nonfinite == "refuse":
+        raise ValueError(
+            f"the input holds {n_bad} NaN/Inf voxels; fix the data or let them be replaced by the median "
+            "(nonfinite='replace')"
+        )
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     tile, overlap = default_geometry(lm, dev, tile, overlap)
     tiles = plan_tiles(vol.shape, tile, overlap, lm.stride)
 
     center, scale = robust_stats(vol)
+    if n_bad:
+        if info is not None:
+            info["nonfinite_value"] = center
+        log.warning("replacing %d NaN/Inf voxels of the input by the median %g before denoising", n_bad, center)
     if out is None:
         out = np.empty(vol.shape, dtype=np.float32)
     elif out.shape != vol.shape:
@@ -146,7 +182,6 @@ def iter_denoise(
     autocast = (
         torch.autocast(device_type=dev.type, dtype=_PRECISIONS[prec]) if _PRECISIONS[prec] is not None else _null()
     )
-    nonfinite = 0
     total = len(tiles)
     yield 0, total
     done = 0
@@ -156,10 +191,8 @@ def iter_denoise(
             blocks = []
             for t in batch:
                 block = read_tile(vol, t)
-                bad = ~np.isfinite(block)
-                if bad.any():
-                    nonfinite += int(bad.sum())
-                    block[bad] = center
+                if n_bad:
+                    block[~np.isfinite(block)] = center
                 block -= center
                 block /= scale
                 blocks.append(block)
@@ -173,12 +206,15 @@ def iter_denoise(
                     y = net(x)
                 preds.extend(y[:, 0].float().cpu().numpy())
             for t, pred in zip(batch, preds):
-                core = pred[t.crop]
-                out[t.out] = core * scale + center
+                core = pred[t.crop] * scale + center
+                if not np.isfinite(core).all():
+                    raise ValueError(
+                        "the network produced NaN/Inf values; the input's intensities (median "
+                        f"{center:.3g}, spread {scale:.3g}) may be out of the range float32 can handle"
+                    )
+                out[t.out] = core
             done += len(batch)
             yield done, total
-    if nonfinite:
-        log.warning("replaced %d NaN/Inf voxels of the input by the median before denoising", nonfinite)
     return out
 
 
@@ -200,6 +236,8 @@ def denoise(
     precision: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    nonfinite: str = "replace",
+    info: dict | None = None,
 ) -> np.ndarray:
     """Denoise a tomogram tile by tile with a pretrained network, without seams.
 
@@ -218,11 +256,14 @@ def denoise(
         Registry name, card path, loaded model, or a bare module (its ``stride`` attribute, if
         any, sets the tile alignment).
     tile : int or tuple of 3 int, optional
-        Largest tile edge in voxels, a multiple of the network stride. Default 128 on the CPU and
-        256 on CUDA; axes shorter than a tile get one smaller tile.
+        Edge of the block of output each tile produces (its core), in voxels, a multiple of the
+        network stride. Default 96 on the CPU and 192 on CUDA; axes shorter than a tile get one
+        smaller tile.
     overlap : int or tuple of 3 int, optional
-        Voxels discarded on each side of every tile (default: the model card's ``overlap``, else
-        16); ``2 * overlap`` must be a multiple of the stride.
+        Voxels of context read (and discarded) on each side of every core, so the network sees
+        ``tile + 2 * overlap`` voxels per axis (default: the model card's ``overlap``, else 24,
+        which covers the stride-aligned receptive field of UpsampleUnet48, 23 voxels); ``2 * overlap`` must be a multiple
+        of the stride.
     device : {"auto", "cpu", "cuda"}, default="auto"
         "auto" takes CUDA when PyTorch sees a GPU.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
@@ -232,6 +273,14 @@ def denoise(
         Called with the number of tiles done and the total, from 0 to total.
     cancel : callable() -> bool, optional
         Polled before each tile; True stops the run with :class:`Cancelled`.
+    nonfinite : {"replace", "refuse"}, default="replace"
+        What to do with NaN/Inf input voxels: "replace" puts the median of the finite voxels in
+        their place (counted and logged as a warning), "refuse" raises :class:`ValueError`. They
+        never reach the output: a network output that is not finite raises ValueError.
+    info : dict, optional
+        Filled in with ``nonfinite`` (the number of NaN/Inf input voxels), ``nonfinite_action``
+        ("replace", "refuse" or None when there were none) and, when replaced,
+        ``nonfinite_value``.
 
     Returns
     -------
@@ -243,7 +292,8 @@ def denoise(
     ------
     ValueError
         If `volume` is not 3D real data matching the model, or `tile`/`overlap`/`device`/
-        `precision` are invalid; the message names the argument.
+        `precision` are invalid (the message names the argument); if it holds NaN/Inf and
+        `nonfinite` is "refuse"; if it holds no finite value; if the network output is not finite.
     Cancelled
         If `cancel` returned True.
     napari_cryoden.models.ModelError
@@ -262,7 +312,8 @@ def denoise(
     >>> denoise(tomo, device="cpu").shape
     (40, 64, 64)
     """
-    gen = iter_denoise(volume, model, tile=tile, overlap=overlap, device=device, precision=precision)
+    gen = iter_denoise(volume, model, tile=tile, overlap=overlap, device=device, precision=precision,
+                       nonfinite=nonfinite, info=info)
     try:
         while True:
             if cancel is not None and cancel():

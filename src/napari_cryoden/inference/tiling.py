@@ -1,12 +1,14 @@
 """Tile geometry for seam-free inference: pure numpy, no torch.
 
-Each axis is planned on its own and the plans are combined. Along one axis of length ``L``, a
-tile of ``T`` voxels has a margin of ``m`` voxels on each side and a core of ``C = T - 2m``; the
-cores partition ``[0, L)`` and only the core of each network output is kept. Tile starts sit at
-``k * C - m``, i.e. at multiples of the network stride in the frame of the volume reflect-padded
-by ``m``, so every tile sees the same down-sampling grid as one pass over the whole padded
-volume. Where a tile reaches past the volume, its voxels are read with reflect padding
-(``... 2 1 | 0 1 2 ... L-1 | L-2 L-3 ...``).
+Each axis is planned on its own and the plans are combined. Along one axis of length ``L``, the
+output is cut into cores of ``C`` voxels (the *tile* size); each core is computed from a network
+input of ``C + 2m`` voxels, a margin of ``m`` voxels (the *overlap*) on each side, and only the
+core of each network output is kept. Input starts sit at ``k * C - m``, i.e. at multiples of the
+network stride in the frame of the volume reflect-padded by ``m``, so every tile sees the same
+down-sampling grid as one pass over the whole padded volume; with a margin at least the network's
+receptive-field radius the result equals that pass. Where a tile reaches past the volume, its
+voxels are read with reflect padding (``... 2 1 | 0 1 2 ... L-1 | L-2 L-3 ...``), as in
+Topaz-Denoise's padded tiles (Bepler et al. 2020, Nat. Commun. 11, 5208).
 """
 
 from __future__ import annotations
@@ -73,11 +75,11 @@ def plan_axis(length: int, tile: int, overlap: int, stride: int = 1) -> list[Axi
     length : int
         Axis length in voxels (>= 1).
     tile : int
-        Largest tile size, a multiple of `stride`. An axis shorter than one tile gets a single
-        tile of ``round_up(length + 2 * overlap, stride)`` voxels.
+        Core (output) size of a tile, a multiple of `stride`. An axis no longer than one core gets
+        a single tile.
     overlap : int
-        Margin (voxels) discarded on each side of a tile; ``2 * overlap`` must be a multiple of
-        `stride`.
+        Margin (voxels) of context read and discarded on each side of a core; ``2 * overlap``
+        must be a multiple of `stride`. The network input is ``tile + 2 * overlap`` voxels.
     stride : int, default=1
         Total down-sampling factor of the network.
 
@@ -92,22 +94,15 @@ def plan_axis(length: int, tile: int, overlap: int, stride: int = 1) -> list[Axi
         raise ValueError(f"stride must be >= 1, got {stride}")
     if overlap < 0 or (2 * overlap) % stride:
         raise ValueError(f"overlap must be >= 0 with 2*overlap a multiple of the network stride {stride}, got {overlap}")
-    if tile % stride:
-        raise ValueError(f"tile must be a multiple of the network stride {stride}, got {tile}")
-    core = tile - 2 * overlap
-    if length + 2 * overlap <= tile or core < stride:
-        if core < stride and length + 2 * overlap > tile:
-            raise ValueError(
-                f"tile {tile} leaves no core after an overlap of {overlap} on each side; "
-                f"use tile >= {2 * overlap + stride} or a smaller overlap"
-            )
+    if tile < stride or tile % stride:
+        raise ValueError(f"tile must be a positive multiple of the network stride {stride}, got {tile}")
+    if length <= tile:
         size = _round_up(length + 2 * overlap, stride)
         return [AxisTile(-overlap, size, slice(overlap, overlap + length), slice(0, length))]
-    n = math.ceil(length / core)
     tiles = []
-    for k in range(n):
-        lo, hi = k * core, min((k + 1) * core, length)
-        tiles.append(AxisTile(lo - overlap, tile, slice(overlap, overlap + hi - lo), slice(lo, hi)))
+    for k in range(math.ceil(length / tile)):
+        lo, hi = k * tile, min((k + 1) * tile, length)
+        tiles.append(AxisTile(lo - overlap, tile + 2 * overlap, slice(overlap, overlap + hi - lo), slice(lo, hi)))
     return tiles
 
 

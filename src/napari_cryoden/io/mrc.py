@@ -39,6 +39,13 @@ _COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open}
 DEFAULT_MMAP_THRESHOLD = 256 * 1024**2
 _HEADER_BYTES = 1024
 _VALID_MODES = {0, 1, 2, 3, 4, 6, 12, 101}
+#: Bytes per voxel of each MRC mode (mode 101 packs two 4-bit voxels in a byte).
+_MODE_BYTES = {0: 1.0, 1: 2.0, 2: 4.0, 3: 4.0, 4: 8.0, 6: 2.0, 12: 2.0, 101: 0.5}
+#: Compressed files whose header claims more data than this (1 TiB) are refused before
+#: decompressing: their size cannot be checked against the file's.
+MAX_DATA_BYTES = 2**40
+#: Compressed files claiming at most this many bytes are handed to mrcfile without counting.
+_CHEAP_BYTES = 8 * 1024**2
 
 
 class MrcError(ValueError):
@@ -108,6 +115,69 @@ def looks_like_mrc(path: str | os.PathLike) -> bool:
         if mode in _VALID_MODES and 0 < nx < 2**20 and 0 < ny < 2**20 and 0 < nz < 2**20:
             return True
     return False
+
+
+def _decompressed_size(path: Path, limit: int) -> int:
+    """Bytes in the decompressed stream of `path`, counted in 1 MiB chunks up to `limit`."""
+    opener = _COMPRESSED[_split_suffix(path)[1]]
+    n = 0
+    with opener(path, "rb") as fh:
+        while n < limit:
+            chunk = fh.read(1 << 20)
+            if not chunk:
+                break
+            n += len(chunk)
+    return n
+
+
+def _check_header_size(path: Path, head: bytes, compressed: bool) -> None:
+    """Refuse a header whose dimensions are not positive or imply more bytes than the file holds.
+
+    This runs on the raw 1024 bytes, before :mod:`mrcfile` reads anything, so an absurd header
+    (say 10^6 x 10^6 x 10^6 voxels, or a 1 GB extended header in a 2 kB file) never leads to an
+    allocation: mrcfile reads the extended header and the data into buffers of the claimed size.
+    For compressed files claiming more than :data:`_CHEAP_BYTES`, the decompressed stream is
+    counted first (in 1 MiB chunks, no allocation), and claims over :data:`MAX_DATA_BYTES` are
+    refused outright. Headers whose byte order cannot be told are left to mrcfile, which refuses
+    them.
+    """
+    order = {0x44: "<", 0x41: "<", 0x11: ">"}.get(head[212])
+    if order is None:
+        return
+    nx, ny, nz, mode = (int(v) for v in np.frombuffer(head[:16], dtype=f"{order}i4"))
+    nsymbt = int(np.frombuffer(head[92:96], dtype=f"{order}i4")[0])
+    if min(nx, ny, nz) <= 0:
+        raise MrcError(f"{path}: corrupt MRC header: dimensions {nx} x {ny} x {nz} (X, Y, Z) must be positive")
+    if nsymbt < 0:
+        raise MrcError(f"{path}: corrupt MRC header: negative extended header size {nsymbt}")
+    data_bytes = 0
+    if mode in _MODE_BYTES:  # other modes are refused by mrcfile, after the extended header
+        row = -(-nx // 2) if mode == 101 else int(nx * _MODE_BYTES[mode])
+        data_bytes = row * ny * nz
+    needed = _HEADER_BYTES + nsymbt + data_bytes
+    if compressed:
+        if needed > MAX_DATA_BYTES:
+            raise MrcError(
+                f"{path}: corrupt MRC header: {nx} x {ny} x {nz} voxels (mode {mode}) and {nsymbt} bytes "
+                f"of extended header would be {needed:.3g} bytes, more than the {MAX_DATA_BYTES:.3g} "
+                "bytes this reader accepts"
+            )
+        if needed <= _CHEAP_BYTES:
+            return  # small enough to let mrcfile find out
+        try:
+            size = _decompressed_size(path, needed)
+        except (OSError, EOFError, ValueError) as exc:
+            raise MrcError(f"{path}: corrupt compressed file: {' '.join(str(exc).split())}") from None
+        what = "the decompressed file has"
+    else:
+        size = path.stat().st_size
+        what = "the file has"
+    if needed > size:
+        raise MrcError(
+            f"{path}: truncated or corrupt MRC file: the header describes {nx} x {ny} x {nz} voxels "
+            f"(mode {mode}) and {nsymbt} bytes of extended header, {needed} bytes in all, "
+            f"but {what} {size} bytes"
+        )
 
 
 def _header_summary(mrc) -> dict:
@@ -202,6 +272,11 @@ def read_mrc(path: str | os.PathLike, *, mmap_threshold: int = DEFAULT_MMAP_THRE
     if not looks_like_mrc(path):
         raise MrcError(f"{path}: not an MRC file (no valid MRC header)")
     compressed = bool(_split_suffix(path)[1])
+    try:
+        head = _read_head(path)
+    except (OSError, EOFError, ValueError) as exc:
+        raise MrcError(f"{path}: cannot read the MRC header: {' '.join(str(exc).split())}") from None
+    _check_header_size(path, head, compressed)
     use_mmap = not compressed and path.stat().st_size >= mmap_threshold
     try:
         with warnings.catch_warnings():

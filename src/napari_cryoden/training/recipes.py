@@ -126,7 +126,7 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
         "ndim": 3,
         "voxel_size_A": 10.0,
         "normalization": NORMALIZATION,
-        "overlap": 16,
+        "overlap": 24,
         "training": {
             "command": f"python -m napari_cryoden.training.recipes {name} --maps ../shared/data/maps_10A --out models"
                        + (f" --steps {steps}" if steps != r["steps"] else ""),
