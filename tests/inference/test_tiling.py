@@ -84,3 +84,18 @@ def test_bad_device_and_precision(identity_model, aniso_volume):
         denoise(aniso_volume, identity_model, device="tpu")
     with pytest.raises(ValueError, match="precision"):
         denoise(aniso_volume, identity_model, device="cpu", precision="int8")
+
+
+def test_grad_mode_is_not_leaked_by_a_suspended_or_cancelled_run(identity_model, aniso_volume):
+    import torch
+
+    from napari_cryoden.inference import iter_denoise
+
+    gen = iter_denoise(aniso_volume, identity_model, tile=16, overlap=4, device="cpu")
+    next(gen)
+    next(gen)
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    gen.close()
+    with pytest.raises(Cancelled):
+        denoise(aniso_volume, identity_model, tile=16, overlap=4, device="cpu", cancel=lambda: True)
+    assert torch.is_grad_enabled()

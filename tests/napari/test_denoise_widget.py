@@ -77,7 +77,7 @@ def _add_sample(viewer, shape=(16, 32, 32), seed=0):
     return viewer.layers[NOISY]
 
 
-def _widget(viewer, qtbot, model="tiny-test", tile=32, overlap=8):
+def _widget(viewer, qtbot, model="tiny-test", tile=16, overlap=8):
     widget = DenoiseWidget(viewer)
     qtbot.addWidget(widget)
     widget.model.value = model

@@ -55,6 +55,9 @@ def valid_mrc_bytes(data: np.ndarray) -> bytes:
 
 
 def patch(raw: bytes, field: tuple[int, str], *values) -> bytes:
+    """`raw` with one header field set (unchanged when `raw` is too short to hold it)."""
+    if len(raw) < field[0] + struct.calcsize(field[1]):
+        return raw
     buf = bytearray(raw)
     struct.pack_into(field[1], buf, field[0], *values)
     return bytes(buf)

@@ -185,36 +185,36 @@ def iter_denoise(
     total = len(tiles)
     yield 0, total
     done = 0
-    with torch.inference_mode():
-        for b in range(0, total, batch_size):
-            batch = tiles[b : b + batch_size]
-            blocks = []
-            for t in batch:
-                block = read_tile(vol, t)
-                if n_bad:
-                    block[~np.isfinite(block)] = center
-                block -= center
-                block /= scale
-                blocks.append(block)
-            shapes = {blk.shape for blk in blocks}
-            groups = [blocks] if len(shapes) == 1 else [[blk] for blk in blocks]
-            preds = []
-            for group in groups:
-                x = torch.from_numpy(np.stack(group)[:, None]).to(dev, non_blocking=True)
-                x = x.contiguous(memory_format=memory_format)
-                with autocast:
-                    y = net(x)
-                preds.extend(y[:, 0].float().cpu().numpy())
-            for t, pred in zip(batch, preds):
-                core = pred[t.crop] * scale + center
-                if not np.isfinite(core).all():
-                    raise ValueError(
-                        "the network produced NaN/Inf values; the input's intensities (median "
-                        f"{center:.3g}, spread {scale:.3g}) may be out of the range float32 can handle"
-                    )
-                out[t.out] = core
-            done += len(batch)
-            yield done, total
+    for b in range(0, total, batch_size):
+        batch = tiles[b : b + batch_size]
+        blocks = []
+        for t in batch:
+            block = read_tile(vol, t)
+            if n_bad:
+                block[~np.isfinite(block)] = center
+            block -= center
+            block /= scale
+            blocks.append(block)
+        shapes = {blk.shape for blk in blocks}
+        groups = [blocks] if len(shapes) == 1 else [[blk] for blk in blocks]
+        preds = []
+        for group in groups:
+            x = torch.from_numpy(np.stack(group)[:, None]).to(dev, non_blocking=True)
+            x = x.contiguous(memory_format=memory_format)
+            # Grad mode is thread-global: enter inference mode per batch, never across a yield.
+            with torch.inference_mode(), autocast:
+                y = net(x)
+            preds.extend(y[:, 0].float().cpu().numpy())
+        for t, pred in zip(batch, preds):
+            core = pred[t.crop] * scale + center
+            if not np.isfinite(core).all():
+                raise ValueError(
+                    "the network produced NaN/Inf values; the input's intensities (median "
+                    f"{center:.3g}, spread {scale:.3g}) may be out of the range float32 can handle"
+                )
+            out[t.out] = core
+        done += len(batch)
+        yield done, total
     return out
 
 
