@@ -74,3 +74,15 @@ def tiny_model_dir(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("CRYODEN_USER_MODELS", str(folder))
     return folder
+
+
+try:  # CI runs the property tests with a fixed seed, so a pass is reproducible
+    import os
+
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, print_blob=True)
+    if os.environ.get("CI"):
+        settings.load_profile("ci")
+except ImportError:  # hypothesis is in the testing extra
+    pass

@@ -26,7 +26,8 @@ def robust_stats(volume: np.ndarray, *, max_samples: int = 1 << 22) -> tuple[flo
     Returns
     -------
     center, scale : float
-        `scale` falls back to the standard deviation, then to 1.0, for (near-)constant volumes.
+        `scale` falls back to the standard deviation, then to 1.0, for (near-)constant volumes and
+        spreads too small for float32 arithmetic.
 
     Raises
     ------
@@ -40,9 +41,11 @@ def robust_stats(volume: np.ndarray, *, max_samples: int = 1 << 22) -> tuple[flo
     if sample.size == 0:
         raise ValueError("volume holds no finite values (all NaN or Inf)")
     q25, med, q75 = np.percentile(sample, [25, 50, 75])
+    # The scale divides float32 tiles: it must stay a normal float32 number (not 0 or denormal).
+    tiny = float(np.finfo(np.float32).tiny) * 2**24
     scale = (q75 - q25) / _IQR_TO_SIGMA
-    if not scale > 0:
+    if not scale > tiny:
         scale = float(sample.std())
-    if not scale > 0:
+    if not scale > tiny:
         scale = 1.0
     return float(med), float(scale)
