@@ -94,35 +94,6 @@ def _run_and_wait(widget, qtbot):
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
 
 
-@pytest.fixture
-def viewer_model(qapp):
-    """A viewer without a window: enough for the widget, and much lighter than a Qt viewer.
-
-    Real windows (``make_napari_viewer``) are kept for the end-to-end tests: with PySide6 6.12 on
-    Python 3.11 every closed Qt viewer drops about 4,400 references to ``None`` it never took,
-    and a session that makes a dozen of them aborts with "Fatal Python error: none_dealloc".
-    """
-    from napari.components import ViewerModel
-
-    return ViewerModel()
-
-
-@pytest.fixture
-def error_notifications():
-    """Error notifications dispatched during the test, as strings."""
-    from napari.utils.notifications import NotificationSeverity, notification_manager
-
-    seen: list[str] = []
-
-    def record(notification):
-        if notification.severity == NotificationSeverity.ERROR:
-            seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
 # ------------------------------------------------------------------------------ widget
 def test_widget_lists_layers_and_models(viewer_model, qtbot, tiny_model_dir):
     viewer = viewer_model

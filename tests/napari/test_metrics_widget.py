@@ -96,29 +96,6 @@ def _run_and_wait(widget, qtbot):
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
 
 
-@pytest.fixture
-def viewer_model(qapp):
-    """A viewer without a window (see test_denoise_widget.py for why windows are kept few)."""
-    from napari.components import ViewerModel
-
-    return ViewerModel()
-
-
-@pytest.fixture
-def error_notifications():
-    from napari.utils.notifications import NotificationSeverity, notification_manager
-
-    seen: list[str] = []
-
-    def record(notification):
-        if notification.severity == NotificationSeverity.ERROR:
-            seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
 def _cells(widget) -> list[list[str]]:
     t = widget.table
     return [[t.item(r, c).text() for c in range(t.columnCount())] for r in range(t.rowCount())]

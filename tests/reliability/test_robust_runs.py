@@ -128,13 +128,6 @@ def test_training_on_a_nan_volume_stops_with_message():
 
 # ------------------------------------------------------------------------------ the widget
 @pytest.fixture
-def viewer_model(qapp):
-    from napari.components import ViewerModel
-
-    return ViewerModel()
-
-
-@pytest.fixture
 def notifications():
     """(severity name, message) of the notifications dispatched during the test."""
     from napari.utils.notifications import notification_manager
