@@ -205,3 +205,32 @@ def test_atomic_path_keeps_target_on_error(tmp_path):
             raise RuntimeError("boom")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["result.mrc"]
+
+
+def test_stale_parts_of_dead_writers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from napari_cryoden.io.atomic import _host, remove_stale_parts
+
+    target = tmp_path / "out.mrc"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # that process has exited
+    stale = tmp_path / f".out.mrc.{_host()}-{dead_pid}.abc123.part.mrc"
+    live = tmp_path / f".out.mrc.{_host()}-{os.getppid()}.abc123.part.mrc"  # a live process
+    other_host = tmp_path / f".out.mrc.elsewhere-{dead_pid}.abc123.part.mrc"
+    other_target = tmp_path / f".other.mrc.{_host()}-{dead_pid}.abc123.part.mrc"
+    for p in (stale, live, other_host, other_target):
+        p.write_bytes(b"partial")
+    assert remove_stale_parts(target) == [stale]
+    assert not stale.exists() and live.exists() and other_host.exists() and other_target.exists()
+
+
+def test_atomic_path_without_overwrite_never_clobbers(tmp_path):
+    target = tmp_path / "out.mrc"
+    with pytest.raises(FileExistsError, match="appeared while writing"):
+        with atomic_path(target, overwrite=False) as tmp:
+            tmp.write_bytes(b"new")
+            target.write_bytes(b"someone else's")  # appears during the write
+    assert target.read_bytes() == b"someone else's"
+    assert [n for n in os.listdir(tmp_path) if ".part" in n] == []

@@ -1,7 +1,9 @@
 """SIGKILL at random points of ``cryoden denoise``: the output is whole or absent, the input intact.
 
-A killed process cannot clean up, so its hidden temporary file (``.out.mrc.<random>.part.mrc``,
-in the output's folder) may remain; it is never the output name and never mistaken for a result.
+A killed process cannot clean up, so its hidden temporary file
+(``.out.mrc.<host>-<pid>.<random>.part.mrc``, in the output's folder) may remain until the next
+write of the same output, which removes it; it is never the output name and never mistaken for a
+result. SIGTERM (a scheduler's time limit) cleans up at once, like Ctrl-C.
 """
 
 from __future__ import annotations
@@ -104,3 +106,32 @@ def test_sigkill_while_writing_leaves_no_output(job, tmp_path):
         proc.stderr.close()
     assert not out.exists()
     _assert_whole_or_absent(tmp_path, out, src, digest)
+
+    # The next run of the same job removes the dead writer's leftover and succeeds.
+    again = subprocess.run([sys.executable, "-m", "napari_cryoden.cli", "denoise", str(src), str(out), *FAST],
+                           env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert [n for n in os.listdir(tmp_path) if ".part" in n] == []
+    assert read_mrc(out).data.shape == SHAPE
+
+
+def test_sigterm_while_writing_cleans_up(job, tmp_path):
+    src, env = job
+    digest = sha256(src)
+    out = tmp_path / "out.mrc"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, "denoise", str(src), str(out), *FAST],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "WRITING"
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+        err = proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert rc == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not out.exists()
+    assert [n for n in os.listdir(tmp_path) if ".part" in n] == []
+    assert sha256(src) == digest

@@ -20,14 +20,16 @@ Exit statuses
     model, an output that exists or is the input. One line ``cryoden: error: ...`` on stderr, no
     traceback, and no output file (nor temporary file) is left behind.
 130
-    Interrupted (Ctrl-C); no partial output is left behind.
+    Interrupted (Ctrl-C or SIGTERM); no partial output is left behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -558,6 +560,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_on_sigterm():
+    """Make SIGTERM (a batch scheduler's time limit, ``kill``) clean up like Ctrl-C.
+
+    Returns the previous handler, or None when not in the main thread (signals cannot be set there).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cryoden`` with `argv` (default: ``sys.argv[1:]``) and return the exit status.
 
@@ -582,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"choose a command: {', '.join(SUBCOMMANDS)} (see '{PROG} --help')")
         return EXIT_USAGE
 
+    previous = _interrupt_on_sigterm()
     try:
         return SUBCOMMANDS[args.command].run(args)
     except KeyboardInterrupt:
@@ -596,6 +613,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an unforeseen failure still ends with one line, not a traceback
         _error(f"internal error: {type(exc).__name__}: {_one_line(exc)}")
         return EXIT_FAILURE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

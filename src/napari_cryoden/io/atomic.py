@@ -1,14 +1,22 @@
-"""Atomic writes: write to a temporary file in the target's folder, then rename into place."""
+"""Atomic writes: write to a temporary file in the target's folder, then rename into place.
+
+The temporary file is ``.<target name>.<host>-<pid>.<random>.part<target extensions>``: hidden,
+never the target's name, and tagged with the writing process. A process killed with SIGKILL
+cannot remove its own temporary file; the next write to the same target removes the temporary
+files of processes on this host that no longer exist (:func:`remove_stale_parts`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "same_file"]
+__all__ = ["atomic_path", "remove_stale_parts", "same_file"]
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -19,24 +27,82 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return Path(a).resolve() == Path(b).resolve()
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_parts(target: str | os.PathLike) -> list[Path]:
+    """Remove temporary files of `target` left by dead writers on this host.
+
+    Parameters
+    ----------
+    target : path-like
+        The final output path whose leftovers to look for, in its folder.
+
+    Returns
+    -------
+    list of Path
+        The files removed. Temporary files of live processes, of other hosts (a shared file
+        system) and of other targets are never touched.
+    """
+    target = Path(target)
+    folder = target.parent if str(target.parent) else Path(".")
+    pattern = re.compile(re.escape(f".{target.name}.{_host()}-") + r"(\d+)\.[^.]+\.part")
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = pattern.match(name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                (folder / name).unlink()
+                removed.append(folder / name)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to `target`; on success it is renamed to `target`.
 
     On any exception (a cancel included) the temporary file is removed and `target` is untouched.
-    The temporary name starts with ``.`` and ends with ``.part`` and keeps the target's
-    extensions, so a half-written file is never mistaken for a result.
+    Leftovers of killed earlier writers of the same target are removed first.
+
+    Parameters
+    ----------
+    target : path-like
+    overwrite : bool, default=True
+        Replace an existing `target`.
+
+    Yields
+    ------
+    Path
+        The temporary file (created empty, with the usual permissions for a new file).
 
     Raises
     ------
     FileExistsError
-        If `overwrite` is False and `target` exists.
+        If `overwrite` is False and `target` exists (checked before and after writing).
     """
     target = Path(target)
     if not overwrite and target.exists():
         raise FileExistsError(f"{target} exists; refusing to overwrite it")
     folder = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part" + "".join(target.suffixes[-2:]), dir=folder)
+    remove_stale_parts(target)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.{_host()}-{os.getpid()}.", suffix=".part" + "".join(target.suffixes[-2:]), dir=folder,
+    )
     os.close(fd)
     tmp = Path(tmp)
     umask = os.umask(0)
@@ -44,7 +110,19 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a result gets the usual permissions
     try:
         yield tmp
-        os.replace(tmp, target)
+        if overwrite:
+            os.replace(tmp, target)
+        else:  # link() fails if the target appeared meanwhile, where rename would clobber it
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                raise FileExistsError(f"{target} appeared while writing; refusing to overwrite it") from None
+            except OSError:  # a file system without hard links
+                if target.exists():
+                    raise FileExistsError(f"{target} appeared while writing; refusing to overwrite it") from None
+                os.replace(tmp, target)
+            else:
+                tmp.unlink()
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
