@@ -358,7 +358,7 @@ def write_mrc(
     vs = np.broadcast_to(np.asarray(voxel_size, dtype=float), (arr.ndim,)).tolist()
     vs_zyx = ([vs[0]] if arr.ndim == 2 else []) + vs  # 2D: z = y
     compression = {".gz": "gzip", ".bz2": "bzip2"}.get(_split_suffix(path)[1])
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         with mrcfile.new(tmp, overwrite=True, compression=compression) as mrc:
             mrc.set_data(arr.astype(np.float32, copy=False))
             mrc.voxel_size = (vs_zyx[2], vs_zyx[1], vs_zyx[0])
