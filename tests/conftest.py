@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -17,6 +22,48 @@ def shared_file(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data file {path} not available")
     return path
+
+
+def corr(a, b) -> float:
+    """Pearson correlation of two arrays (flattened)."""
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+def psnr(image, reference) -> float:
+    """Peak signal-to-noise ratio in dB, the peak being the range of `reference`."""
+    rng = float(reference.max() - reference.min())
+    return 10 * math.log10(rng**2 / float(np.mean((image - reference) ** 2)))
+
+
+def drain(gen):
+    """Run a generator to its end; its return value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def cli_imports(argvs: Sequence[Sequence[str]], modules: Sequence[str], expect: str) -> list[str]:
+    """Which of `modules` ``cryoden ARGV`` imports, for each ARGV in turn, in a fresh interpreter.
+
+    Each command must exit 0 and print `expect` on stdout.
+    """
+    code = textwrap.dedent(f"""
+        import contextlib, io, sys
+        from napari_cryoden.cli import main
+        for argv in {[list(a) for a in argvs]!r}:
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                assert main(argv) == 0, argv
+            assert {expect!r} in out.getvalue(), argv
+        heavy = sorted(m for m in {tuple(modules)!r} if m in sys.modules)
+        print("HEAVY=" + ",".join(heavy))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("HEAVY=")]
+    assert len(lines) == 1, proc.stdout
+    return [m for m in lines[0][len("HEAVY="):].split(",") if m]
 
 
 @pytest.fixture
@@ -74,6 +121,24 @@ def tiny_model_dir(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("CRYODEN_USER_MODELS", str(folder))
     return folder
+
+
+@pytest.fixture
+def tiny_2d_model(tiny_model_dir):
+    """'tiny-2d': an untrained 4-channel N2NUNet2D next to 'tiny-test' (3D); its name."""
+    import torch
+
+    from napari_cryoden.models import ARCHITECTURES, save_model
+
+    if "N2NUNet2D" not in ARCHITECTURES:
+        pytest.skip("no 2D architecture registered")
+    from napari_cryoden.models import N2NUNet2D
+
+    torch.manual_seed(0)
+    save_model(N2NUNet2D(ch=4), tiny_model_dir, "tiny-2d",
+               {"architecture": "N2NUNet2D", "arch_kwargs": {"ch": 4}, "description": "untrained 2D test network",
+                "voxel_size_A": 10.0})
+    return "tiny-2d"
 
 
 try:  # CI runs the property tests with a fixed seed, so a pass is reproducible

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import mrcfile
@@ -15,6 +12,8 @@ import pytest
 
 from napari_cryoden.cli import main
 from napari_cryoden.simulate import sample_tomogram
+
+from conftest import cli_imports  # tests/conftest.py (tests/ is on sys.path)
 
 SHAPE = (16, 32, 32)
 KEYS = ["ssim", "psnr", "mse", "nrmse", "fsc", "res_fsc_0.5_A", "res_fsc_0.143_A"]
@@ -161,18 +160,7 @@ def test_missing_or_non_mrc_file(files, tmp_path, capsys):
 
 
 def test_metrics_help_does_not_import_torch():
-    code = textwrap.dedent("""
-        import contextlib, io, sys
-        from napari_cryoden.cli import main
-        with contextlib.redirect_stdout(io.StringIO()) as out:
-            assert main(["metrics", "--help"]) == 0
-        assert "res_fsc_0.143_A" in out.getvalue()
-        heavy = sorted(m for m in ("torch", "napari", "qtpy", "skimage") if m in sys.modules)
-        print("HEAVY=" + ",".join(heavy))
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "HEAVY=\n" in proc.stdout, proc.stdout
+    assert cli_imports([["metrics", "--help"]], ("torch", "napari", "qtpy", "skimage"), "res_fsc_0.143_A") == []
 
 
 def test_2d_images_get_an_frc(tmp_path, capsys):

@@ -5,9 +5,10 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from napari_cryoden.inference import denoise
-from napari_cryoden.inference.engine import DEFAULT_OVERLAP
+from napari_cryoden.inference import denoise, receptive_margin
+from napari_cryoden.inference.engine import DEFAULT_OVERLAP, activation_bytes_per_voxel
 from napari_cryoden.models import DEFAULT_MODEL, UpsampleUnet48, available_models, load_model
+from napari_cryoden.models.registry import LoadedModel
 
 
 def test_default_overlap_covers_the_stride_aligned_receptive_field():
@@ -26,6 +27,30 @@ def test_default_overlap_covers_the_stride_aligned_receptive_field():
         left, right = c - int(dep.min()), int(dep.max()) - c
         need = max(need, left - r, right - (7 - r))
     assert need <= DEFAULT_OVERLAP, f"receptive radius {need} > default overlap {DEFAULT_OVERLAP}"
+
+
+def test_measured_margin_agrees_with_the_gradient_test():
+    """The engine's own measurement (used when a card has no overlap) gives the same 23 -> 24."""
+    torch.manual_seed(0)
+    lm = LoadedModel.from_module(UpsampleUnet48(ch=4, final_activation="identity").eval())
+    assert receptive_margin(lm) == (24, 24, 24)
+
+
+def test_automatic_tiles_equal_one_pass():
+    """The automatic geometry (here forced by a small memory budget to cut Y and X, and to give
+    the thin Z axis one tile) keeps the tiled result equal to one pass."""
+    torch.manual_seed(0)
+    lm = LoadedModel.from_module(UpsampleUnet48(ch=4, final_activation="identity").eval())
+    rng = np.random.default_rng(5)
+    vol = (gaussian_filter(rng.normal(size=(36, 80, 72)), 2) * 10 + rng.normal(size=(36, 80, 72))).astype(np.float32)
+    whole = denoise(vol, lm, tile=(40, 80, 72), device="cpu", precision="fp32")
+    info = {}
+    budget = int(activation_bytes_per_voxel(lm, "fp32") * 88 * 88 * 88)
+    auto = denoise(vol, lm, device="cpu", precision="fp32", memory_bytes=budget, info=info)
+    assert info["tiles"] > 1 and info["tile"][0] >= 36 and info["overlap"] == (24, 24, 24)
+    assert info["waste"] > 1
+    err = np.abs(auto - whole).max()
+    assert err <= 1e-4 * vol.std(), f"max |auto - whole| = {err:.3g}"
 
 
 @pytest.mark.slow

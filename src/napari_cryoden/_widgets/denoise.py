@@ -13,11 +13,20 @@ moment); queued jobs start one after the other, and Cancel stops the running job
 queue. Closing the viewer's window (or calling :meth:`DenoiseWidget.shutdown`) stops the worker
 after its current tile, drops the queue and adds nothing. NaN/Inf voxels of the input are
 replaced by the median, and a warning notification gives their number.
+
+3D models take tomograms; 2D models take 2D images and stacks slice by slice (a tomogram given
+to a 2D model is denoised slice by slice along Z, with a notification saying so); a 3D model
+refuses a 2D image or a ``.mrcs`` stack with an error notification.
+
+Preview denoises only a slab around the displayed slice (:func:`~napari_cryoden.inference.
+preview.iter_denoise_slab`: ±16 slices with a 3D model, the displayed slice with a 2D model,
+the whole image for a 2D image) in the same worker, and shows it as the layer
+``"<name> preview"``, placed at the slab's Z offset; pressing Preview again after moving
+replaces it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any, Generator
 
@@ -28,18 +37,34 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, 
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_warning
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..inference import iter_denoise
+from ..inference.preview import iter_denoise_slab
+from ..inference.stream import is_image_stack_path
 from ..models import DEFAULT_MODEL, available_models
+from ._common import (
+    DEVICES,
+    PRECISIONS,
+    Failed as _Failed,
+    advance,
+    close_activity,
+    disconnect,
+    follow_renames,
+    image_choices,
+    layer_array,
+    one_line,
+    watch_layers,
+    watch_window,
+)
 
-__all__ = ["AUTO_OVERLAP", "AUTO_TILE", "DEVICES", "PRECISIONS", "DenoiseWidget", "denoise_kwargs", "denoised_layer_kwargs"]
+__all__ = [
+    "AUTO_OVERLAP", "AUTO_TILE", "DEVICES", "PRECISIONS", "DenoiseWidget", "denoise_kwargs", "denoised_layer_kwargs",
+    "preview_layer_kwargs",
+]
 
-#: Choices of the device and precision combo boxes (the core's accepted values).
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Spin box values that mean "let the core choose".
 AUTO_TILE = 0
 AUTO_OVERLAP = -1
@@ -147,11 +172,54 @@ def denoised_layer_kwargs(
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class _Failed:
-    """Returned by the job instead of an array when the core refused the input or the model."""
+def preview_layer_kwargs(
+    name: str,
+    *,
+    scale,
+    translate,
+    contrast_limits,
+    model: str,
+    z_start: int,
+    slab_ndim: int,
+) -> dict[str, Any]:
+    """Attributes of the layer ``"<name> preview"`` that shows denoised slices from `z_start` on.
 
-    message: str
+    The slab sits where its slices are in the input: the first axis's translate moves by
+    ``z_start`` voxels (``z_start * scale[0]`` world units). A 2D preview (a denoised image)
+    keeps the input's translate.
+
+    Parameters
+    ----------
+    name : str
+        Name of the input layer.
+    scale, translate : sequence of float
+        Of the input layer, array axis order.
+    contrast_limits : (2,) sequence of float
+    model : str
+    z_start : int
+        Index of the slab's first slice in the input.
+    slab_ndim : int
+        Dimensions of the preview array.
+
+    Examples
+    --------
+    >>> kw = preview_layer_kwargs("tomo", scale=(2, 1, 1), translate=(10, 0, 0), contrast_limits=(0, 1),
+    ...                           model="m", z_start=5, slab_ndim=3)
+    >>> kw["name"], kw["translate"]
+    ('tomo preview', (20.0, 0.0, 0.0))
+    """
+    lo, hi = (float(c) for c in contrast_limits)
+    scale = tuple(float(v) for v in scale)
+    translate = [float(t) for t in translate]
+    if slab_ndim == len(translate) and slab_ndim >= 3:
+        translate[0] += z_start * scale[0]
+    return {
+        "name": f"{name} preview",
+        "scale": scale,
+        "translate": tuple(translate),
+        "contrast_limits": (lo, hi),
+        "metadata": {"preview_of": name, "model": model, "z_start": int(z_start)},
+    }
 
 
 #: Errors that are the user's to fix: bad input or settings (ValueError, which ModelError and
@@ -160,7 +228,7 @@ _USER_ERRORS = (ValueError, MemoryError, torch.cuda.OutOfMemoryError)
 
 
 def _denoise_job(
-    volume: np.ndarray, model: str, kwargs: dict, info: dict | None = None
+    volume: np.ndarray, model: str, kwargs: dict, info: dict | None = None, *, slab_centre: float | None = None
 ) -> Generator[tuple[int, int], None, Any]:
     """Run in the worker thread: yield ``(done, total)`` tiles, return the array or a :class:`_Failed`.
 
@@ -169,15 +237,24 @@ def _denoise_job(
     of NaN/Inf voxels replaced).
     """
     try:
+        if slab_centre is not None:
+            return (yield from iter_denoise_slab(volume, model, slab_centre, info=info, **kwargs))
         return (yield from iter_denoise(volume, model, info=info, **kwargs))
     except Exception as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        message = one_line(exc)
         if isinstance(exc, _USER_ERRORS) and not isinstance(exc, ValueError):
             message = f"out of memory ({message}); try a smaller tile size"
         elif not isinstance(exc, _USER_ERRORS):
             log.exception("denoising failed")
             message = f"{type(exc).__name__}: {message}"
         return _Failed(message)
+
+
+def _preview_job(
+    volume: np.ndarray, model: str, centre: float, kwargs: dict, info: dict | None = None
+) -> Generator[tuple[int, int], None, Any]:
+    """Run in the worker thread: the slab around `centre`, as ``(z_start, array)`` or a :class:`_Failed`."""
+    return (yield from _denoise_job(volume, model, kwargs, info, slab_centre=centre))
 
 
 def _drive(job: Generator) -> Generator[tuple[int, int], None, Any]:
@@ -187,9 +264,7 @@ def _drive(job: Generator) -> Generator[tuple[int, int], None, Any]:
 
 def _layer_array(layer: Image) -> Any:
     """The array behind an image layer (level 0 of a multiscale one), without copying it."""
-    if layer.rgb:
-        raise ValueError(f"layer {layer.name!r} is an RGB(A) image; denoising needs a grayscale tomogram")
-    return layer.data[0] if layer.multiscale else layer.data
+    return layer_array(layer, "denoising needs a grayscale tomogram")
 
 
 def _grid(viewer: napari.viewer.Viewer):
@@ -215,7 +290,7 @@ class DenoiseWidget(QWidget):
     side_by_side : magicgui CheckBox
         Mirrors the viewer's grid mode (``viewer.canvas.grid.enabled``, ``viewer.grid`` before
         napari 0.9).
-    refresh_button, run_button, cancel_button : magicgui PushButton
+    refresh_button, run_button, preview_button, cancel_button : magicgui PushButton
     progress_bar : magicgui ProgressBar
         Tiles done out of the total.
     worker : GeneratorWorker or None
@@ -229,6 +304,7 @@ class DenoiseWidget(QWidget):
         self.worker = None
         self._job: Generator | None = None
         self._pending: dict[str, Any] | None = None
+        self._pending_preview = False
         self._info: dict[str, Any] = {}
         self._activity: progress | None = None
         self._queue: list[dict[str, Any]] = []
@@ -252,13 +328,18 @@ class DenoiseWidget(QWidget):
             tooltip="Show the layers next to each other (grid mode)",
         )
         self.run_button = PushButton(text="Denoise")
+        self.preview_button = PushButton(
+            text="Preview",
+            tooltip="Denoise only the slices around the displayed one (or the displayed 2D image) into "
+                    "the layer '<name> preview'; press again after moving to update it",
+        )
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress_bar = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="")
         self._container = Container(
             widgets=[
                 self.image, self.model, self.refresh_button, self.tile, self.overlap, self.device,
-                self.precision, self.side_by_side, self.run_button, self.cancel_button,
+                self.precision, self.side_by_side, self.run_button, self.preview_button, self.cancel_button,
                 self.progress_bar, self.status,
             ]
         )
@@ -269,22 +350,19 @@ class DenoiseWidget(QWidget):
         self.refresh_button.changed.connect(self.refresh_models)
         self.model.changed.connect(self._update_model_tooltip)
         self.run_button.changed.connect(self.run)
+        self.preview_button.changed.connect(self.preview)
         self.cancel_button.changed.connect(self.cancel)
         self.side_by_side.changed.connect(self._on_side_by_side)
         _grid(viewer).events.enabled.connect(self._on_grid_changed)
-        for emitter in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
-            emitter.connect(self._on_layers_changed)
-        for layer in viewer.layers:
-            layer.events.name.connect(self._on_layers_changed)
+        watch_layers(viewer, self._on_layers_changed)
         self.refresh_models()
 
     # ------------------------------------------------------------------ choices
     def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
-        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+        return image_choices(self._viewer)
 
     def _on_layers_changed(self, event=None) -> None:
-        if event is not None and getattr(event, "type", None) == "inserted":
-            event.value.events.name.connect(self._on_layers_changed)
+        follow_renames(event, self._on_layers_changed)
         self.image.reset_choices()
 
     def refresh_models(self, _value=None) -> None:
@@ -324,12 +402,7 @@ class DenoiseWidget(QWidget):
     def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
         """Refresh the model list whenever the widget is shown; watch the window for closing."""
         self.refresh_models()
-        top = self
-        while top.parentWidget() is not None:
-            top = top.parentWidget()
-        if top is not self and top is not self._watched_window:
-            top.installEventFilter(self)
-            self._watched_window = top
+        self._watched_window = watch_window(self, self._watched_window)
         super().showEvent(event)
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
@@ -348,17 +421,11 @@ class DenoiseWidget(QWidget):
         self._queue.clear()
         worker, job = self.worker, self._job
         self.worker, self._job, self._pending = None, None, None
-        if self._activity is not None:
-            self._activity.close()
-            self._activity = None
+        self._activity = close_activity(self._activity)
         if worker is None:
             return
-        for name, slot in (("yielded", self._on_yielded), ("returned", self._on_returned),
-                           ("errored", self._on_errored), ("finished", self._on_finished)):
-            try:
-                getattr(worker, name).disconnect(slot)
-            except (RuntimeError, TypeError):  # already disconnected
-                pass
+        disconnect(worker, {"yielded": self._on_yielded, "returned": self._on_returned,
+                            "errored": self._on_errored, "finished": self._on_finished})
 
         def close_job() -> None:
             if job is not None:
@@ -392,7 +459,18 @@ class DenoiseWidget(QWidget):
         the running one ends. Problems with the settings show as an error notification; nothing
         is started or queued then.
         """
-        spec = self._job_spec()
+        self._submit(self._job_spec())
+
+    def preview(self, _value=None) -> None:
+        """Denoise the slab around the displayed slice into ``"<name> preview"`` (the Preview button).
+
+        ±16 slices (:data:`~napari_cryoden.inference.preview.PREVIEW_HALF_DEPTH`) with a 3D model,
+        the displayed slice with a 2D model, the whole image for a 2D layer; queued like Denoise
+        while a job runs.
+        """
+        self._submit(self._job_spec(preview=True))
+
+    def _submit(self, spec: dict[str, Any] | None) -> None:
         if spec is None:
             return
         if self.is_running:
@@ -401,7 +479,19 @@ class DenoiseWidget(QWidget):
             return
         self._start(spec)
 
-    def _job_spec(self) -> dict[str, Any] | None:
+    def _displayed_index(self, layer: Image) -> float:
+        """Index along the layer's first axis of the slice the viewer shows."""
+        point = np.asarray(self._viewer.dims.point, dtype=float)
+        data = np.asarray(layer.world_to_data(point[-layer.ndim:] if point.size >= layer.ndim else point))
+        return float(data[0]) if data.size else 0.0
+
+    def _model_ndim(self, model: str) -> int | None:
+        from ..models.registry import ARCHITECTURES
+
+        arch = (self._model_cards.get(model) or {}).get("architecture")
+        return ARCHITECTURES[arch][2] if arch in ARCHITECTURES else None
+
+    def _job_spec(self, *, preview: bool = False) -> dict[str, Any] | None:
         layer = self.image.value
         model = self.model.value
         if layer is None:
@@ -419,18 +509,32 @@ class DenoiseWidget(QWidget):
         except ValueError as exc:
             show_error(f"Denoise: {exc}")
             return None
-        pending = denoised_layer_kwargs(
-            layer.name, scale=layer.scale, translate=layer.translate,
-            contrast_limits=layer.contrast_limits, model=model,
-            source_path=(layer.metadata or {}).get("path") or (layer.metadata or {}).get("source_path"),
-        )
-        return {"volume": volume, "model": model, "kwargs": kwargs, "pending": pending, "name": layer.name}
+        source = (layer.metadata or {}).get("path") or (layer.metadata or {}).get("source_path")
+        if source and is_image_stack_path(source):
+            kwargs["image_stack"] = True
+        if self._model_ndim(model) == 2 and np.ndim(volume) == 3 and not kwargs.get("image_stack"):
+            show_info(f"Denoise: {model!r} is a 2D model; {layer.name!r} is denoised slice by slice along Z")
+        spec = {"volume": volume, "model": model, "kwargs": kwargs, "name": layer.name, "preview": preview}
+        if preview:
+            spec["centre"] = self._displayed_index(layer)
+            spec["pending"] = {"name": layer.name, "scale": tuple(layer.scale), "translate": tuple(layer.translate),
+                               "contrast_limits": tuple(layer.contrast_limits), "model": model}
+        else:
+            spec["pending"] = denoised_layer_kwargs(
+                layer.name, scale=layer.scale, translate=layer.translate,
+                contrast_limits=layer.contrast_limits, model=model, source_path=source,
+            )
+        return spec
 
     def _start(self, spec: dict[str, Any]) -> None:
         model, name = spec["model"], spec["name"]
         self._pending = spec["pending"]
+        self._pending_preview = spec["preview"]
         self._info = {}
-        self._job = _denoise_job(spec["volume"], model, spec["kwargs"], self._info)
+        if spec["preview"]:
+            self._job = _preview_job(spec["volume"], model, spec["centre"], spec["kwargs"], self._info)
+        else:
+            self._job = _denoise_job(spec["volume"], model, spec["kwargs"], self._info)
         self.worker = create_worker(
             _drive, self._job, _start_thread=False,
             _connect={
@@ -438,9 +542,10 @@ class DenoiseWidget(QWidget):
                 "errored": self._on_errored, "finished": self._on_finished,
             },
         )
-        self._activity = progress(total=0, desc=f"Denoising {name}")
+        what = "Previewing" if spec["preview"] else "Denoising"
+        self._activity = progress(total=0, desc=f"{what} {name}")
         self.progress_bar.max, self.progress_bar.value = 1, 0
-        self.status.value = f"denoising {name} with {model}…"
+        self.status.value = f"{what.lower()} {name} with {model}…"
         self.cancel_button.enabled = True
         self.worker.start()
 
@@ -457,11 +562,7 @@ class DenoiseWidget(QWidget):
         done, total = value
         self.progress_bar.max = max(int(total), 1)
         self.progress_bar.value = min(int(done), self.progress_bar.max)
-        if self._activity is not None:
-            if self._activity.total != total:
-                self._activity.total = total
-            if done > self._activity.n:
-                self._activity.update(done - self._activity.n)
+        advance(self._activity, done, total)
 
     def _on_returned(self, result: Any) -> None:
         pending, self._pending = self._pending, None
@@ -471,15 +572,40 @@ class DenoiseWidget(QWidget):
             return
         if result is None or pending is None:
             return
+        source = pending["name"] if self._pending_preview else pending["metadata"]["denoised_from"]
         if self._info.get("nonfinite"):
             show_warning(
-                f"Denoise: {pending['metadata']['denoised_from']!r} holds {self._info['nonfinite']} NaN/Inf "
+                f"Denoise: {source!r} holds {self._info['nonfinite']} NaN/Inf "
                 f"voxels; they were replaced by the median {self._info['nonfinite_value']:g} before denoising"
             )
+        if self._pending_preview:
+            self._show_preview(pending, *result)
+            return
         self._viewer.add_image(result, **pending)
         if self.side_by_side.value:
             _grid(self._viewer).enabled = True
         self.status.value = f"added {pending['name']!r}"
+
+    def _show_preview(self, pending: dict[str, Any], z_start: int, slab: np.ndarray) -> None:
+        kw = preview_layer_kwargs(
+            pending["name"], scale=pending["scale"], translate=pending["translate"],
+            contrast_limits=pending["contrast_limits"], model=pending["model"], z_start=z_start,
+            slab_ndim=slab.ndim,
+        )
+        name = kw["name"]
+        existing = self._viewer.layers[name] if name in self._viewer.layers else None
+        if isinstance(existing, Image) and existing.ndim == slab.ndim:
+            existing.data = slab
+            existing.scale, existing.translate = kw["scale"], kw["translate"]
+            existing.metadata = {**existing.metadata, **kw["metadata"]}
+            existing.refresh()
+        else:
+            if existing is not None:
+                self._viewer.layers.remove(existing)
+            self._viewer.add_image(slab, **kw)
+        z_end = z_start + (slab.shape[0] if slab.ndim == 3 else 1)
+        self.status.value = f"preview of {pending['name']!r}" + (
+            f", slices {z_start}-{z_end - 1}" if slab.ndim == 3 else "")
 
     def _on_errored(self, exc: BaseException) -> None:
         # The job turns exceptions into _Failed; anything else napari reports itself.
@@ -495,9 +621,7 @@ class DenoiseWidget(QWidget):
             self._pending = None
             self.status.value = "cancelled"
             self.progress_bar.value = 0
-        if self._activity is not None:
-            self._activity.close()
-            self._activity = None
+        self._activity = close_activity(self._activity)
         self.run_button.enabled = True
         self.cancel_button.enabled = False
         if self._queue:

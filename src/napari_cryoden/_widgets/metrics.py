@@ -29,6 +29,7 @@ from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QTableWidget, QTableW
 from ..metrics import (
     FSC_THRESHOLDS, MetricsReport, Roi, bounding_box_roi, compare, describe_roi, write_fsc_csv, write_metrics_csv,
 )
+from ._common import Failed as _Failed, follow_renames, image_choices, layer_array, one_line, watch_layers
 
 __all__ = [
     "CURRENT_VIEW", "TABLE_COLUMNS", "WHOLE", "MetricsJob", "MetricsResult", "MetricsWidget",
@@ -228,13 +229,6 @@ def plot_fsc(axes, results: Sequence[MetricsResult]) -> None:
         axes.legend(fontsize="x-small", loc="best")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Failed:
-    """Returned by the job instead of results when the core refused the input."""
-
-    message: str
-
-
 def _metrics_job(jobs: Sequence[MetricsJob]) -> Generator[tuple[int, int], None, Any]:
     """Run in the worker thread: yield ``(done, total)``, return the results or a :class:`_Failed`."""
     results = []
@@ -243,7 +237,7 @@ def _metrics_job(jobs: Sequence[MetricsJob]) -> Generator[tuple[int, int], None,
         try:
             results.append(job.run())
         except (ValueError, MemoryError) as exc:
-            return _Failed(f"{job.name}: {' '.join(str(exc).split()) or type(exc).__name__}")
+            return _Failed(f"{job.name}: {one_line(exc)}")
         except Exception as exc:  # noqa: BLE001 (shown to the user, logged with its traceback)
             log.exception("metrics failed")
             return _Failed(f"{job.name}: {type(exc).__name__}: {exc}")
@@ -259,9 +253,7 @@ def _camera(viewer: napari.viewer.Viewer):
 
 def _layer_array(layer: Image) -> Any:
     """The array behind an image layer (level 0 of a multiscale one), without copying it."""
-    if layer.rgb:
-        raise ValueError(f"layer {layer.name!r} is an RGB(A) image; the metrics need grayscale data")
-    return layer.data[0] if layer.multiscale else layer.data
+    return layer_array(layer, "the metrics need grayscale data")
 
 
 class MetricsWidget(QWidget):
@@ -349,22 +341,18 @@ class MetricsWidget(QWidget):
         self.cancel_button.changed.connect(self.cancel)
         self.export_csv_button.changed.connect(self._ask_csv)
         self.export_png_button.changed.connect(self._ask_png)
-        for emitter in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
-            emitter.connect(self._on_layers_changed)
-        for layer in viewer.layers:
-            layer.events.name.connect(self._on_layers_changed)
+        watch_layers(viewer, self._on_layers_changed)
 
     # ------------------------------------------------------------------ choices
     def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
-        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+        return image_choices(self._viewer)
 
     def _region_choices(self, _widget=None) -> list[tuple[str, Any]]:
         shapes = [(f"shapes: {layer.name}", layer) for layer in self._viewer.layers if isinstance(layer, Shapes)]
         return [("whole volume", WHOLE), ("current view", CURRENT_VIEW), *shapes]
 
     def _on_layers_changed(self, event=None) -> None:
-        if event is not None and getattr(event, "type", None) == "inserted":
-            event.value.events.name.connect(self._on_layers_changed)
+        follow_renames(event, self._on_layers_changed)
         self.reset_choices()
 
     def reset_choices(self, _event=None) -> None:

@@ -35,6 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
+from . import simulate as _simulate_cmd  # stdlib-only at import time
+from . import train as _train_cmd  # stdlib-only at import time
+from ._common import format_seconds as _format_seconds
+from ._common import int_at_least
+
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "SUBCOMMANDS", "main"]
 
 PROG = "cryoden"
@@ -86,23 +91,19 @@ def _note(message: str) -> None:
     print(f"{PROG}: note: {message}", file=sys.stderr, flush=True)
 
 
-def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
-    """An argparse type: an integer >= `minimum`, described as `what` in errors."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
-        return value
-
-    return parse
+_positive_int = int_at_least(1, "a positive integer")
+_non_negative_int = int_at_least(0, "an integer >= 0")
 
 
-_positive_int = _int_at_least(1, "a positive integer")
-_non_negative_int = _int_at_least(0, "an integer >= 0")
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
 
 
 def _format_voxel_size(voxel_size: Sequence[float]) -> str:
@@ -113,13 +114,6 @@ def _format_voxel_size(voxel_size: Sequence[float]) -> str:
     axes = "ZYX"[-len(values):] if len(values) <= 3 else None
     joined = ", ".join(f"{v:g}" for v in values)
     return f"({joined}) Å" + (f" ({', '.join(axes)})" if axes else "")
-
-
-def _format_seconds(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 class ProgressBar:
@@ -195,35 +189,71 @@ class ProgressBar:
 # cryoden denoise
 
 _DENOISE_DESCRIPTION = """\
-Denoise a cryo-ET tomogram (an MRC file) with a pretrained network, tile by
-tile, and write the result as a float32 MRC file with the input's voxel size
-and intensity scale. OUTPUT is never the input file (not even with
---overwrite), and an existing OUTPUT is replaced only with --overwrite. The
-result is written to a temporary file and renamed when complete, so a failed
-or interrupted run leaves nothing behind.
+Denoise cryo-ET tomograms (MRC files) with a pretrained network, tile by
+tile, and write the results as float32 MRC files with the inputs' voxel size
+and intensity scale. 3D models take tomograms; 2D models take micrographs and
+stacks of 2D images (.mrcs), slice by slice (a tomogram given to a 2D model is
+denoised slice by slice along Z, with a note). A 3D model refuses 2D images
+and .mrcs stacks.
+
+Two forms:
+  cryoden denoise INPUT OUTPUT [options]
+  cryoden denoise INPUT [INPUT ...] --output-dir DIR [options]
+
+The second form takes many files or glob patterns (quote them) and writes
+DIR/<stem>_denoised.mrc for each (<stem>_denoised.mrcs for .mrcs stacks; the
+stem is the name without .gz/.bz2 and the MRC extension). Outputs that exist
+are skipped with a note unless --overwrite; a file that fails is reported in
+one line and the others go on; the exit status is then non-zero.
+
+An output is never an input (not even with --overwrite). Results are written to
+a hidden temporary file in the output's folder and renamed when complete, so a
+failed or interrupted run leaves nothing behind. Large files (256 MiB or more)
+are read and written tile by tile through memory maps: memory use stays at
+the model and a few tiles whatever the volume's size.
 """
 
 _DENOISE_EPILOG = """\
 examples:
   cryoden denoise tomo.mrc tomo_denoised.mrc
   cryoden denoise tomo.rec out.mrc --device cpu --tile 96 --overlap 16
+  cryoden denoise 'tomos/*.rec' extra.mrc --output-dir denoised/
+  cryoden denoise particles.mrcs --output-dir out/ --model MODEL_2D
 
-exit status: 0 success, 1 run failed, 2 bad input or option, 130 interrupted.
+exit status: 0 success, 1 run failed, 2 bad input or option, 130 interrupted;
+with --output-dir: 0 if every input was denoised or skipped, else 2 if only
+bad inputs failed, 1 if any run failed.
 """
 
 
 def _add_denoise(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", metavar="INPUT", help="tomogram to denoise (.mrc .rec .map .st .ali, optionally .gz/.bz2)")
-    p.add_argument("output", metavar="OUTPUT", help="denoised tomogram to write (float32 MRC)")
+    p.usage = (f"{PROG} denoise INPUT OUTPUT [options]\n"
+               f"       {PROG} denoise INPUT [INPUT ...] --output-dir DIR [options]")
+    p.add_argument("paths", metavar="INPUT", nargs="+",
+                   help="tomogram, micrograph or stack to denoise (.mrc .mrcs .rec .map .st .ali, optionally "
+                        ".gz/.bz2), then OUTPUT, the float32 MRC file to write; with --output-dir, any "
+                        "number of inputs or glob patterns")
+    p.add_argument("-o", "--output-dir", metavar="DIR", default=None,
+                   help="denoise every INPUT into DIR/<stem>_denoised.mrc (.mrcs for stacks); DIR is "
+                        "created if needed")
     p.add_argument("--model", metavar="NAME", default=None,
                    help=f"registry name or card path of the network (default: {DEFAULT_MODEL}); "
                         "see 'cryoden models'")
     p.add_argument("--tile", metavar="N", type=_positive_int, default=None,
                    help="edge of the output block each tile produces, in voxels, a multiple of the "
-                        "network stride (default: 96 on the CPU, 192 on CUDA)")
+                        "network stride (default: automatic, the tiles that waste least on context "
+                        "and fit in free memory, with cores of at most N^3 voxels, N = "
+                        "256 on the CPU, 512 on CUDA)")
     p.add_argument("--overlap", metavar="N", type=_non_negative_int, default=None,
                    help="voxels of context read on each side of every tile and discarded; 2*N must be a "
-                        "multiple of the network stride (default: from the model card, else 24)")
+                        "multiple of the network stride (default: from the model card, else the "
+                        "measured receptive field of the network)")
+    p.add_argument("--batch", metavar="N", type=_positive_int, default=None,
+                   help="tiles per forward pass (default: automatic, from free memory)")
+    p.add_argument("--max-memory", metavar="GIB", type=_positive_float, default=None,
+                   help="memory one forward pass may use when the tile size is automatic, in GiB "
+                        "(default: a quarter of the available RAM on the CPU, 70%% of the free GPU "
+                        "memory on CUDA)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where the network runs; auto takes CUDA when available (default: auto)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
@@ -232,7 +262,7 @@ def _add_denoise(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nonfinite", choices=("replace", "refuse"), default="replace",
                    help="NaN/Inf voxels in the input: replace them by the median (with a note giving "
                         "their number) or refuse the input (default: replace)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (never the input)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
 
 
@@ -263,56 +293,178 @@ def _voxel_size_note(input_voxel_size: Sequence[float], known: bool, model) -> s
             "the network is not rescaled, so results may be poor (bin or pick another model)")
 
 
-def _run_denoise(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    from ..io import read_mrc, write_mrc
+_GLOB_CHARS = set("*?[")
 
-    src, dst = Path(args.input), Path(args.output)
-    _check_output(src, dst, overwrite=args.overwrite)
-    volume = read_mrc(src)
 
-    from ..inference import iter_denoise, resolve_device, resolve_precision
-    from ..models import load_model
+def _expand_inputs(patterns: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Input paths from names and glob patterns (sorted matches), without repeats; and the
+    patterns that matched nothing."""
+    import glob
 
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
-    model = load_model(args.model or DEFAULT_MODEL)
+    found: list[Path] = []
+    seen: set[str] = set()
+    unmatched = []
+    for pattern in patterns:
+        if _GLOB_CHARS & set(pattern) and not Path(pattern).exists():
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                unmatched.append(pattern)
+                continue
+        else:
+            matches = [pattern]
+        for m in matches:
+            key = str(Path(m).resolve())
+            if key not in seen:
+                seen.add(key)
+                found.append(Path(m))
+    return found, unmatched
+
+
+def _batch_output_name(src: Path) -> str:
+    """``<stem>_denoised.mrc`` (``.mrcs`` for stacks), the stem without .gz/.bz2 and the MRC extension."""
+    name = src.name
+    for comp in (".gz", ".bz2"):
+        if name.lower().endswith(comp):
+            name = name[: -len(comp)]
+    stem, ext = Path(name).stem, Path(name).suffix.lower()
+    if ext not in (".mrc", ".mrcs", ".rec", ".map", ".st", ".ali"):
+        stem = name
+    return f"{stem}_denoised{'.mrcs' if ext == '.mrcs' else '.mrc'}"
+
+
+def _denoise_one(src: Path, dst: Path, model, device, precision: str, args: argparse.Namespace,
+                 label: str) -> tuple[object, int]:
+    """Denoise one file with a progress bar and the notes; returns the result and the tile count."""
+    from .. import inference
 
     # The core logs replaced NaN/Inf voxels; the CLI says it once itself, as a note.
     logging.getLogger("napari_cryoden").addHandler(logging.NullHandler())
     info: dict = {}
-    steps = iter_denoise(volume.data, model, tile=args.tile, overlap=args.overlap,
-                         device=str(device), precision=precision, nonfinite=args.nonfinite, info=info)
-    bar = None if args.quiet else ProgressBar(f"denoising {src.name}")
+    steps = inference.iter_denoise_file(
+        src, dst, model, tile=args.tile, overlap=args.overlap, batch_size=args.batch, device=str(device),
+        precision=precision, nonfinite=args.nonfinite, overwrite=args.overwrite, info=info,
+        memory_bytes=int(args.max_memory * 2**30) if args.max_memory else None,
+    )
+    bar = None if args.quiet else ProgressBar(label)
     try:
         # Arguments are checked before the first report, so a bad value ends here with one line.
         done, total = next(steps)
         if info.get("nonfinite"):
-            _note(f"replaced {info['nonfinite']} NaN/Inf voxels of the input by the median "
+            _note(f"replaced {info['nonfinite']} NaN/Inf voxels of {src.name} by the median "
                   f"{info['nonfinite_value']:g} (use --nonfinite refuse to stop instead)")
-        note = _voxel_size_note(volume.voxel_size, volume.metadata.get("voxel_size_known", True), model)
-        if note and not args.quiet:
-            _note(note)
+        if not args.quiet:
+            note = _voxel_size_note(info.get("voxel_size", ()), info.get("voxel_size_known", True), model)
+            if note:
+                _note(note)
+            if info.get("mode") == "stack" and not inference.stream.is_image_stack_path(src):
+                _note(f"model {model.name!r} is a 2D model: {src.name} is denoised slice by slice along Z")
         while True:
             if bar is not None:
                 bar.update(done, total)
             try:
                 done, total = next(steps)
             except StopIteration as stop:
-                result = stop.value
-                break
+                return stop.value, total
     finally:
         if bar is not None:
             bar.close()
         steps.close()
 
-    write_mrc(dst, result, volume.voxel_size, overwrite=args.overwrite, protect=(src,),
-              label=f"cryoden {model.name}")
+
+def _summary(result, device, precision: str, total: int, seconds: float) -> str:
+    return (f"{PROG}: wrote {result.output}: shape {tuple(result.shape)}, voxel size "
+            f"{_format_voxel_size(result.voxel_size)}, model {result.model} ({device.type}, {precision}), "
+            f"{total} tiles, {seconds:.1f} s")
+
+
+def _run_denoise(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    if args.output_dir is None and len(args.paths) != 2:
+        raise CliError(f"give INPUT OUTPUT, or inputs with --output-dir DIR (got {len(args.paths)} "
+                       f"path{'s' if len(args.paths) != 1 else ''})")
+    if args.output_dir is not None:
+        return _run_denoise_batch(args)
+    src, dst = (Path(p) for p in args.paths)
+    _check_output(src, dst, overwrite=args.overwrite)
+
+    from ..inference import resolve_device, resolve_precision
+    from ..models import load_model
+
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    model = load_model(args.model or DEFAULT_MODEL)
+    result, total = _denoise_one(src, dst, model, device, precision, args, f"denoising {src.name}")
     if not args.quiet:
-        print(f"{PROG}: wrote {dst}: shape {tuple(result.shape)}, voxel size "
-              f"{_format_voxel_size(volume.voxel_size)}, model {model.name} ({device.type}, {precision}), "
-              f"{total} tiles, {time.perf_counter() - start:.1f} s", flush=True)
+        print(_summary(result, device, precision, total, time.perf_counter() - start), flush=True)
     return EXIT_OK
+
+
+def _run_denoise_batch(args: argparse.Namespace) -> int:
+    """``--output-dir``: every input in turn; skips existing outputs, goes on after a failure."""
+    out_dir = Path(args.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(f"--output-dir {out_dir} is a file, not a folder")
+    inputs, unmatched = _expand_inputs(args.paths)
+    failed: list[int] = []
+    for pattern in unmatched:
+        _error(f"{pattern}: no file matches this pattern")
+        failed.append(EXIT_USAGE)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create --output-dir {out_dir}: {_one_line(exc)}") from None
+
+    from ..inference import resolve_device, resolve_precision
+    from ..models import load_model
+
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    model = load_model(args.model or DEFAULT_MODEL)
+    written = skipped = 0
+    claimed: dict[Path, Path] = {}
+    for i, src in enumerate(inputs, 1):
+        start = time.perf_counter()
+        dst = out_dir / _batch_output_name(src)
+        try:
+            if dst in claimed:
+                raise CliError(f"its output {dst} is also the output of {claimed[dst]}; rename one")
+            claimed[dst] = src
+            if (dst.exists() or dst.is_symlink()) and not args.overwrite and not _is_input(src, dst):
+                _note(f"skipping {src}: {dst} exists (pass --overwrite to replace it)")
+                skipped += 1
+                continue
+            _check_output(src, dst, overwrite=args.overwrite)
+            label = f"denoising {src.name}" + (f" ({i}/{len(inputs)})" if len(inputs) > 1 else "")
+            result, total = _denoise_one(src, dst, model, device, precision, args, label)
+        except (CliError, FileExistsError, ValueError, OSError, MemoryError, RuntimeError) as exc:
+            message = _one_line(exc)
+            _error(message if str(src) in message else f"{src}: {message}")
+            failed.append(EXIT_USAGE if isinstance(exc, (CliError, FileExistsError, ValueError)) else EXIT_FAILURE)
+            continue
+        except Exception as exc:  # an unforeseen failure: one line, and the next file
+            _error(f"{src}: internal error: {type(exc).__name__}: {_one_line(exc)}")
+            failed.append(EXIT_FAILURE)
+            continue
+        written += 1
+        if not args.quiet:
+            print(_summary(result, device, precision, total, time.perf_counter() - start), flush=True)
+    if not args.quiet or failed:
+        parts = [f"denoised {written} of {len(inputs) + len(unmatched)}"]
+        if skipped:
+            parts.append(f"skipped {skipped} (output exists)")
+        if failed:
+            parts.append(f"{len(failed)} failed")
+        print(f"{PROG}: {', '.join(parts)}", file=sys.stderr if failed else sys.stdout, flush=True)
+    if not failed:
+        return EXIT_OK
+    return EXIT_FAILURE if EXIT_FAILURE in failed else EXIT_USAGE
+
+
+def _is_input(a: Path, b: Path) -> bool:
+    """True when `b` is the file `a` itself (the output would be the input: an error, not a skip)."""
+    from ..io import same_file
+
+    return b.exists() and same_file(a, b)
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,7 +669,7 @@ class Subcommand:
 #: Subcommand name -> :class:`Subcommand`; later: simulate, train, benchmark.
 SUBCOMMANDS: dict[str, Subcommand] = {
     "denoise": Subcommand(
-        help="denoise a tomogram (MRC) with a pretrained network",
+        help="denoise tomograms, micrographs or stacks (MRC files) with a pretrained network",
         add_arguments=_add_denoise, run=_run_denoise,
         description=_DENOISE_DESCRIPTION, epilog=_DENOISE_EPILOG,
     ),
@@ -536,6 +688,14 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         description="Write a small simulated crowded tomogram (48 x 96 x 96 voxels, 10 Å/voxel) with a "
                     "missing wedge and Gaussian noise, made on the fly (no download), and optionally its "
                     "clean version. The same data is napari's sample 'Simulated tomogram'.",
+    ),
+    "simulate": Subcommand(
+        help=_simulate_cmd.HELP, add_arguments=_simulate_cmd.add_arguments, run=_simulate_cmd.run,
+        description=_simulate_cmd.DESCRIPTION, epilog=_simulate_cmd.EPILOG,
+    ),
+    "train": Subcommand(
+        help=_train_cmd.HELP, add_arguments=_train_cmd.add_arguments, run=_train_cmd.run,
+        description=_train_cmd.DESCRIPTION, epilog=_train_cmd.EPILOG,
     ),
 }
 

@@ -1,10 +1,17 @@
 """Tiled, seam-free network inference (no Qt)."""
 
-from .engine import Cancelled, default_geometry, denoise, iter_denoise, resolve_device, resolve_precision
+from .engine import (
+    Cancelled, denoise, input_mode, iter_denoise, plan_geometry, receptive_margin, resolve_device,
+    resolve_precision,
+)
 from .normalize import robust_stats
-from .tiling import Tile, plan_tiles, read_tile
+from .preview import iter_denoise_slab
+from .stream import FileResult, denoise_file, iter_denoise_file
+from .tiling import Geometry, Tile, auto_geometry, plan_tiles, read_tile, waste_ratio
 
 __all__ = [
-    "Cancelled", "Tile", "default_geometry", "denoise", "iter_denoise", "plan_tiles", "read_tile",
-    "resolve_device", "resolve_precision", "robust_stats",
+    "Cancelled", "FileResult", "Geometry", "Tile", "auto_geometry", "denoise", "denoise_file", "input_mode",
+    "iter_denoise", "iter_denoise_file", "iter_denoise_slab",
+    "plan_geometry", "plan_tiles", "read_tile", "receptive_margin", "resolve_device", "resolve_precision",
+    "robust_stats", "waste_ratio",
 ]

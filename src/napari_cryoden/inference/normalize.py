@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from .tiling import release_pages
+
 __all__ = ["robust_stats"]
 
 _IQR_TO_SIGMA = 1.349  # IQR of a unit normal distribution
@@ -16,7 +18,8 @@ def robust_stats(volume: np.ndarray, *, max_samples: int = 1 << 22) -> tuple[flo
 
     Statistics come from the whole volume, not per tile, so every tile is normalised alike. A
     volume larger than `max_samples` voxels is subsampled on a regular strided grid, which reads
-    only those voxels from a memmap and copies no more than `max_samples` values.
+    only those voxels from a memmap (a few slices at a time, letting go of their pages) and
+    copies no more than `max_samples` values.
 
     Parameters
     ----------
@@ -36,7 +39,18 @@ def robust_stats(volume: np.ndarray, *, max_samples: int = 1 << 22) -> tuple[flo
     """
     n = volume.size
     step = max(1, math.ceil((n / max_samples) ** (1.0 / max(volume.ndim, 1)))) if n > max_samples else 1
-    sample = np.asarray(volume[(slice(None, None, step),) * volume.ndim], dtype=np.float64).ravel()
+    if volume.ndim >= 2 and isinstance(volume, np.memmap):
+        # The same voxels, read a few slices at a time: a memmap's pages are let go as we go
+        # (reading every step-th row of a slice maps the whole slice into memory).
+        parts = []
+        rest = (slice(None, None, step),) * (volume.ndim - 1)
+        for z in range(0, volume.shape[0], step * 16):
+            block = volume[(slice(z, min(z + step * 16, volume.shape[0]), step), *rest)]
+            parts.append(np.asarray(block, dtype=np.float64).ravel())
+            release_pages(volume)
+        sample = np.concatenate(parts)
+    else:
+        sample = np.asarray(volume[(slice(None, None, step),) * volume.ndim], dtype=np.float64).ravel()
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         raise ValueError("volume holds no finite values (all NaN or Inf)")

@@ -1,6 +1,7 @@
-"""3D denoising networks and discriminators of van Gijn (2019).
+"""3D denoising networks and discriminators of van Gijn (2019), and a 2D Noise2Noise U-Net.
 
-All networks take and return tensors of shape ``(N, C, Z, Y, X)``. Generators map a one-channel
+All 3D networks take and return tensors of shape ``(N, C, Z, Y, X)``; the 2D network
+(:class:`N2NUNet2D`, for micrographs) takes ``(N, C, Y, X)``. Generators map a one-channel
 noisy volume to a one-channel denoised volume of the same shape; the spatial size must be a
 multiple of the network's :attr:`stride`.
 
@@ -29,6 +30,8 @@ References
 .. [2] Isola, P. et al. (2017). Image-to-image translation with conditional adversarial
    networks. CVPR, 1125-1134. doi:10.1109/CVPR.2017.632
 .. [3] Gulrajani, I. et al. (2017). Improved Training of Wasserstein GANs. NeurIPS 30.
+.. [4] Lehtinen, J. et al. (2018). Noise2Noise: Learning image restoration without clean data.
+   ICML, PMLR 80, 2965-2974, appendix A.1 (network architecture, table 2).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "UpsampleUnet48",
     "SimpleDiscriminator",
     "Pix2PixDiscriminator",
+    "N2NUNet2D",
     "FINAL_ACTIVATIONS",
 ]
 
@@ -287,3 +291,67 @@ class Pix2PixDiscriminator(nn.Module):
 
     def forward(self, noisy: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
         return self.model(torch.cat((noisy, candidate), 1))
+
+
+class N2NUNet2D(nn.Module):
+    """The 2D U-Net of Noise2Noise (Lehtinen et al. 2018, appendix A.1, table 2), for micrographs.
+
+    Encoder: ``enc_conv0`` and ``enc_conv1`` at full resolution, then five times a 2x2 max-pool
+    followed by one convolution (``enc_conv2``-``enc_conv6``), all with `ch` channels. Decoder:
+    four times nearest-neighbour upsampling by 2, concatenation with the encoder output of that
+    scale, and two convolutions with ``2 * ch`` channels (``dec_conv5a``-``dec_conv2b``); then
+    upsampling, concatenation with the input and three convolutions with 64, 32 and 1 channels
+    (``dec_conv1a``-``dec_conv1c``; scaled as ``ch * 4/3`` and ``ch * 2/3``). Every convolution is
+    3x3 with padding 1 and followed by a leaky ReLU with slope 0.1, except the last, which is
+    linear. No normalisation layers.
+
+    Parameters
+    ----------
+    ch : int, default=48
+        Channels of the encoder (48 in the paper); the decoder uses ``2 * ch``.
+
+    Notes
+    -----
+    Input and output: ``(N, 1, Y, X)`` float tensors, Y and X multiples of :attr:`stride` (32,
+    five poolings). The network output is linear, so it suits zero-centred, normalised
+    micrographs.
+    """
+
+    stride = 32
+
+    def __init__(self, ch: int = 48):
+        super().__init__()
+        if not isinstance(ch, int) or isinstance(ch, bool) or ch < 1:
+            raise ValueError(f"ch must be a positive integer, got {ch!r}")
+        self.ch = ch
+        d = 2 * ch
+        d1a, d1b = max(1, round(ch * 4 / 3)), max(1, round(ch * 2 / 3))
+
+        def conv(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.LeakyReLU(0.1, inplace=True))
+
+        self.enc_conv0 = conv(1, ch)
+        self.enc_conv1 = conv(ch, ch)
+        self.enc = nn.ModuleList([conv(ch, ch) for _ in range(5)])  # enc_conv2 .. enc_conv6
+        # dec5 sees upsampled enc_conv6 (ch) + pool4 (ch); dec4..dec2 see 2*ch + ch.
+        self.dec = nn.ModuleList(
+            [nn.Sequential(conv(2 * ch if i == 0 else d + ch, d), conv(d, d)) for i in range(4)]
+        )  # dec_conv5a/b .. dec_conv2a/b
+        self.dec_conv1a = conv(d + 1, d1a)
+        self.dec_conv1b = conv(d1a, d1b)
+        self.dec_conv1c = nn.Conv2d(d1b, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [x]  # concat1 uses the input
+        out = self.enc_conv1(self.enc_conv0(x))
+        for i, layer in enumerate(self.enc):
+            out = F.max_pool2d(out, 2)  # pool1 .. pool5
+            if i < 4:
+                skips.append(out)  # pool1 .. pool4 feed concat2 .. concat5
+            out = layer(out)  # enc_conv2 .. enc_conv6
+        for layer in self.dec:
+            out = F.interpolate(out, scale_factor=2, mode="nearest")
+            out = layer(torch.cat((out, skips.pop()), 1))
+        out = F.interpolate(out, scale_factor=2, mode="nearest")
+        out = torch.cat((out, skips.pop()), 1)
+        return self.dec_conv1c(self.dec_conv1b(self.dec_conv1a(out)))

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import networks
+from . import fast, networks
 
 __all__ = [
     "ARCHITECTURES",
@@ -34,6 +34,7 @@ __all__ = [
     "build",
     "builtin_model_dir",
     "load_model",
+    "model_card",
     "save_model",
     "user_model_dir",
 ]
@@ -45,6 +46,8 @@ ARCHITECTURES: dict[str, tuple[type[nn.Module], frozenset[str], int]] = {
     "UpsampleUnet48": (networks.UpsampleUnet48, frozenset({"ch", "shared_weights", "final_activation"}), 3),
     "Unet48": (networks.Unet48, frozenset({"ch", "shared_weights", "final_activation"}), 3),
     "SimpleAutoEncoder": (networks.SimpleAutoEncoder, frozenset({"final_activation"}), 3),
+    "N2NUNet2D": (networks.N2NUNet2D, frozenset({"ch"}), 2),
+    "FastUNet3D": (fast.FastUNet3D, frozenset({"ch", "refine", "final_activation"}), 3),
 }
 
 _CARD_REQUIRED = ("name", "architecture", "arch_kwargs", "sha256", "voxel_size_A", "normalization")
@@ -184,6 +187,18 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
             return card
     known = ", ".join(available_models()) or "none"
     raise ModelError(f"no model named {str(name_or_path)!r} (available: {known})")
+
+
+def model_card(name_or_path: str | os.PathLike) -> dict:
+    """The validated card of a model (by registry name or card/weights path), without its weights.
+
+    Raises
+    ------
+    ModelError
+        If no such model exists or its card is malformed.
+    """
+    path = _resolve(name_or_path)
+    return {**_read_card(path), "_path": str(path)}
 
 
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> LoadedModel:

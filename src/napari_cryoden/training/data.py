@@ -10,7 +10,7 @@ import torch
 from ..inference.normalize import robust_stats
 from ..simulate.thesis import thesis_pair
 
-__all__ = ["ThesisStream", "normalize_pair"]
+__all__ = ["MixedStream", "RealisticStream", "ThesisStream", "normalize_pair"]
 
 
 def normalize_pair(noisy: np.ndarray, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,17 +73,135 @@ class ThesisStream:
         snr = float(np.exp(rng.uniform(*np.log(self.snr_range))))
         tilt = float(rng.uniform(*self.tilt_range))
         noisy, clean = thesis_pair(self.particles, rng, box=self.patch, n_particles=n, snr=snr, tilt_max_deg=tilt)
-        noisy, clean = normalize_pair(noisy, clean)
-        for axis in range(3):
-            if rng.random() < 0.5:
-                noisy, clean = np.flip(noisy, axis), np.flip(clean, axis)
-        if rng.random() < 0.5:
-            noisy, clean = -noisy, -clean
-        return np.ascontiguousarray(noisy, np.float32), np.ascontiguousarray(clean, np.float32)
+        return _augment(*normalize_pair(noisy, clean), rng)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        while True:
-            pairs = [self.sample() for _ in range(self.batch_size)]
-            x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
-            y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None])
-            yield x, y
+        return _batches(self.sample, self.batch_size)
+
+
+class RealisticStream:
+    """Endless batches of patches of realistic simulated tomograms (noisy, clean target).
+
+    Every `volumes_every` patches a new tomogram is simulated with
+    :func:`~napari_cryoden.simulate.simulate_tomogram` (crowded particles, vesicles, ice, a tilt
+    series with CTF, radiation damage and shot noise, weighted back-projection), with its
+    imaging parameters drawn from the ranges below. Both volumes are normalised with the whole
+    noisy tomogram's robust statistics, as :func:`~napari_cryoden.inference.denoise` does, and
+    random cubes are cut from them. Augmentation: flips along Z, Y, X (they keep the tilt axis)
+    and a random contrast sign.
+
+    Parameters
+    ----------
+    particles : dict of name -> ndarray
+        Particle maps at `voxel_size`.
+    rng : numpy.random.Generator
+    batch_size, patch : int
+    shape : (Z, Y, X) tuple of int, default=(64, 128, 128)
+        Size of each simulated tomogram.
+    patches_per_volume : int, default=16
+    voxel_size : float, default=10
+        Å per voxel.
+    density, defocus_um, dose_total, tilt_range : (float, float)
+        Uniform ranges: particle volume fraction, defocus (µm), total dose (e-/Å²), maximum tilt (°).
+    max_membranes : int, default=2
+
+    Yields
+    ------
+    noisy, clean : torch.Tensor of shape (batch_size, 1, patch, patch, patch), float32
+    """
+
+    def __init__(
+        self,
+        particles: dict[str, np.ndarray],
+        rng: np.random.Generator,
+        *,
+        batch_size: int = 8,
+        patch: int = 32,
+        shape: tuple[int, int, int] = (64, 128, 128),
+        patches_per_volume: int = 16,
+        voxel_size: float = 10.0,
+        density: tuple[float, float] = (0.05, 0.25),
+        defocus_um: tuple[float, float] = (1.5, 5.0),
+        dose_total: tuple[float, float] = (40.0, 160.0),
+        tilt_range: tuple[float, float] = (50.0, 65.0),
+        max_membranes: int = 2,
+    ):
+        if min(shape) < patch:
+            raise ValueError(f"patch {patch} does not fit in simulated tomograms of shape {shape}")
+        self.particles, self.rng = dict(particles), rng
+        self.batch_size, self.patch, self.shape = batch_size, patch, tuple(shape)
+        self.patches_per_volume, self.voxel_size = patches_per_volume, voxel_size
+        self.ranges = {"density": density, "defocus_um": defocus_um, "dose_total": dose_total, "tilt_range": tilt_range}
+        self.max_membranes = max_membranes
+        self._volume: tuple[np.ndarray, np.ndarray] | None = None
+        self._left = 0
+
+    def parameters(self) -> dict:
+        """Draw the imaging parameters of the next tomogram."""
+        rng = self.rng
+        kw = {k: float(rng.uniform(*r)) for k, r in self.ranges.items()}
+        kw["membranes"] = int(rng.integers(0, self.max_membranes + 1))
+        kw["seed"] = int(rng.integers(2**31))
+        return kw
+
+    def _new_volume(self) -> None:
+        from ..simulate.tomogram import simulate_tomogram
+
+        sim = simulate_tomogram(self.shape, voxel_size=self.voxel_size, particles=self.particles, **self.parameters())
+        self._volume = normalize_pair(sim.noisy, sim.clean)
+        self._left = self.patches_per_volume
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._left <= 0:
+            self._new_volume()
+        self._left -= 1
+        noisy, clean = self._volume
+        rng, p = self.rng, self.patch
+        lo = [int(rng.integers(0, n - p + 1)) for n in noisy.shape]
+        sl = tuple(slice(a, a + p) for a in lo)
+        return _augment(noisy[sl], clean[sl], rng)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return _batches(self.sample, self.batch_size)
+
+
+class MixedStream:
+    """Batches whose samples come from several streams, each picked with a given probability.
+
+    Parameters
+    ----------
+    streams : sequence of objects with a ``sample()`` method
+    weights : sequence of float
+        Relative probabilities.
+    rng : numpy.random.Generator
+    batch_size : int
+    """
+
+    def __init__(self, streams, weights, rng: np.random.Generator, *, batch_size: int = 8):
+        w = np.asarray(weights, dtype=float)
+        if len(w) != len(streams) or (w < 0).any() or w.sum() <= 0:
+            raise ValueError("give one non-negative weight per stream, not all zero")
+        self.streams, self.p, self.rng, self.batch_size = list(streams), w / w.sum(), rng, batch_size
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.streams[int(self.rng.choice(len(self.streams), p=self.p))].sample()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return _batches(self.sample, self.batch_size)
+
+
+def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The same random flips along Z, Y, X (they keep a tilt axis along Y) and contrast sign."""
+    for axis in range(3):
+        if rng.random() < 0.5:
+            x, y = np.flip(x, axis), np.flip(y, axis)
+    if rng.random() < 0.5:
+        x, y = -x, -y
+    return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.float32)
+
+
+def _batches(sample, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    while True:
+        pairs = [sample() for _ in range(batch_size)]
+        yield (torch.from_numpy(np.stack([p[0] for p in pairs])[:, None]),
+               torch.from_numpy(np.stack([p[1] for p in pairs])[:, None]))

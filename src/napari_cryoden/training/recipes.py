@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from ..metrics import image_metrics, summarize
-from ..models import NORMALIZATION, LoadedModel, SimpleDiscriminator, UpsampleUnet48, save_model
+from ..models import NORMALIZATION, LoadedModel, SimpleDiscriminator, build, save_model
 from ..simulate import load_particle_maps, thesis_pair
-from .data import ThesisStream
+from .data import MixedStream, RealisticStream, ThesisStream
 from .supervised import TrainConfig, train
 
 __all__ = ["HELD_OUT", "RECIPES", "evaluate_held_out", "run_recipe"]
@@ -38,6 +38,7 @@ RECIPES = {
         "description": "UpsampleUnet48 GAN (van Gijn 2019, sec. 3.7), 3D tomograms at ~10 Å/voxel, default",
         "architecture": "UpsampleUnet48",
         "arch_kwargs": {"ch": 48, "shared_weights": True, "final_activation": "identity"},
+        "mode": "gan",
         "discriminator": "SimpleDiscriminator",
         "patch": 32,
         "batch_size": 8,
@@ -45,7 +46,27 @@ RECIPES = {
         "lr": 2e-4,
         "l1_weight": 100.0,
         "seed": 0,
+        "overlap": 24,
         "stream": {"p_single": 0.3, "max_particles": 40, "snr_range": [0.1, 2.0], "tilt_range": [50.0, 70.0]},
+    },
+    "fast-3d": {
+        "description": "FastUNet3D (half-resolution U-Net, ~10x less arithmetic than the default), 3D tomograms "
+                       "at ~10 Å/voxel, for speed and previews",
+        "architecture": "FastUNet3D",
+        "arch_kwargs": {"ch": 32, "refine": 8, "final_activation": "identity"},
+        "mode": "ae",
+        "loss": "l1",
+        "patch": 40,
+        "batch_size": 8,
+        "steps": 2400,
+        "lr": 5e-4,
+        "seed": 0,
+        "overlap": 32,
+        "deviations": "not a thesis network: designed here for throughput (see napari_cryoden.models.fast)",
+        "stream": {"p_single": 0.3, "max_particles": 40, "snr_range": [0.1, 2.0], "tilt_range": [50.0, 70.0]},
+        "realistic": {"weight": 0.75, "shape": [64, 128, 128], "patches_per_volume": 32, "density": [0.05, 0.25],
+                      "defocus_um": [1.5, 5.0], "dose_total": [40.0, 160.0], "tilt_range": [50.0, 65.0],
+                      "max_membranes": 2},
     },
 }
 
@@ -81,6 +102,26 @@ def held_out_set(maps: dict[str, np.ndarray], *, n: int = 40, seed: int = 12345,
     return out
 
 
+def realistic_held_out_set(maps: dict[str, np.ndarray], *, n: int = 4, seed: int = 54321,
+                           shape: tuple[int, int, int] = (64, 128, 128)):
+    """The fixed realistic held-out set: crowded tomograms of :data:`HELD_OUT` proteins only.
+
+    Volume fraction 0.15, one vesicle, ice, ±60° in 3° steps, defocus 2, 3, 4, 5 µm and dose
+    120, 100, 80, 60 e-/Å² (cycled), 10 Å/voxel; see :func:`~napari_cryoden.simulate.simulate_tomogram`.
+    """
+    from ..simulate.tomogram import simulate_tomogram
+
+    parts = {k: maps[k] for k in HELD_OUT if k in maps}
+    if not parts:
+        raise ValueError(f"none of the held-out particles {HELD_OUT} is in the maps folder")
+    out = []
+    for i in range(n):
+        sim = simulate_tomogram(shape, particles=parts, density=0.15, membranes=1, defocus_um=2.0 + i % 4,
+                                dose_total=120.0 - 20 * (i % 4), seed=seed + i)
+        out.append((sim.noisy, sim.clean))
+    return out
+
+
 def evaluate_held_out(model: LoadedModel, pairs, *, precision: str = "fp32") -> dict:
     """Median (5th, 50th, 95th percentiles) of SSIM/PSNR/MSE/NRMSE for input and output."""
     from ..inference import denoise
@@ -93,6 +134,35 @@ def evaluate_held_out(model: LoadedModel, pairs, *, precision: str = "fp32") -> 
     return {"input": summarize(noisy_rows), "denoised": summarize(out_rows), "n_volumes": len(pairs)}
 
 
+def _stream(r: dict, maps: dict[str, np.ndarray], train_names: list[str], rng: np.random.Generator):
+    st = r["stream"]
+    thesis = ThesisStream([maps[k] for k in train_names], rng, batch_size=r["batch_size"], patch=r["patch"],
+                          p_single=st["p_single"], max_particles=st["max_particles"],
+                          snr_range=tuple(st["snr_range"]), tilt_range=tuple(st["tilt_range"]))
+    if "realistic" not in r:
+        return thesis
+    re_ = r["realistic"]
+    realistic = RealisticStream(
+        {k: maps[k] for k in train_names}, rng, batch_size=r["batch_size"], patch=r["patch"],
+        shape=tuple(re_["shape"]), patches_per_volume=re_["patches_per_volume"],
+        density=tuple(re_["density"]), defocus_um=tuple(re_["defocus_um"]),
+        dose_total=tuple(re_["dose_total"]), tilt_range=tuple(re_["tilt_range"]), max_membranes=re_["max_membranes"],
+    )
+    return MixedStream([realistic, thesis], [re_["weight"], 1 - re_["weight"]], rng, batch_size=r["batch_size"])
+
+
+def _realistic_text(r: dict) -> str:
+    re_ = r["realistic"]
+    return (
+        f"; mixed with probability {re_['weight']} with patches of realistic simulated tomograms "
+        f"(napari_cryoden.simulate.simulate_tomogram, {tuple(re_['shape'])} voxels, {re_['patches_per_volume']} patches "
+        f"each, protein volume fraction {re_['density']}, 0-{re_['max_membranes']} vesicles, ice, tilt series to "
+        f"{re_['tilt_range']} deg in 3 deg steps, CTF at defocus {re_['defocus_um']} um with phase flipping, "
+        f"dose {re_['dose_total']} e-/A^2 with shot noise and radiation damage, weighted back-projection; target: "
+        "the noiseless reconstruction)"
+    )
+
+
 def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: int | None = None, log=print) -> Path:
     """Train recipe `name` on the maps in `maps_dir` and write the model into `out_dir`."""
     r = RECIPES[name]
@@ -101,12 +171,11 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
     train_names = sorted(k for k in maps if k not in HELD_OUT)
     rng = np.random.default_rng(r["seed"])
     torch.manual_seed(r["seed"])
-    stream = ThesisStream([maps[k] for k in train_names], rng, batch_size=r["batch_size"], patch=r["patch"],
-                          p_single=r["stream"]["p_single"], max_particles=r["stream"]["max_particles"],
-                          snr_range=tuple(r["stream"]["snr_range"]), tilt_range=tuple(r["stream"]["tilt_range"]))
-    gen = UpsampleUnet48(**r["arch_kwargs"])
-    disc = SimpleDiscriminator(r["patch"])
-    cfg = TrainConfig(steps=steps, mode="gan", lr=r["lr"], lr_d=r["lr"], l1_weight=r["l1_weight"], seed=r["seed"], log_every=20)
+    stream = _stream(r, maps, train_names, rng)
+    gen = build(r["architecture"], **r["arch_kwargs"])
+    disc = SimpleDiscriminator(r["patch"]) if r["mode"] == "gan" else None
+    cfg = TrainConfig(steps=steps, mode=r["mode"], loss=r.get("loss", "l1"), lr=r["lr"], lr_d=r["lr"],
+                      l1_weight=r.get("l1_weight", 100.0), seed=r["seed"], log_every=20)
     t0 = time.time()
 
     def progress(step, total, entry):
@@ -119,6 +188,9 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
     t1 = time.time()
     scores = evaluate_held_out(lm, held_out_set(maps))
     log(json.dumps(scores), flush=True)
+    realistic_scores = evaluate_held_out(lm, realistic_held_out_set(maps)) if "realistic" in r else None
+    if realistic_scores is not None:
+        log(json.dumps(realistic_scores), flush=True)
     card = {
         "description": r["description"],
         "architecture": r["architecture"],
@@ -126,7 +198,7 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
         "ndim": 3,
         "voxel_size_A": 10.0,
         "normalization": NORMALIZATION,
-        "overlap": 24,
+        "overlap": r["overlap"],
         "training": {
             "command": f"python -m napari_cryoden.training.recipes {name} --maps ../shared/data/maps_10A --out models"
                        + (f" --steps {steps}" if steps != r["steps"] else ""),
@@ -134,19 +206,21 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
                 "thesis dataset (van Gijn 2019, sec. 3.1) made on the fly from SHREC protein maps at 10 Å/voxel "
                 f"(shared/data/maps_10A): {', '.join(train_names)}; {r['patch']}^3 volumes with one centred particle "
                 f"(p={r['stream']['p_single']}) or 2-{r['stream']['max_particles']} non-overlapping particles in random orientations"
+                + (_realistic_text(r) if "realistic" in r else "")
             ),
             "noise_model": (
-                f"missing wedge of a single-axis tilt series about Y, max tilt uniform in {r['stream']['tilt_range']} deg, "
+                f"thesis samples: missing wedge of a single-axis tilt series about Y, max tilt uniform in {r['stream']['tilt_range']} deg, "
                 f"plus white Gaussian noise, SNR = var(clean)/var(noise) log-uniform in {r['stream']['snr_range']}; "
                 "augmentation: flips along Z, Y, X and random contrast sign"
             ),
-            "losses": f"GAN: BCE adversarial (SimpleDiscriminator, conditional) + {r['l1_weight']} x L1 content",
+            "losses": (f"GAN: BCE adversarial (SimpleDiscriminator, conditional) + {r['l1_weight']} x L1 content"
+                       if r["mode"] == "gan" else f"supervised {r.get('loss', 'l1').upper()} to the clean target"),
             "optimizer": f"Adam lr {r['lr']}, betas (0.5, 0.999)",
             "batch_size": r["batch_size"],
             "patch": r["patch"],
             "steps": result.steps_done,
             "seed": r["seed"],
-            "precision": "bf16 autocast (generator), fp32 (discriminator)",
+            "precision": "bf16 autocast" + (" (generator), fp32 (discriminator)" if r["mode"] == "gan" else ""),
             "seconds": round(train_seconds, 1),
             "hardware": _hardware(dev),
             "torch": torch.__version__,
@@ -157,13 +231,15 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
             "set": "40 volumes of 64^3: 20 single centred particles, 20 with 10-40 particles; SNR 0.5, ±60° wedge, seed 12345",
             "metrics": scores,
             "evaluation_seconds": round(time.time() - t1, 1),
-            "command": "python -m napari_cryoden.training.recipes upsampleunet48-gan --evaluate-only --maps ../shared/data/maps_10A --out models",
+            "command": f"python -m napari_cryoden.training.recipes {name} --evaluate-only --maps ../shared/data/maps_10A --out models",
+            **({"realistic_set": realistic_held_out_set.__doc__.split("\n\n")[1].strip().replace("\n", " "),
+                "realistic_metrics": realistic_scores} if realistic_scores is not None else {}),
         },
-        "deviations_from_thesis": (
+        "deviations_from_thesis": r.get("deviations", (
             "final activation is identity instead of softplus, because inputs are normalised to zero median; "
             "training patches are 32^3 instead of 64^3 to fit a one-hour CPU budget; "
             "the SimpleDiscriminator head is at least 8 wide and runs in fp32"
-        ),
+        )),
         "licence": "BSD-3-Clause (weights and code); training maps derived from PDB entries (CC0)",
     }
     return save_model(gen, out_dir, name, card)
@@ -181,7 +257,11 @@ def main(argv=None) -> int:
         from ..models import load_model
 
         lm = load_model(Path(a.out) / f"{a.name}.json")
-        print(json.dumps(evaluate_held_out(lm, held_out_set(load_particle_maps(a.maps))), indent=1))
+        maps = load_particle_maps(a.maps)
+        scores = {"thesis": evaluate_held_out(lm, held_out_set(maps))}
+        if "realistic" in RECIPES[a.name]:
+            scores["realistic"] = evaluate_held_out(lm, realistic_held_out_set(maps))
+        print(json.dumps(scores, indent=1))
         return 0
     path = run_recipe(a.name, a.maps, a.out, steps=a.steps)
     print(f"wrote {path}")

@@ -1,4 +1,4 @@
-"""Supervised training: auto-encoder (L1/L2) and conditional GAN (adversarial + L1 content).
+"""Supervised training: auto-encoder (L1/L2), conditional GAN and conditional WGAN-GP.
 
 The GAN follows the thesis (van Gijn 2019, section 3.7): a generator (UpsampleUnet48) and a
 conditional discriminator that sees the noisy volume with either the clean or the generated
@@ -6,11 +6,30 @@ volume, trained with Adam. As in pix2pix (Isola et al. 2017, eq. 4), the generat
 L1 content term weighted by `l1_weight` to the adversarial term, which keeps the output faithful
 to the target while the discriminator sharpens it.
 
+The WGAN-GP (thesis section 3.8) replaces the discriminator by a critic without sigmoid and
+without batch normalisation (:class:`~napari_cryoden.models.Pix2PixDiscriminator` with
+``norm=None``) trained on the Wasserstein loss with a gradient penalty on random interpolates of
+real and generated volumes (Gulrajani et al. 2017, algorithm 1): `n_critic` critic updates per
+generator update, penalty weight λ = 10, Adam with lr 1e-4 and betas (0, 0.9).
+
+:class:`SupervisedStep` does one generator update (with the discriminator or critic updates that
+precede it); :func:`train` loops it over a stream of batches, and
+:func:`napari_cryoden.training.finetune.fine_tune` uses it on patches of the user's data.
 Progress and cancellation are plain callables, so no Qt is needed here.
+
+References
+----------
+.. [1] van Gijn, D. (2019). Denoising Cryo-Electron Tomograms Using Deep Learning. Master's
+   thesis, Utrecht University, sections 2.7, 3.7 and 3.8.
+.. [2] Isola, P. et al. (2017). Image-to-image translation with conditional adversarial
+   networks. CVPR, 1125-1134. doi:10.1109/CVPR.2017.632
+.. [3] Gulrajani, I. et al. (2017). Improved Training of Wasserstein GANs. NeurIPS 30,
+   5767-5777, algorithm 1 and section 4.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -21,7 +40,14 @@ from torch.nn import functional as F
 
 from ..inference.engine import resolve_device, resolve_precision
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+__all__ = ["MODES", "SupervisedStep", "TrainConfig", "TrainResult", "content_loss", "train"]
+
+#: Training modes of :func:`train` / :class:`SupervisedStep`.
+MODES = ("ae", "gan", "wgangp")
+
+#: Adam (lr, betas) per mode when not set: GAN recommendations (Chintala et al. 2016) for "ae" and
+#: "gan", the WGAN-GP paper's (Gulrajani et al. 2017, algorithm 1) for "wgangp".
+_OPTIMIZER_DEFAULTS = {"ae": (2e-4, (0.5, 0.999)), "gan": (2e-4, (0.5, 0.999)), "wgangp": (1e-4, (0.0, 0.9))}
 
 
 @dataclass
@@ -32,15 +58,24 @@ class TrainConfig:
     ----------
     steps : int
         Generator updates.
-    mode : {"ae", "gan"}
-        "ae": content loss only; "gan": adversarial loss plus `l1_weight` x content loss.
+    mode : {"ae", "gan", "wgangp"}
+        "ae": content loss only; "gan": adversarial loss plus `l1_weight` x content loss;
+        "wgangp": Wasserstein critic loss with gradient penalty, generator loss
+        ``-critic + l1_weight x content``.
     loss : {"l1", "l2"}
         Content loss.
-    lr, lr_d : float
-        Adam learning rates of the generator and the discriminator; betas (0.5, 0.999) as in
-        the GAN-training recommendations the thesis follows (Chintala et al. 2016).
+    lr, lr_d : float, optional
+        Adam learning rates of the generator and the discriminator/critic. Default: 2e-4 for
+        "ae" and "gan", 1e-4 for "wgangp" (Gulrajani et al. 2017, algorithm 1).
+    betas : (float, float), optional
+        Adam betas of both optimizers. Default: (0.5, 0.999) for "ae" and "gan" (the GAN
+        recommendations the thesis follows, Chintala et al. 2016), (0.0, 0.9) for "wgangp".
     l1_weight : float
-        Weight of the content term in GAN mode (pix2pix uses 100).
+        Weight of the content term in "gan" and "wgangp" mode (pix2pix uses 100).
+    n_critic : int
+        Critic updates per generator update in "wgangp" mode (5 in the paper).
+    gp_weight : float
+        Weight λ of the gradient penalty in "wgangp" mode (10 in the paper).
     device, precision : str
         As in :func:`napari_cryoden.denoise`; bf16 autocast on CPUs with native bf16.
     seed : int
@@ -51,13 +86,16 @@ class TrainConfig:
     steps: int = 1000
     mode: str = "gan"
     loss: str = "l1"
-    lr: float = 2e-4
-    lr_d: float = 2e-4
+    lr: float | None = None
+    lr_d: float | None = None
     l1_weight: float = 100.0
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
     log_every: int = 10
+    n_critic: int = 5
+    gp_weight: float = 10.0
+    betas: tuple[float, float] | None = None
 
 
 @dataclass
@@ -70,12 +108,260 @@ class TrainResult:
     cancelled: bool = False
 
 
-def _content_loss(kind: str):
-    if kind == "l1":
-        return F.l1_loss
-    if kind == "l2":
-        return F.mse_loss
-    raise ValueError(f"loss must be 'l1' or 'l2', got {kind!r}")
+def content_loss(kind: str) -> Callable[..., torch.Tensor]:
+    """The content loss ``f(pred, target, mask=None)``: mean L1 or L2 error, over `mask` if given.
+
+    Raises
+    ------
+    ValueError
+        If `kind` is not "l1" or "l2".
+    """
+    if kind not in ("l1", "l2"):
+        raise ValueError(f"loss must be 'l1' or 'l2', got {kind!r}")
+
+    def loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        diff = pred.float() - target.float()
+        err = diff.abs() if kind == "l1" else diff * diff
+        if mask is None:
+            return err.mean()
+        return (err * mask).sum() / mask.sum().clamp_min(1)
+
+    return loss
+
+
+def _has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def _finite(losses: dict[str, float]) -> bool:
+    return all(math.isfinite(v) for v in losses.values())
+
+
+class SupervisedStep:
+    """One generator update of supervised training, with the discriminator/critic updates before it.
+
+    Parameters
+    ----------
+    generator : torch.nn.Module
+        Maps (N, 1, Z, Y, X) (or (N, 1, Y, X) with ``ndim=2``) noisy patches to denoised ones;
+        moved to the device and trained in place.
+    mode : {"ae", "gan", "wgangp"}
+    loss : {"l1", "l2"}
+        Content loss.
+    discriminator : torch.nn.Module, optional
+        Required for "gan" and "wgangp"; called as ``discriminator(noisy, candidate)``, returns
+        logits (GAN) or critic scores (WGAN-GP, averaged per sample). A WGAN-GP critic must not
+        hold batch normalisation (Gulrajani et al. 2017, section 4).
+    lr, lr_d : float, optional
+    betas : (float, float), optional
+        See :class:`TrainConfig` for the defaults per mode.
+    l1_weight, n_critic, gp_weight : float, int, float
+        See :class:`TrainConfig`.
+    device : torch.device
+    precision : {"fp32", "bf16", "fp16"}
+        Resolved precision (see :func:`~napari_cryoden.inference.resolve_precision`). The
+        discriminator/critic always runs in fp32: on the CPU, oneDNN's bf16 backward of its
+        stride-2 convolutions on 4^3 inputs gave NaN weight gradients (torch 2.13).
+    ndim : {2, 3}
+        Spatial dimensions of the patches.
+    generator_rng : torch.Generator, optional
+        CPU generator for the interpolation weights of the gradient penalty (seeded runs and
+        exact resumption); default: torch's global generator.
+    channels_last : bool, optional
+        Run the generator in the channels-last memory format. Default: on the CPU with bf16 (as
+        inference does). With torch 2.13 on the CPU, the bf16 channels-last backward pass of
+        UpsampleUnet48 is not deterministic when its deepest feature map is 2 voxels wide (16^3
+        patches) and now and then gives Inf/NaN weight gradients; it was deterministic at 3^3
+        and larger, so callers with small patches should pass False.
+    max_skipped : int, default=20
+        An update whose gradients are not finite is skipped (as a gradient scaler does);
+        this many skipped updates in a row raise ValueError.
+
+    Calling the object with ``next_batch`` (a callable returning ``(noisy, target)`` or
+    ``(noisy, target, mask)`` tensors) does one generator update and returns the losses as
+    floats: ``content`` always; ``d`` and ``adv`` for "gan"; ``d`` (critic loss with penalty),
+    ``gp`` (the penalty before weighting), ``wdist`` (critic estimate of the Wasserstein distance)
+    and ``adv`` for "wgangp". A `mask` restricts the content loss to its non-zero voxels
+    (Noise2Void). In "wgangp" mode `next_batch` is called ``n_critic`` times, once per critic
+    update; the generator update reuses the last batch.
+
+    Raises
+    ------
+    ValueError
+        For an unknown mode or loss, a missing discriminator, a WGAN-GP critic with batch
+        normalisation, or (when called) a non-finite loss.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        *,
+        mode: str = "ae",
+        loss: str = "l1",
+        discriminator: nn.Module | None = None,
+        lr: float | None = None,
+        lr_d: float | None = None,
+        betas: tuple[float, float] | None = None,
+        l1_weight: float = 100.0,
+        n_critic: int = 5,
+        gp_weight: float = 10.0,
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+        ndim: int = 3,
+        generator_rng: torch.Generator | None = None,
+        channels_last: bool | None = None,
+        max_skipped: int = 20,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode != "ae" and discriminator is None:
+            raise ValueError(f"{'GAN' if mode == 'gan' else 'WGAN-GP'} training needs a discriminator")
+        if mode == "wgangp" and _has_batch_norm(discriminator):
+            raise ValueError(
+                "a WGAN-GP critic must not use batch normalisation (Gulrajani et al. 2017, sec. 4); "
+                "use Pix2PixDiscriminator(norm=None)"
+            )
+        if mode == "wgangp" and (not isinstance(n_critic, int) or n_critic < 1):
+            raise ValueError(f"n_critic must be a positive integer, got {n_critic!r}")
+        self.mode, self.content = mode, content_loss(loss)
+        self.l1_weight, self.n_critic, self.gp_weight = float(l1_weight), int(n_critic), float(gp_weight)
+        self.dev = torch.device(device)
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if channels_last is None:
+            channels_last = self.dev.type == "cpu" and self.dtype is not None
+        cl = torch.channels_last_3d if ndim == 3 else torch.channels_last
+        self.fmt = cl if channels_last else torch.contiguous_format
+        self.max_skipped, self.skipped, self._skipped_in_row = int(max_skipped), 0, 0
+        self.rng = generator_rng
+        lr_default, betas_default = _OPTIMIZER_DEFAULTS[mode]
+        lr = lr_default if lr is None else lr
+        lr_d = lr if lr_d is None else lr_d
+        betas = tuple(betas) if betas is not None else betas_default
+        self.generator = generator.to(self.dev, memory_format=self.fmt).train()
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas)
+        self.discriminator = self.opt_d = None
+        if mode != "ae":
+            self.discriminator = discriminator.to(self.dev).train()
+            self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr_d, betas=betas)
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    # ----------------------------------------------------------------------------------------
+
+    def _autocast(self):
+        return torch.autocast(self.dev.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def _d(self, noisy: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        """The discriminator/critic in fp32 (see the class notes)."""
+        with torch.autocast(self.dev.type, enabled=False):
+            return self.discriminator(noisy.float().contiguous(), candidate.float().contiguous())
+
+    def _critic(self, noisy: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        """One critic value per sample: the mean of the patch scores, shape (N,)."""
+        return self._d(noisy, candidate).flatten(1).mean(1)
+
+    def _step_opt(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:  # the scaler skips steps with Inf/NaN gradients itself
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
+            return
+        loss.backward()
+        params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, float("inf")) if params else torch.zeros(())
+        if torch.isfinite(norm):
+            opt.step()
+            self._skipped_in_row = 0
+            return
+        opt.zero_grad(set_to_none=True)
+        self.skipped += 1
+        self._skipped_in_row += 1
+        if self._skipped_in_row >= self.max_skipped:
+            raise ValueError(f"gradients were not finite in {self._skipped_in_row} updates in a row; "
+                             "training diverged (lower the learning rate or use fp32 precision)")
+
+    def _to_dev(self, batch):
+        x, y, *rest = batch
+        x = x.to(self.dev, non_blocking=True).contiguous(memory_format=self.fmt)
+        y = y.to(self.dev, non_blocking=True).contiguous(memory_format=self.fmt)
+        mask = rest[0].to(self.dev, non_blocking=True) if rest and rest[0] is not None else None
+        return x, y, mask
+
+    def gradient_penalty(self, noisy: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """``E[(||∇ D(noisy, x̂)||_2 - 1)^2]`` over x̂ = ε real + (1 - ε) fake, ε ~ U[0, 1] per sample.
+
+        Gulrajani et al. (2017), algorithm 1, lines 4-7; the gradient is taken with respect to
+        the candidate volume only (the noisy volume conditions the critic and is the same for
+        real and fake).
+        """
+        n = real.shape[0]
+        eps = torch.rand((n,) + (1,) * (real.dim() - 1), generator=self.rng).to(self.dev)
+        mix = (eps * real.float() + (1 - eps) * fake.detach().float()).requires_grad_(True)
+        scores = self._critic(noisy, mix)
+        (grad,) = torch.autograd.grad(scores.sum(), mix, create_graph=True)
+        return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+    def __call__(self, next_batch: Callable[[], tuple]) -> dict[str, float]:
+        g = self.generator
+        if self.mode == "ae":
+            x, y, mask = self._to_dev(next_batch())
+            with self._autocast():
+                rec = self.content(g(x), y, mask)
+            self._step_opt(rec, self.opt_g)
+            losses = {"content": rec.item()}
+        elif self.mode == "gan":
+            x, y, mask = self._to_dev(next_batch())
+            with self._autocast():
+                fake = g(x)
+            real_logit = self._d(x, y)
+            fake_logit = self._d(x, fake.detach())
+            loss_d = 0.5 * (
+                F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
+                + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+            )
+            self._step_opt(loss_d, self.opt_d)
+            adv_logit = self._d(x, fake)
+            adv = F.binary_cross_entropy_with_logits(adv_logit, torch.ones_like(adv_logit))
+            rec = self.content(fake, y, mask)
+            self._step_opt(adv + self.l1_weight * rec, self.opt_g)
+            losses = {"d": loss_d.item(), "adv": adv.item(), "content": rec.item()}
+        else:  # wgangp: Gulrajani et al. (2017), algorithm 1
+            sums = {"d": 0.0, "gp": 0.0, "wdist": 0.0}
+            for _ in range(self.n_critic):
+                x, y, mask = self._to_dev(next_batch())
+                with torch.no_grad(), self._autocast():
+                    fake = g(x)
+                real_score = self._critic(x, y).mean()
+                fake_score = self._critic(x, fake).mean()
+                gp = self.gradient_penalty(x, y, fake)
+                loss_d = fake_score - real_score + self.gp_weight * gp
+                self._step_opt(loss_d, self.opt_d)
+                values = {"d": loss_d.item(), "gp": gp.item(), "wdist": (real_score - fake_score).item()}
+                if not _finite(values):
+                    raise ValueError(f"critic loss is not finite ({values}); check the data for NaN/Inf")
+                for k, v in values.items():
+                    sums[k] += v / self.n_critic
+            for p in self.discriminator.parameters():  # no critic gradients in the generator step
+                p.requires_grad_(False)
+            try:
+                with self._autocast():
+                    fake = g(x)
+                adv = -self._critic(x, fake).mean()
+                rec = self.content(fake, y, mask)
+                self._step_opt(adv + self.l1_weight * rec, self.opt_g)
+            finally:
+                for p in self.discriminator.parameters():
+                    p.requires_grad_(True)
+            losses = {**sums, "adv": adv.item(), "content": rec.item()}
+        if not _finite(losses):
+            raise ValueError(f"loss is not finite ({losses}); check the data for NaN/Inf or lower the learning rate")
+        return losses
+
+    def finish(self) -> None:
+        """Put the networks in eval mode and the generator back in the default memory format."""
+        self.generator.eval().to(memory_format=torch.contiguous_format)
+        if self.discriminator is not None:
+            self.discriminator.eval()
 
 
 def train(
@@ -95,10 +381,13 @@ def train(
         Maps (N, 1, Z, Y, X) noisy patches to denoised ones.
     batches : iterable of (noisy, clean) tensors
         Each of shape (N, 1, Z, Y, X), float32, normalised (see
-        :func:`~napari_cryoden.training.data.normalize_pair`).
+        :func:`~napari_cryoden.training.data.normalize_pair`). "wgangp" mode takes `n_critic`
+        batches per step.
     config : TrainConfig
     discriminator : torch.nn.Module, optional
-        Required in "gan" mode; called as ``discriminator(noisy, candidate)`` and returns logits.
+        Required in "gan" mode (called as ``discriminator(noisy, candidate)``, returns logits)
+        and in "wgangp" mode (a critic without batch normalisation, e.g.
+        ``Pix2PixDiscriminator(norm=None)``).
     progress : callable(step, steps, losses), optional
         Called every ``config.log_every`` steps with the mean losses since the last call.
     cancel : callable() -> bool, optional
@@ -112,47 +401,20 @@ def train(
     Raises
     ------
     ValueError
-        For an unknown mode or loss, or "gan" without a discriminator, or a non-finite loss
-        (the data holds NaN/Inf or training diverged).
+        For an unknown mode or loss, "gan"/"wgangp" without a discriminator, a WGAN-GP critic
+        with batch normalisation, or a non-finite loss (the data holds NaN/Inf or training
+        diverged).
     """
-    if config.mode not in ("ae", "gan"):
-        raise ValueError(f"mode must be 'ae' or 'gan', got {config.mode!r}")
-    if config.mode == "gan" and discriminator is None:
-        raise ValueError("GAN training needs a discriminator")
-    content = _content_loss(config.loss)
+    if config.mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {config.mode!r}")
     torch.manual_seed(config.seed)
     dev = resolve_device(config.device)
     prec = resolve_precision(config.precision, dev)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
-    fmt = torch.channels_last_3d if (dev.type == "cpu" and dtype is not None) else torch.contiguous_format
-
-    def autocast():
-        return torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None)
-
-    g = generator.to(dev, memory_format=fmt).train()
-    opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(0.5, 0.999))
-    if config.mode == "gan":
-        # The discriminator runs in fp32: on the CPU, oneDNN's bf16 backward of its stride-2
-        # convolutions on 4^3 inputs gave NaN weight gradients (torch 2.13), and it is small.
-        d_net = discriminator.to(dev).train()
-
-        def d(noisy, candidate):
-            with torch.autocast(dev.type, enabled=False):
-                return d_net(noisy.float().contiguous(), candidate.float().contiguous())
-
-        opt_d = torch.optim.Adam(d_net.parameters(), lr=config.lr_d, betas=(0.5, 0.999))
-    scaler = torch.amp.GradScaler("cuda") if prec == "fp16" else None
-
-    def step_opt(loss, opt):
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-
+    stepper = SupervisedStep(
+        generator, mode=config.mode, loss=config.loss, discriminator=discriminator, lr=config.lr,
+        lr_d=config.lr_d, betas=config.betas, l1_weight=config.l1_weight, n_critic=config.n_critic,
+        gp_weight=config.gp_weight, device=dev, precision=prec,
+    )
     result = TrainResult()
     sums: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -161,34 +423,10 @@ def train(
         if cancel is not None and cancel():
             result.cancelled = True
             break
-        x, y = next(it)
-        x = x.to(dev).contiguous(memory_format=fmt)
-        y = y.to(dev).contiguous(memory_format=fmt)
-        losses = {}
-        if config.mode == "gan":
-            with autocast():
-                fake = g(x)
-                real_logit = d(x, y)
-                fake_logit = d(x, fake.detach())
-                loss_d = 0.5 * (
-                    F.binary_cross_entropy_with_logits(real_logit.float(), torch.ones_like(real_logit, dtype=torch.float32))
-                    + F.binary_cross_entropy_with_logits(fake_logit.float(), torch.zeros_like(fake_logit, dtype=torch.float32))
-                )
-            step_opt(loss_d, opt_d)
-            with autocast():
-                adv_logit = d(x, fake)
-                adv = F.binary_cross_entropy_with_logits(adv_logit.float(), torch.ones_like(adv_logit, dtype=torch.float32))
-                rec = content(fake.float(), y)
-                loss_g = adv + config.l1_weight * rec
-            step_opt(loss_g, opt_g)
-            losses = {"d": loss_d.item(), "adv": adv.item(), "content": rec.item()}
-        else:
-            with autocast():
-                rec = content(g(x).float(), y)
-            step_opt(rec, opt_g)
-            losses = {"content": rec.item()}
-        if not all(map(lambda v: v == v and abs(v) != float("inf"), losses.values())):
-            raise ValueError(f"training stopped at step {step}: loss is not finite ({losses}); check the data for NaN/Inf")
+        try:
+            losses = stepper(lambda: next(it))
+        except ValueError as exc:
+            raise ValueError(f"training stopped at step {step}: {exc}") from None
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v
         result.steps_done = step
@@ -200,7 +438,5 @@ def train(
             if progress is not None:
                 progress(step, config.steps, entry)
     result.seconds = time.perf_counter() - t0
-    g.eval().to(memory_format=torch.contiguous_format)
-    if config.mode == "gan":
-        discriminator.eval()
+    stepper.finish()
     return result

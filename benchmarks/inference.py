@@ -1,0 +1,334 @@
+"""Inference benchmark: end-to-end throughput, peak memory, overlap waste and FLOP efficiency.
+
+For every shipped model (:func:`napari_cryoden.models.available_models`; 3D models on a synthetic
+tomogram, 2D models on the same array as a ``.mrcs`` stack, slice by slice) and every device (the
+CPU, and CUDA when PyTorch sees a GPU), one subprocess per case (so memory peaks do not mix):
+
+* end-to-end throughput in Mvoxel/s, the median of ``--repeats`` runs of the path ``cryoden
+  denoise`` takes (:func:`napari_cryoden.inference.denoise_file`: read the MRC file, robust
+  normalisation, tiles, network, stitch, write the MRC file), after one warm-up run on a small file;
+* peak RSS of the process (``VmHWM``, else ``resource.getrusage(...).ru_maxrss``), and its RSS
+  before denoising (Python, PyTorch and the model);
+* the automatic tile plan and its overlap waste ratio, computed/output voxels
+  (:attr:`napari_cryoden.inference.engine.Plan.waste`);
+* the network's achieved FLOP/s on one tile of that plan (FLOPs counted with
+  :class:`torch.utils.flop_counter.FlopCounterMode`, time the median of several forward passes
+  at the run's precision) as a fraction of the bf16 and the fp32 matmul peaks measured in the same
+  process (``torch.mm`` of large square matrices, median of several).
+
+``--huge`` instead writes a 512 x 1024 x 1024 float32 tomogram (2 GiB) in a temporary folder and
+runs ``cryoden denoise`` on it in a fresh process (the streaming path), reporting that process's
+peak RSS (``VmHWM``), its time and the output's size.
+
+Usage::
+
+    python benchmarks/inference.py                      # 128 x 256 x 256, 3 repeats
+    python benchmarks/inference.py --shape 200 512 512  # the issue's target size
+    python benchmarks/inference.py --huge [--models upsampleunet48-gan]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+WARMUP_SHAPE = (32, 64, 64)
+HUGE_SHAPE = (512, 1024, 1024)
+
+
+def write_synthetic(path: Path, shape, seed: int = 0, *, slab: int = 16) -> Path:
+    """A float32 MRC file of smooth structure plus Gaussian noise, written slab by slab (the array is
+    never held whole, so a 2 GiB file costs no more memory than a slab)."""
+    import mrcfile
+
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in shape)
+    yy, xx = np.meshgrid(*(np.linspace(0, 6 * np.pi, n, dtype=np.float32) for n in shape[-2:]), indexing="ij")
+    mrc = mrcfile.new_mmap(path, shape=shape, mrc_mode=2, overwrite=True)
+    try:
+        data = mrc.data if len(shape) == 3 else mrc.data[None]
+        for z in range(0, data.shape[0], slab):
+            n = min(slab, data.shape[0] - z)
+            zz = np.arange(z, z + n, dtype=np.float32)[:, None, None] / 7.0
+            data[z : z + n] = np.sin(yy + zz) * np.cos(xx) + rng.standard_normal((n, *shape[-2:]), dtype=np.float32)
+        mrc.voxel_size = 10.0
+        mrc.flush()
+    finally:
+        mrc.close()
+    return path
+
+
+def _peak_rss_kib() -> int:
+    """Peak resident memory of this process since it started, in KiB.
+
+    ``VmHWM`` of ``/proc/self/status`` where there is one: ``getrusage``'s ``ru_maxrss`` also
+    counts the parent's peak at the time of the fork (Linux carries it over ``execve``), which
+    made a 2 GiB file written by the parent look like the child's memory.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+
+
+#: Runs ``cryoden`` and reports its peak RSS (VmHWM) on stderr, for --huge.
+_CLI_WITH_PEAK = """
+import sys
+from napari_cryoden.cli import main
+rc = main(sys.argv[1:])
+with open("/proc/self/status", encoding="ascii") as fh:
+    hwm = [line.split()[1] for line in fh if line.startswith("VmHWM:")]
+print("PEAK_RSS_KIB", hwm[0] if hwm else -1, file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def _current_rss_mib() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:  # pragma: no cover
+        return float("nan")
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device, dtype, n: int, repeats: int = 5) -> float:
+    """FLOP/s of ``torch.mm`` of two n x n matrices of `dtype`: the median of `repeats` runs."""
+    import torch
+
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def tile_flops_and_rate(model, plan, device, precision: str, repeats: int = 3) -> tuple[float, float]:
+    """FLOPs of one forward pass on the plan's tile, and the achieved FLOP/s at `precision`."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from napari_cryoden.inference.engine import _PRECISIONS
+
+    shape = plan.geometry.tile_shape(plan.shape)
+    if plan.mode != "volume":
+        shape = shape[1:]
+    net = model.module.to(device).eval()
+    x = torch.randn(1, 1, *shape, device=device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net(x)
+    flops = float(counter.get_total_flops())
+    memory_format = torch.contiguous_format
+    if device.type == "cpu" and precision == "bf16":
+        memory_format = torch.channels_last_3d if plan.mode == "volume" else torch.channels_last
+    net = net.to(memory_format=memory_format)
+    x = x.contiguous(memory_format=memory_format)
+    dtype = _PRECISIONS[precision]
+    times = []
+    for i in range(repeats + 1):
+        _sync(device)
+        t = time.perf_counter()
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            net(x)
+        _sync(device)
+        if i:  # the first pass warms up
+            times.append(time.perf_counter() - t)
+    return flops, flops / statistics.median(times)
+
+
+def run_case(spec: dict) -> dict:
+    """One model on one device, in this (child) process."""
+    import torch
+
+    from napari_cryoden.inference import denoise_file, plan_geometry, resolve_device, resolve_precision
+    from napari_cryoden.models import load_model
+
+    device = resolve_device(spec["device"])
+    precision = resolve_precision("auto", device)
+    model = load_model(spec["model"])
+    folder = Path(spec["folder"])
+    warm = write_synthetic(folder / f"warm-{os.getpid()}{spec['suffix']}", WARMUP_SHAPE, seed=1)
+    denoise_file(warm, folder / f"warm-out-{os.getpid()}{spec['suffix']}", model, device=str(device),
+                 precision=precision, overwrite=True)
+    rss_before = _current_rss_mib()
+    times, info = [], {}
+    out = folder / f"out-{os.getpid()}{spec['suffix']}"
+    for _ in range(spec["repeats"]):
+        info = {}
+        _sync(device)
+        t = time.perf_counter()
+        denoise_file(spec["input"], out, model, device=str(device), precision=precision, overwrite=True, info=info)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    peak_rss = _peak_rss_kib() / 1024
+    plan = plan_geometry(model, info["shape"], device, precision, tile=info["tile"][-model.ndim:],
+                         overlap=info["overlap"][-model.ndim:], batch_size=info["batch"],
+                         image_stack=spec["suffix"] == ".mrcs")
+    flops, rate = tile_flops_and_rate(model, plan, device, precision)
+    n = 8192 if device.type == "cuda" else 2048
+    peaks = {name: matmul_peak(device, dtype, n) for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+    voxels = int(np.prod(info["shape"]))
+    return {
+        "model": spec["model"], "ndim": model.ndim, "device": device.type, "precision": precision,
+        "mode": info["mode"], "shape": list(info["shape"]), "tile": list(info["tile"]),
+        "overlap": list(info["overlap"]), "batch": info["batch"], "tiles": info["tiles"], "waste": info["waste"],
+        "streamed": info.get("streamed"), "seconds": times, "mvox_per_s": voxels / statistics.median(times) / 1e6,
+        "rss_before_mib": rss_before, "peak_rss_mib": peak_rss, "tile_gflop": flops / 1e9,
+        "achieved_gflops": rate / 1e9, "mm_peak_gflops": {k: v / 1e9 for k, v in peaks.items()},
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _child(spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"case {spec['model']} on {spec['device']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def print_table(rows: list[dict]) -> None:
+    head = ["model", "dev", "prec", "plan: tile (core) / overlap / batch", "tiles", "waste", "Mvox/s",
+            "RSS before", "peak RSS", "GFLOP/tile", "GFLOP/s", "% bf16 mm", "% fp32 mm"]
+    lines = []
+    for r in rows:
+        core = "x".join(map(str, r["tile"] if r["mode"] == "volume" else r["tile"][1:]))
+        ov = "x".join(map(str, r["overlap"] if r["mode"] == "volume" else r["overlap"][1:]))
+        lines.append([
+            r["model"] + (" (2D, slice by slice)" if r["ndim"] == 2 else ""), r["device"], r["precision"],
+            f"{core} / {ov} / {r['batch']}", str(r["tiles"]), f"{r['waste']:.2f}", f"{r['mvox_per_s']:.3f}",
+            f"{r['rss_before_mib']:.0f} MiB", f"{r['peak_rss_mib']:.0f} MiB", f"{r['tile_gflop']:.1f}",
+            f"{r['achieved_gflops']:.1f}", f"{100 * r['achieved_gflops'] / r['mm_peak_gflops']['bf16']:.0f}",
+            f"{100 * r['achieved_gflops'] / r['mm_peak_gflops']['fp32']:.0f}",
+        ])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for line in lines:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |")
+    for r in rows:
+        peaks = r["mm_peak_gflops"]
+        print(f"  {r['model']} on {r['device']}: runs {', '.join(f'{t:.1f}' for t in r['seconds'])} s; "
+              f"matmul peaks bf16 {peaks['bf16']:.0f} GFLOP/s, fp32 {peaks['fp32']:.0f} GFLOP/s; "
+              f"{r['threads']} threads; {'streamed' if r['streamed'] else 'in memory'}")
+
+
+def run_huge(args, models: list[str]) -> None:
+    """512 x 1024 x 1024 float32 (2 GiB) through ``python -m napari_cryoden.cli denoise``."""
+    import shutil
+
+    folder = Path(tempfile.mkdtemp(prefix="cryoden-huge-", dir=args.tmp))
+    try:
+        need = 2 * int(np.prod(HUGE_SHAPE)) * 4 + 2**30
+        free = shutil.disk_usage(folder).free
+        if free < need:
+            print(f"--huge needs {need / 2**30:.1f} GiB of disk in {folder.parent}, {free / 2**30:.1f} GiB free; skipped")
+            return
+        src = folder / "huge.mrc"
+        t = time.perf_counter()
+        write_synthetic(src, HUGE_SHAPE)
+        print(f"wrote {src} ({src.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t:.0f} s")
+        for name in models:
+            out = folder / "huge_denoised.mrc"
+            cmd = [sys.executable, "-c", _CLI_WITH_PEAK, "denoise", str(src), str(out), "--model", name,
+                   "--overwrite", *(["--device", args.huge_device] if args.huge_device else []),
+                   *(["--max-memory", str(args.max_memory)] if args.max_memory else [])]
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            seconds = time.perf_counter() - t
+            stdout, stderr = proc.stdout, proc.stderr
+            if proc.returncode != 0:
+                print(f"{name}: failed ({proc.returncode}): {stderr.strip().splitlines()[-2:]}")
+                continue
+            peak = int(stderr.rsplit("PEAK_RSS_KIB", 1)[1].split()[0])
+            print(f"{name}: peak RSS {peak / 1024:.0f} MiB for a {src.stat().st_size / 2**30:.2f} GiB "
+                  f"input and {out.stat().st_size / 2**30:.2f} GiB output; {seconds:.0f} s "
+                  f"({np.prod(HUGE_SHAPE) / seconds / 1e6:.3f} Mvox/s)")
+            print("  " + stdout.strip().splitlines()[-1])
+            out.unlink()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", nargs=3, type=int, default=(128, 256, 256), metavar=("Z", "Y", "X"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
+    parser.add_argument("--models", nargs="+", default=None, help="default: every shipped model")
+    parser.add_argument("--huge", action="store_true", help="the 2 GiB streaming run instead of the table")
+    parser.add_argument("--huge-device", default=None, help="--device of the --huge run (default: auto)")
+    parser.add_argument("--max-memory", type=float, default=None, metavar="GIB",
+                        help="--max-memory of the --huge run (default: automatic)")
+    parser.add_argument("--tmp", default=None, help="folder for the temporary files (default: the system's)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_case(json.loads(args.child))))
+        return 0
+
+    import torch
+
+    from napari_cryoden.models import available_models
+
+    models = args.models or list(available_models())
+    if args.huge:
+        run_huge(args, models)
+        return 0
+    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    cards = available_models()
+    print(f"shape {tuple(args.shape)} (Z, Y, X), float32, {args.repeats} repeats; torch {torch.__version__}; "
+          f"{os.cpu_count()} CPUs" + (f"; {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cryoden-bench-", dir=args.tmp) as tmp:
+        folder = Path(tmp)
+        inputs = {}
+        for suffix in (".mrc", ".mrcs"):
+            inputs[suffix] = write_synthetic(folder / f"input{suffix}", args.shape)
+        for name in models:
+            from napari_cryoden.models.registry import ARCHITECTURES
+
+            ndim = ARCHITECTURES[cards[name]["architecture"]][2]
+            suffix = ".mrc" if ndim == 3 else ".mrcs"
+            for device in devices:
+                spec = {"model": name, "device": device, "repeats": args.repeats, "folder": str(folder),
+                        "input": str(inputs[suffix]), "suffix": suffix}
+                row = _child(spec)
+                rows.append(row)
+                print(f"  done: {name} on {device}: {row['mvox_per_s']:.3f} Mvox/s", flush=True)
+    print_table(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

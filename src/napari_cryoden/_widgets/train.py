@@ -1,0 +1,1174 @@
+"""The Train / fine-tune dock widget: image layers + settings -> training thread -> loss plot, preview, model.
+
+The widget is thin. The plain functions of this module decide everything that is not drawing:
+:func:`input_roles` (which layers a mode needs), :func:`finetune_config` (widget values ->
+:class:`~napari_cryoden.training.finetune.FineTuneConfig`), :func:`check_model_name`,
+:func:`default_val_slab` and :func:`val_slab_rectangles` (the held-out slab and its outline),
+:func:`preview_slice` (denoise the displayed slice with the current weights) and
+:func:`card_extra` (what the model card records about the data).
+
+Before anything starts, the settings go through
+:func:`~napari_cryoden.training.finetune.check_settings` in the GUI thread, so bad settings give
+one error notification and no worker. Training then runs
+:func:`~napari_cryoden.training.finetune.fine_tune` in a napari ``FunctionWorker``; its
+``progress`` and ``preview`` callbacks run in the training thread and only emit Qt signals
+(queued to the GUI thread), whose main-thread handlers draw the loss curves and update the
+preview layer. Cancel sets a flag that the trainer polls between steps: it stops and returns the
+best validation checkpoint, which can still be saved. A finished run is saved at once under the
+chosen name (:func:`~napari_cryoden.training.finetune.save_finetuned`); the Denoise widgets then
+re-read the model registry, so the new model is listed without a restart. Closing the viewer's
+window (or :meth:`TrainWidget.shutdown`) stops the training thread after its current step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+from typing import Any, Iterable, Mapping, Sequence
+
+import napari.viewer
+import numpy as np
+import torch
+from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, SpinBox
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from napari.layers import Image, Shapes
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEvent, QObject, Signal
+from qtpy.QtWidgets import QApplication, QVBoxLayout, QWidget
+
+from ..inference import iter_denoise_slab
+from ..models import ARCHITECTURES, DEFAULT_MODEL, LoadedModel, available_models
+from ..training import finetune as _ft
+from ..training.finetune import FineTuneConfig, TrainEvent, check_settings, fine_tune, save_finetuned
+from ._common import (
+    DEVICES,
+    PRECISIONS,
+    Failed as _Failed,
+    advance,
+    close_activity,
+    disconnect,
+    follow_renames,
+    image_choices,
+    layer_array,
+    one_line as _one_line,
+    watch_layers,
+    watch_window,
+)
+
+__all__ = [
+    "ADVERSARIAL", "DEFAULT_CONTEXT", "DEVICES", "INPUT_LABELS", "LOSSES", "MODES", "PRECISIONS", "SCRATCH",
+    "TrainWidget", "card_extra", "check_model_name", "default_val_slab", "finetune_config", "input_roles",
+    "parse_learning_rate", "preview_slice", "scratch_arch_kwargs", "suggest_name",
+    "val_slab_rectangles", "voxel_size_A",
+]
+
+#: (label, value) choices of the mode combo box; the values are FineTuneConfig.mode.
+MODES: tuple[tuple[str, str], ...] = (
+    ("Noise2Noise (even/odd halves)", "n2n"),
+    ("Supervised (noisy + clean)", "supervised"),
+    ("Noise2Void (one volume)", "n2v"),
+)
+#: Per mode: labels of the source and the target layer pickers (None: no target).
+INPUT_LABELS: dict[str, tuple[str, str | None]] = {
+    "n2n": ("even half", "odd half"),
+    "supervised": ("noisy", "clean reference"),
+    "n2v": ("volume", None),
+}
+LOSSES: tuple[tuple[str, str], ...] = (("L2 (mean squared error)", "l2"), ("L1 (mean absolute error)", "l1"))
+ADVERSARIAL: tuple[tuple[str, str], ...] = (("none", "none"), ("GAN", "gan"), ("WGAN-GP", "wgangp"))
+#: Value of the "start from" combo box that trains a new network.
+SCRATCH = "(from scratch)"
+#: Voxels of context on each side of the previewed slice (the inference default overlap, which
+#: covers the stride-aligned receptive field of UpsampleUnet48).
+DEFAULT_CONTEXT = 24
+DEFAULT_NAME = "finetuned"
+_SLAB_COLOR = "orange"
+
+log = logging.getLogger(__name__)
+
+
+# ================================================================== plain functions (no Qt)
+def input_roles(mode: str) -> tuple[str, str | None]:
+    """Labels of the layers a training mode needs.
+
+    Parameters
+    ----------
+    mode : {"n2n", "supervised", "n2v"}
+
+    Returns
+    -------
+    (str, str or None)
+        Label of the source layer and of the target layer; None when the mode has no target.
+
+    Raises
+    ------
+    ValueError
+        If `mode` is unknown.
+
+    Examples
+    --------
+    >>> input_roles("n2n")
+    ('even half', 'odd half')
+    >>> input_roles("n2v")
+    ('volume', None)
+    """
+    try:
+        return INPUT_LABELS[mode]
+    except KeyError:
+        raise ValueError(f"mode must be one of {', '.join(INPUT_LABELS)}, got {mode!r}") from None
+
+
+def parse_learning_rate(text: str | float) -> float:
+    """The learning rate typed by the user (``"1e-4"``, ``"0.0002"``) as a positive float.
+
+    Raises
+    ------
+    ValueError
+        If it is not a finite positive number.
+
+    Examples
+    --------
+    >>> parse_learning_rate(" 2e-4 ")
+    0.0002
+    """
+    try:
+        lr = float(str(text).strip())
+    except ValueError:
+        raise ValueError(f"learning rate must be a number such as 1e-4, got {str(text).strip()!r}") from None
+    if not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"learning rate must be a positive number such as 1e-4, got {lr:g}")
+    return lr
+
+
+def check_model_name(name: str, existing: Iterable[str] = ()) -> str:
+    """The name to save the model as, stripped, or a one-line ValueError.
+
+    Empty names and names in `existing` get a message of their own; the rules of the saved
+    files (characters, built-in names, files in the user model folder) are those of
+    :func:`napari_cryoden.training.finetune.check_model_name`.
+
+    Parameters
+    ----------
+    name : str
+    existing : iterable of str
+        Names already in the registry (:func:`~napari_cryoden.models.available_models`).
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ValueError
+        If the name is empty, taken, or not 1-100 letters, digits, ``.``, ``_`` and ``-``
+        starting with a letter or digit.
+
+    Examples
+    --------
+    >>> check_model_name(" lamella-3 ", existing=["upsampleunet48-gan"])
+    'lamella-3'
+    """
+    name = str(name or "").strip()
+    if not name:
+        raise ValueError("enter a name to save the model as")
+    if name in set(existing):
+        raise ValueError(f"a model named {name!r} already exists; choose another name")
+    _ft.check_model_name(name)
+    return name
+
+
+def suggest_name(base: str, existing: Iterable[str]) -> str:
+    """`base`, or `base` with the first free ``-2``, ``-3``… suffix, not in `existing`.
+
+    Examples
+    --------
+    >>> suggest_name("finetuned", ["finetuned", "finetuned-2"])
+    'finetuned-3'
+    """
+    taken = set(existing)
+    if base not in taken:
+        return base
+    i = 2
+    while f"{base}-{i}" in taken:
+        i += 1
+    return f"{base}-{i}"
+
+
+def scratch_arch_kwargs(architecture: str, channels: int) -> dict[str, Any]:
+    """Keyword arguments of a network trained from scratch.
+
+    The output is linear (``final_activation="identity"``): training targets are robustly
+    normalised and take negative values. `channels` sets the width where the architecture has one.
+
+    Raises
+    ------
+    ValueError
+        If the architecture is not in :data:`~napari_cryoden.models.ARCHITECTURES`.
+
+    Examples
+    --------
+    >>> scratch_arch_kwargs("UpsampleUnet48", 8)
+    {'ch': 8, 'final_activation': 'identity'}
+    >>> scratch_arch_kwargs("SimpleAutoEncoder", 8)
+    {'final_activation': 'identity'}
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    allowed = ARCHITECTURES[architecture][1]
+    kwargs: dict[str, Any] = {}
+    if "ch" in allowed:
+        kwargs["ch"] = int(channels)
+    if "final_activation" in allowed:
+        kwargs["final_activation"] = "identity"
+    return kwargs
+
+
+def finetune_config(
+    *,
+    mode: str,
+    loss: str = "l2",
+    adversarial: str = "none",
+    patch: int,
+    batch: int,
+    steps: int,
+    lr: float | str,
+    val_slab: tuple[int, int] | None,
+    val_every: int,
+    preview_every: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    log_every: int | None = None,
+) -> FineTuneConfig:
+    """Turn the widget's settings into a :class:`~napari_cryoden.training.finetune.FineTuneConfig`.
+
+    The adversarial term only exists in supervised mode; in the other modes it is ``"none"``
+    whatever the (hidden) combo box says. `log_every` (steps between training-loss reports)
+    defaults to about 200 reports per run, and at least one per validation. Range checks that
+    need the data are left to :func:`~napari_cryoden.training.finetune.check_settings`.
+
+    Raises
+    ------
+    ValueError
+        If the mode is unknown or the learning rate is not a positive number.
+
+    Examples
+    --------
+    >>> cfg = finetune_config(mode="n2n", adversarial="gan", patch=32, batch=2, steps=10, lr="1e-3",
+    ...                       val_slab=(12, 16), val_every=5)
+    >>> cfg.mode, cfg.adversarial, cfg.lr, cfg.val_slab
+    ('n2n', 'none', 0.001, (12, 16))
+    """
+    input_roles(mode)
+    if log_every is None:
+        log_every = max(1, min(int(val_every), math.ceil(int(steps) / 200)))
+    return FineTuneConfig(
+        mode=mode,
+        loss=loss,
+        adversarial=adversarial if mode == "supervised" else "none",
+        patch=int(patch),
+        batch=int(batch),
+        steps=int(steps),
+        lr=parse_learning_rate(lr),
+        val_slab=None if val_slab is None else (int(val_slab[0]), int(val_slab[1])),
+        val_every=int(val_every),
+        preview_every=int(preview_every),
+        device=device,
+        precision=precision,
+        log_every=int(log_every),
+    )
+
+
+def default_val_slab(n: int, patch: int) -> tuple[int, int]:
+    """The validation slab the trainer holds out by default: the last ``max(patch, 10 %)`` slices.
+
+    Parameters
+    ----------
+    n : int
+        Length of axis 0 (Z of a tomogram, rows of a micrograph).
+    patch : int
+        Training patch edge in voxels.
+
+    Returns
+    -------
+    (start, stop) : tuple of int
+        Slices ``start:stop`` of axis 0.
+
+    Examples
+    --------
+    >>> default_val_slab(200, 48)
+    (152, 200)
+    >>> default_val_slab(600, 48)
+    (540, 600)
+    """
+    n = int(n)
+    k = min(n, max(int(patch), math.ceil(0.1 * n)))
+    return n - k, n
+
+
+def val_slab_rectangles(shape: Sequence[int], slab: tuple[int, int]) -> list[np.ndarray]:
+    """Outlines of the validation slab, in data coordinates of the layer of shape `shape`.
+
+    A tomogram's slab ``start:stop`` along Z gets one rectangle framing the whole Y-X plane on
+    every slice of the slab: in the 2D view a frame marks each held-out slice, in the 3D view the
+    stacked frames draw the slab as a box. A micrograph's slab (rows) is one rectangle. The
+    outlines follow pixel edges (centres are at integer coordinates in napari).
+
+    Parameters
+    ----------
+    shape : (Z, Y, X) or (Y, X) sequence of int
+    slab : (start, stop)
+        Clipped to the array.
+
+    Returns
+    -------
+    list of (4, ndim) ndarray
+        Empty when the slab is empty.
+
+    Examples
+    --------
+    >>> rects = val_slab_rectangles((16, 32, 32), (12, 16))
+    >>> len(rects), rects[0][:, 0].tolist()
+    (4, [12.0, 12.0, 12.0, 12.0])
+    >>> val_slab_rectangles((40, 48), (30, 40))[0].tolist()
+    [[29.5, -0.5], [29.5, 47.5], [39.5, 47.5], [39.5, -0.5]]
+    """
+    shape = tuple(int(s) for s in shape)
+    n = shape[0]
+    start, stop = max(0, int(slab[0])), min(n, int(slab[1]))
+    if stop <= start:
+        return []
+    if len(shape) == 2:
+        width = shape[1]
+        return [np.array([[start - 0.5, -0.5], [start - 0.5, width - 0.5],
+                          [stop - 0.5, width - 0.5], [stop - 0.5, -0.5]], dtype=float)]
+    if len(shape) != 3:
+        raise ValueError(f"expected a 2D or 3D layer, got shape {shape}")
+    ny, nx = shape[1], shape[2]
+    frame = np.array([[-0.5, -0.5], [-0.5, nx - 0.5], [ny - 0.5, nx - 0.5], [ny - 0.5, -0.5]], dtype=float)
+    return [np.column_stack([np.full(4, float(z)), frame]) for z in range(start, stop)]
+
+
+def preview_slice(
+    volume: np.ndarray, module: torch.nn.Module, z: int, *, ndim: int = 3, context: int = DEFAULT_CONTEXT,
+) -> np.ndarray:
+    """Denoise slice `z` of a tomogram (or a whole micrograph) with a network being trained.
+
+    Runs in the training thread, on the device that holds the module, in fp32; the module's
+    train/eval mode is restored afterwards. The slice is denoised by
+    :func:`~napari_cryoden.inference.iter_denoise_slab` with `context` slices of real data on
+    each side and the whole volume's normalisation (that of training and of inference), so it
+    shows what denoising the whole tomogram with these weights would give.
+
+    Parameters
+    ----------
+    volume : (Z, Y, X) or (Y, X) ndarray
+        The source layer's array (a memmap is read only around the slice).
+    module : torch.nn.Module
+        The network (its ``stride`` attribute gives the tile alignment).
+    z : int
+        Slice index along axis 0 (ignored for 2D data).
+    ndim : {2, 3}
+        Spatial dimensions of the network.
+    context : int
+        Voxels of context on each side of every tile (rounded up so that twice it is a multiple
+        of the stride).
+
+    Returns
+    -------
+    (Y, X) ndarray of float32
+        In the intensity scale of `volume`.
+
+    Raises
+    ------
+    ValueError
+        If the data do not fit the network (see :func:`~napari_cryoden.inference.denoise`).
+    """
+    try:
+        device = next(module.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    stride = int(getattr(module, "stride", 1))
+    lm = LoadedModel(name="preview", module=module, card={"overlap": int(context)}, stride=stride, ndim=int(ndim))
+    was_training = module.training
+    job = iter_denoise_slab(volume, lm, z, half_depth=0, device=device.type, precision="fp32")
+    try:
+        while True:
+            next(job)
+    except StopIteration as stop:
+        _z0, out = stop.value
+    finally:
+        job.close()
+        module.train(was_training)
+    return out if out.ndim == 2 else out[0]
+
+
+def voxel_size_A(scale: Sequence[float], metadata: Mapping | None = None) -> float | None:
+    """In-plane voxel size (Å) to record on a model card, from a layer's scale.
+
+    The reader puts the MRC voxel size (Å) in the layer scale, in array axis order, and says in
+    ``metadata["voxel_size_known"]`` whether the header held one. The card's ``voxel_size_A`` is
+    the size along X (the last axis), the one that sets the scale of what the network saw.
+
+    Returns
+    -------
+    float or None
+        None when the size is unknown or not a positive number.
+
+    Examples
+    --------
+    >>> voxel_size_A((12.0, 10.0, 10.0))
+    10.0
+    >>> voxel_size_A((1.0, 1.0), {"voxel_size_known": False}) is None
+    True
+    """
+    if metadata and metadata.get("voxel_size_known") is False:
+        return None
+    values = [float(s) for s in scale]
+    if not values or not math.isfinite(values[-1]) or values[-1] <= 0:
+        return None
+    return values[-1]
+
+
+def card_extra(mode: str, inputs: Sequence[tuple[str, str, Sequence[int], Sequence[float], Mapping | None]]) -> dict:
+    """What the model card records about the training data (``card_extra`` of ``save_finetuned``).
+
+    Parameters
+    ----------
+    mode : {"n2n", "supervised", "n2v"}
+    inputs : sequence of (role, layer name, shape, scale, metadata)
+        The layers trained on, source first; scale in Å per voxel, array axis order.
+
+    Returns
+    -------
+    dict
+        ``voxel_size_A`` (in-plane, of the source layer; omitted when unknown, so the card keeps
+        the parent model's) and ``data``: the mode and, per layer, its role, name, shape,
+        voxel size (Z, Y, X) and the file it was read from when known.
+
+    Examples
+    --------
+    >>> extra = card_extra("n2n", [("even half", "tomo_EVN", (16, 32, 32), (10.0, 10.0, 10.0), None),
+    ...                            ("odd half", "tomo_ODD", (16, 32, 32), (10.0, 10.0, 10.0), None)])
+    >>> extra["voxel_size_A"], extra["data"]["mode"], extra["data"]["layers"][1]["layer"]
+    (10.0, 'n2n', 'tomo_ODD')
+    """
+    layers = []
+    for role, name, shape, scale, metadata in inputs:
+        known = not (metadata and metadata.get("voxel_size_known") is False)
+        entry: dict[str, Any] = {
+            "role": role, "layer": str(name), "shape": [int(s) for s in shape],
+            "voxel_size_A": [float(v) for v in scale] if known else None,
+        }
+        path = (metadata or {}).get("path") or (metadata or {}).get("source_path")
+        if path:
+            entry["path"] = str(path)
+        layers.append(entry)
+    extra: dict[str, Any] = {"data": {"mode": mode, "layers": layers}}
+    if inputs:
+        voxel = voxel_size_A(inputs[0][3], inputs[0][4])
+        if voxel is not None:
+            extra["voxel_size_A"] = voxel
+    return extra
+
+
+def _layer_array(layer: Image) -> Any:
+    """The array behind an image layer (level 0 of a multiscale one), without copying it."""
+    return layer_array(layer, "training needs grayscale data")
+
+
+def _model_geometry(model: str | None, architecture: str | None) -> tuple[int, int]:
+    """(ndim, context) of the network to be trained, from the registry card or the architecture.
+
+    The context of the previews is the card's ``overlap``, else :data:`DEFAULT_CONTEXT`
+    (measuring the receptive field can take many seconds on a CPU).
+    """
+    if model is None:
+        return (ARCHITECTURES[architecture][2] if architecture in ARCHITECTURES else 3), DEFAULT_CONTEXT
+    card = available_models().get(model, {})
+    arch = card.get("architecture")
+    ndim = ARCHITECTURES[arch][2] if arch in ARCHITECTURES else int(card.get("ndim") or 3)
+    overlap = card.get("overlap")
+    return ndim, (int(overlap) if isinstance(overlap, int) and not isinstance(overlap, bool) and overlap >= 0
+                  else DEFAULT_CONTEXT)
+
+
+# ================================================================== training thread
+def _out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, CUDA out of memory, or the CPU allocator's RuntimeError."""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+class _Bridge(QObject):
+    """Carries what the training thread reports to the GUI thread (queued signals)."""
+
+    event = Signal(object)      # TrainEvent
+    preview = Signal(object)    # (z, step, (Y, X) ndarray)
+    note = Signal(str)          # a warning for the user
+
+
+@dataclasses.dataclass(eq=False)
+class _Run:
+    """One training run: what the worker needs, and the state it shares with the GUI thread.
+
+    The GUI thread writes only ``preview_z`` and sets ``cancel``/``detached``; the training thread
+    reads them. Nothing here refers to a layer or a widget.
+    """
+
+    source: Any
+    target: Any
+    config: FineTuneConfig
+    model: str | None
+    architecture: str | None
+    arch_kwargs: dict | None
+    ndim: int
+    context: int
+    name: str
+    extra: dict
+    bridge: _Bridge
+    preview_z: int = 0
+    step: int = 0
+    cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+    detached: bool = False
+    preview_failed: bool = False
+
+    def _emit(self, signal: str, value: Any) -> None:
+        """Send `value` to the GUI thread, unless the widget has let go of this run."""
+        if self.detached:
+            return
+        try:
+            getattr(self.bridge, signal).emit(value)
+        except RuntimeError:  # the Qt side is gone (application shutting down): stop quietly
+            self.detached = True
+            self.cancel.set()
+
+    def on_event(self, event: TrainEvent) -> None:
+        self.step = int(event.step)
+        self._emit("event", event)
+
+    def on_preview(self, module: torch.nn.Module) -> None:
+        if self.detached or self.preview_failed or self.cancel.is_set():
+            return
+        z = int(self.preview_z)
+        try:
+            image = preview_slice(self.source, module, z, ndim=self.ndim, context=self.context)
+        except Exception as exc:  # a failed preview must not end the training
+            log.warning("preview failed", exc_info=True)
+            self.preview_failed = True
+            self._emit("note", f"preview failed and is switched off for this run: {_one_line(exc)}")
+            return
+        self._emit("preview", (z, self.step, image))
+
+    def __call__(self) -> Any:
+        """Run in the worker thread: the FineTuneResult, or a :class:`_Failed`."""
+        try:
+            return fine_tune(
+                self.source,  # the layer's array: a memmap is read patch by patch
+                self.target,
+                self.config,
+                model=self.model,
+                architecture=self.architecture,
+                arch_kwargs=self.arch_kwargs,
+                progress=self.on_event,
+                preview=self.on_preview if self.config.preview_every > 0 else None,
+                cancel=self.cancel.is_set,
+            )
+        except Exception as exc:
+            message = _one_line(exc)
+            if _out_of_memory(exc):
+                message = f"out of memory ({message}); try a smaller patch or batch size"
+            elif not isinstance(exc, ValueError):
+                log.exception("training failed")
+                message = f"{type(exc).__name__}: {message}"
+            return _Failed(message)
+
+
+def _run_job(run: _Run) -> Any:
+    return run()
+
+
+def _refresh_denoise_widgets() -> int:
+    """Make every open Denoise widget re-read the model registry; returns how many there were."""
+    from .denoise import DenoiseWidget
+
+    app = QApplication.instance()
+    count = 0
+    for widget in app.allWidgets() if app is not None else ():
+        if isinstance(widget, DenoiseWidget):
+            widget.refresh_models()
+            count += 1
+    return count
+
+
+# ================================================================== the widget
+class TrainWidget(QWidget):
+    """Dock widget that trains or fine-tunes a denoising network on the user's data.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer or napari.components.ViewerModel
+    parent : QWidget, optional
+
+    Attributes
+    ----------
+    mode : magicgui ComboBox
+        ``"n2n"`` (even/odd halves), ``"supervised"`` (noisy + clean reference) or ``"n2v"``
+        (one volume, blind-spot).
+    source, target : magicgui ComboBox
+        Image layers; labelled and shown according to the mode (:func:`input_roles`).
+    loss, adversarial : magicgui ComboBox
+        Adversarial term (supervised mode only): ``"none"``, ``"gan"``, ``"wgangp"``.
+    start, architecture : magicgui ComboBox
+        Registry model to fine-tune, or :data:`SCRATCH` with an architecture of
+        :data:`~napari_cryoden.models.ARCHITECTURES`.
+    channels, patch, batch, steps, val_start, val_stop, val_every, preview_every : magicgui SpinBox
+        ``preview_every`` 0 means no preview.
+    lr, name : magicgui LineEdit
+    device, precision : magicgui ComboBox
+    train_button, cancel_button, save_button : magicgui PushButton
+    progress_bar : magicgui ProgressBar
+        Steps done out of the total.
+    status : magicgui Label
+    figure, canvas, axes : matplotlib Figure, FigureCanvasQTAgg, Axes
+        The loss plot; ``train_line`` and ``val_line`` are its two curves.
+    worker : FunctionWorker or None
+        The running training, if any.
+    result : FineTuneResult or None
+        The last finished or cancelled run (best checkpoint), until it is saved.
+    saved_path : pathlib.Path or None
+        Weights file of the last saved model.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self.worker = None
+        self.result = None
+        self.saved_path = None
+        self._run: _Run | None = None
+        self._result_run: _Run | None = None
+        self._activity: progress | None = None
+        self._slab_layer: Shapes | None = None
+        self._slab_for: Image | None = None
+        self._updating = False
+        self._watched_window: QWidget | None = None
+        self._scratch_chosen = False
+        self._auto_slab: tuple[int, int] | None = None
+        self._source_layer: Image | None = None
+        self._train_points: tuple[list[float], list[float]] = ([], [])
+        self._val_points: tuple[list[float], list[float]] = ([], [])
+
+        self.mode = ComboBox(label="mode", choices=MODES, value="n2n",
+                             tooltip="Noise2Noise: two independent halves (even/odd frames or tilts) of the same "
+                                     "tomogram; Supervised: noisy input and clean reference; Noise2Void: one "
+                                     "volume, blind-spot training")
+        self.source = ComboBox(label="even half", choices=self._image_choices)
+        self.target = ComboBox(label="odd half", choices=self._image_choices)
+        self.loss = ComboBox(label="loss", choices=LOSSES, value="l2")
+        self.adversarial = ComboBox(label="adversarial", choices=ADVERSARIAL, value="none",
+                                    tooltip="Add a discriminator (GAN) or a Wasserstein critic with gradient "
+                                            "penalty (WGAN-GP) to the content loss")
+        self.start = ComboBox(label="start from", choices=(SCRATCH,),
+                              tooltip="A model of the registry to fine-tune, or a new network")
+        self.architecture = ComboBox(label="architecture", choices=tuple(ARCHITECTURES))
+        self.channels = SpinBox(label="channels", value=48, min=1, max=256,
+                                tooltip="Width of the new network (feature maps per layer)")
+        self.patch = SpinBox(label="patch", value=48, min=8, max=512, step=8,
+                             tooltip="Edge of the training patches in voxels (a multiple of the network stride)")
+        self.batch = SpinBox(label="batch", value=4, min=1, max=256)
+        self.steps = SpinBox(label="steps", value=200, min=1, max=1_000_000)
+        self.lr = LineEdit(label="learning rate", value="1e-4", tooltip="Adam learning rate, e.g. 1e-4")
+        self.val_start = SpinBox(label="validation from", value=0, min=0, max=100_000,
+                                 tooltip="First slice (axis 0, Z) held out for validation")
+        self.val_stop = SpinBox(label="validation to", value=0, min=0, max=100_000,
+                                tooltip="Slice after the last one held out for validation (exclusive)")
+        self.val_every = SpinBox(label="validate every", value=20, min=1, max=1_000_000,
+                                 tooltip="Steps between validation losses (and checkpoints)")
+        self.preview_every = SpinBox(label="preview every", value=50, min=0, max=1_000_000,
+                                     tooltip="Steps between previews of the displayed slice; 0 = no preview")
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.precision = ComboBox(label="precision", choices=PRECISIONS, value="auto")
+        self.name = LineEdit(label="save as", value=suggest_name(DEFAULT_NAME, available_models()),
+                             tooltip="Name of the new model in the registry (letters, digits, '.', '_', '-')")
+        self.train_button = PushButton(text="Train")
+        self.cancel_button = PushButton(text="Cancel", enabled=False,
+                                        tooltip="Stop after the current step and keep the best checkpoint")
+        self.save_button = PushButton(text="Save model", enabled=False,
+                                      tooltip="Save the best checkpoint of the last run under the chosen name")
+        self.progress_bar = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        self._container = Container(widgets=[
+            self.mode, self.source, self.target, self.loss, self.adversarial, self.start, self.architecture,
+            self.channels, self.patch, self.batch, self.steps, self.lr, self.val_start, self.val_stop,
+            self.val_every, self.preview_every, self.device, self.precision, self.name,
+        ])
+        self._buttons = Container(widgets=[self.train_button, self.cancel_button, self.save_button],
+                                  layout="horizontal", labels=False)
+        self._progress = Container(widgets=[self.progress_bar, self.status])
+
+        self.figure = Figure(figsize=(4.0, 2.6), layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(200)
+        self.axes = self.figure.add_subplot()
+        (self.train_line,) = self.axes.plot([], [], "-", label="train")
+        (self.val_line,) = self.axes.plot([], [], "o-", label="validation", markersize=3)
+        self.axes.set_xlabel("step")
+        self.axes.set_ylabel("loss")
+        self.axes.legend(loc="upper right", fontsize="small")
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._container.native)
+        layout.addWidget(self._buttons.native)
+        layout.addWidget(self._progress.native)
+        layout.addWidget(self.canvas, stretch=1)
+
+        self.mode.changed.connect(self._on_mode)
+        self.start.changed.connect(self._on_start)
+        self.architecture.changed.connect(self._on_start)
+        self.source.changed.connect(self._on_source)
+        self.patch.changed.connect(self._on_patch)
+        self.val_start.changed.connect(self._update_slab_layer)
+        self.val_stop.changed.connect(self._update_slab_layer)
+        self.train_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.save_button.changed.connect(self.save)
+        viewer.dims.events.current_step.connect(self._on_dims)
+        viewer.dims.events.ndisplay.connect(self._on_ndisplay)
+        watch_layers(viewer, self._on_layers_changed)
+
+        self.refresh_models()
+        self._on_mode()
+        self._on_start()
+        self._on_source()
+
+    # ------------------------------------------------------------------ choices
+    def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
+        return [(name, layer) for name, layer in image_choices(self._viewer)
+                if not (layer.metadata or {}).get("cryoden_preview")]
+
+    def _on_layers_changed(self, event=None) -> None:
+        follow_renames(event, self._on_layers_changed)
+        if self._updating:
+            return
+        self.source.reset_choices()
+        self.target.reset_choices()
+        self._pick_distinct_target()
+
+    def _pick_distinct_target(self) -> None:
+        """Offer a different layer as target than as source when there is one."""
+        if self.target.value is not None and self.target.value is self.source.value:
+            others = [layer for _, layer in self._image_choices() if layer is not self.source.value]
+            if others:
+                self.target.value = others[0]
+
+    def refresh_models(self, _value=None) -> None:
+        """Read the model registry again for the "start from" list (keeps the current choice)."""
+        current = self.start.value
+        names = [SCRATCH, *available_models()]
+        self.start.choices = names
+        if current in names and (current != SCRATCH or self._scratch_chosen):
+            self.start.value = current
+        else:
+            self.start.value = DEFAULT_MODEL if DEFAULT_MODEL in names else SCRATCH
+
+    def reset_choices(self, _event=None) -> None:
+        """Refresh the layer and model lists (napari calls this when layers change)."""
+        self._on_layers_changed()
+        self.refresh_models()
+
+    # ------------------------------------------------------------------ visibility
+    def _on_mode(self, _value=None) -> None:
+        source_label, target_label = input_roles(self.mode.value)
+        self.source.label = source_label
+        self.target.visible = target_label is not None
+        if target_label is not None:
+            self.target.label = target_label
+        self.adversarial.visible = self.mode.value == "supervised"
+        self._pick_distinct_target()
+
+    def _on_start(self, _value=None) -> None:
+        scratch = self.start.value == SCRATCH
+        if _value is not None:
+            self._scratch_chosen = scratch  # the user's choice survives a refresh of the list
+        self.architecture.visible = scratch
+        self.channels.visible = scratch and "ch" in ARCHITECTURES.get(self.architecture.value, (None, ()))[1]
+
+    def input_visibility(self) -> dict[str, bool]:
+        """Which optional inputs the current mode and starting point show (for tests and docs)."""
+        return {
+            "target": not self.target.native.isHidden(),
+            "adversarial": not self.adversarial.native.isHidden(),
+            "architecture": not self.architecture.native.isHidden(),
+            "channels": not self.channels.native.isHidden(),
+        }
+
+    # ------------------------------------------------------------------ validation slab
+    def _on_source(self, _value=None) -> None:
+        layer = self.source.value
+        if layer is None or layer is self._slab_for:
+            self._update_slab_layer()
+            return
+        try:
+            shape = _layer_array(layer).shape
+        except ValueError:
+            return
+        self._slab_for = layer
+        self._set_default_slab(shape[0])
+        self._pick_distinct_target()
+
+    def _set_default_slab(self, n: int) -> None:
+        start, stop = default_val_slab(n, self.patch.value)
+        with self._guard():
+            self.val_start.max = self.val_stop.max = n
+            self.val_start.value, self.val_stop.value = start, stop
+        self._auto_slab = (start, stop)
+        self._update_slab_layer()
+
+    def _on_patch(self, _value=None) -> None:
+        """A new patch size moves the default slab along, not one the user chose."""
+        layer = self.source.value
+        if layer is None or (self.val_start.value, self.val_stop.value) != self._auto_slab:
+            return
+        try:
+            self._set_default_slab(_layer_array(layer).shape[0])
+        except ValueError:
+            pass
+
+    def _guard(self):
+        widget = self
+
+        class _G:
+            def __enter__(self):
+                self.prev = widget._updating
+                widget._updating = True
+
+            def __exit__(self, *exc):
+                widget._updating = self.prev
+                return False
+
+        return _G()
+
+    def _update_slab_layer(self, _value=None) -> None:
+        """Draw the validation slab of the source layer as a Shapes layer (kept in step)."""
+        if self._updating:
+            return
+        layer = self.source.value
+        if layer is None:
+            return
+        try:
+            shape = _layer_array(layer).shape
+        except ValueError:
+            return
+        if len(shape) not in (2, 3):
+            return
+        rects = val_slab_rectangles(shape, (self.val_start.value, self.val_stop.value))
+        features = {"label": ["validation"] * len(rects)}
+        slab = self._slab_layer if self._slab_layer is not None and self._slab_layer in self._viewer.layers else None
+        with self._guard():
+            if slab is not None and slab.ndim != len(shape):
+                self._viewer.layers.remove(slab)
+                slab = None
+            if slab is None:
+                active = self._viewer.layers.selection.active
+                slab = self._viewer.add_shapes(
+                    rects or None, ndim=len(shape), shape_type="rectangle", name="validation slab",
+                    edge_color=_SLAB_COLOR, face_color="transparent", edge_width=1, opacity=0.6,
+                    scale=layer.scale, translate=layer.translate, features=features,
+                    text={"string": "{label}", "anchor": "upper_left", "color": _SLAB_COLOR, "size": 9},
+                    metadata={"cryoden_validation_slab": True},
+                )
+                slab.text.visible = self._viewer.dims.ndisplay == 2
+                if active is not None and active in self._viewer.layers:
+                    self._viewer.layers.selection.active = active
+                self._slab_layer = slab
+            else:
+                slab.scale, slab.translate = layer.scale, layer.translate
+                slab.data = []
+                if rects:
+                    slab.add_rectangles(rects, edge_color=_SLAB_COLOR, face_color="transparent")
+                slab.features = features
+            slab.metadata["slab"] = (int(self.val_start.value), int(self.val_stop.value))
+
+    def _on_ndisplay(self, _event=None) -> None:
+        """The slab's label marks each held-out slice in 2D; in 3D the stacked labels would pile up."""
+        slab = self._slab_layer
+        if slab is not None and slab in self._viewer.layers:
+            slab.text.visible = self._viewer.dims.ndisplay == 2
+
+    # ------------------------------------------------------------------ window
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        """Refresh the model list whenever the widget is shown; watch the window for closing."""
+        self.refresh_models()
+        self._watch_window()
+        super().showEvent(event)
+
+    def _watch_window(self) -> None:
+        """Install the close watcher on the top-level window (the viewer's, once docked)."""
+        self._watched_window = watch_window(self, self._watched_window)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
+        """Stop the training when the viewer's window closes."""
+        watched = getattr(self, "_watched_window", None)  # None while Python tears the widget down
+        if watched is not None and obj is watched and event.type() == QEvent.Type.Close:
+            self.shutdown()
+        return False
+
+    def shutdown(self) -> None:
+        """Stop the training (after its current step) and disconnect it from the widget.
+
+        Called when the viewer's window closes. The training thread sees the cancel flag at its
+        next poll, emits nothing more, and its result is dropped.
+        """
+        run, worker = self._run, self.worker
+        self._run, self.worker = None, None
+        self._activity = close_activity(self._activity)
+        if run is not None:
+            run.detached = True
+            run.cancel.set()
+            self._disconnect_bridge(run)
+        if worker is not None:
+            disconnect(worker, {"returned": self._on_returned, "errored": self._on_errored,
+                                "finished": self._on_finished})
+            worker.quit()
+
+    def _disconnect_bridge(self, run: _Run) -> None:
+        disconnect(run.bridge, {"event": self._on_event, "preview": self._on_preview, "note": self._on_note})
+
+    # ------------------------------------------------------------------ run
+    @property
+    def is_running(self) -> bool:
+        """True while a training run is in progress."""
+        return self.worker is not None
+
+    def _current_z(self, layer: Image | None = None) -> int:
+        """Index along axis 0 of the source layer of the slice the viewer displays."""
+        layer = layer if layer is not None else self.source.value
+        if layer is None or layer.ndim < 3:
+            return 0
+        point = np.asarray(self._viewer.dims.point, float)[-layer.ndim:]
+        z = float(np.asarray(layer.world_to_data(point))[0])
+        n = _layer_array(layer).shape[0]
+        return int(np.clip(round(z), 0, n - 1))
+
+    def _on_dims(self, _event=None) -> None:
+        run = self._run
+        if run is not None:
+            try:
+                run.preview_z = self._current_z(self._source_layer)
+            except (ValueError, IndexError):
+                pass
+
+    def _fail(self, message: str) -> None:
+        self.status.value = message
+        show_error(f"Train: {message}")
+
+    def run(self, _value=None) -> None:
+        """Check the settings and start training in a worker thread (the Train button).
+
+        Bad settings (missing layers, halves of different shapes, a patch larger than the data,
+        a network of the wrong dimensionality, an empty or taken name…) give one error
+        notification and start nothing.
+        """
+        if self.is_running:
+            self._fail("a training run is already in progress; cancel it first")
+            return
+        try:
+            run = self._make_run()
+        except ValueError as exc:
+            self._fail(_one_line(exc))
+            return
+        self._start(run)
+
+    def _make_run(self) -> _Run:
+        """Everything the worker needs, checked in the GUI thread; ValueError for bad settings."""
+        mode = self.mode.value
+        source_label, target_label = input_roles(mode)
+        source_layer = self.source.value
+        target_layer = self.target.value if target_label is not None else None
+        if source_layer is None:
+            raise ValueError(f"choose the {source_label} layer")
+        if target_label is not None:
+            if target_layer is None:
+                raise ValueError(f"choose the {target_label} layer")
+            if target_layer is source_layer:
+                raise ValueError(f"the {source_label} and the {target_label} must be two different layers")
+        name = check_model_name(self.name.value, available_models())
+        config = finetune_config(
+            mode=mode, loss=self.loss.value, adversarial=self.adversarial.value, patch=self.patch.value,
+            batch=self.batch.value, steps=self.steps.value, lr=self.lr.value,
+            val_slab=(self.val_start.value, self.val_stop.value), val_every=self.val_every.value,
+            preview_every=self.preview_every.value, device=self.device.value, precision=self.precision.value,
+        )
+        source = _layer_array(source_layer)
+        target = _layer_array(target_layer) if target_layer is not None else None
+        model = None if self.start.value in (None, SCRATCH) else self.start.value
+        architecture = self.architecture.value if model is None else None
+        arch_kwargs = scratch_arch_kwargs(architecture, self.channels.value) if model is None else None
+        check_settings(config, source, target, model=model, architecture=architecture, arch_kwargs=arch_kwargs)
+        ndim, context = _model_geometry(model, architecture)
+        layers = [(source_label, source_layer)] + ([(target_label, target_layer)] if target_layer is not None else [])
+        extra = card_extra(mode, [(role, lyr.name, _layer_array(lyr).shape, tuple(lyr.scale), lyr.metadata)
+                                  for role, lyr in layers])
+        run = _Run(source=source, target=target, config=config, model=model, architecture=architecture,
+                   arch_kwargs=arch_kwargs, ndim=ndim, context=context, name=name, extra=extra, bridge=_Bridge())
+        run.preview_z = self._current_z(source_layer)
+        self._source_layer = source_layer
+        return run
+
+    def _start(self, run: _Run) -> None:
+        self._run = run
+        self.result = None
+        self._result_run = None
+        self.save_button.enabled = False
+        self._train_points = ([], [])
+        self._val_points = ([], [])
+        self._redraw()
+        run.bridge.event.connect(self._on_event)
+        run.bridge.preview.connect(self._on_preview)
+        run.bridge.note.connect(self._on_note)
+        self.worker = create_worker(
+            _run_job, run, _start_thread=False,
+            _connect={"returned": self._on_returned, "errored": self._on_errored, "finished": self._on_finished},
+        )
+        steps = run.config.steps
+        self._activity = progress(total=steps, desc=f"Training {run.name}")
+        self.progress_bar.max, self.progress_bar.value = max(steps, 1), 0
+        start = run.model or f"a new {run.architecture}"
+        self.status.value = f"training {run.name} from {start}…"
+        self.train_button.enabled = False
+        self.cancel_button.enabled = True
+        self._watch_window()  # also when the dock was never shown
+        self.worker.start()
+
+    def cancel(self, _value=None) -> None:
+        """Stop training after the current step and keep the best checkpoint (the Cancel button)."""
+        if self._run is not None:
+            self._run.cancel.set()
+            self.cancel_button.enabled = False
+            self.status.value = "cancelling after the current step…"
+
+    # ------------------------------------------------------------------ reports (GUI thread)
+    def _on_event(self, event: TrainEvent) -> None:
+        if event.train_loss is not None and math.isfinite(event.train_loss):
+            self._train_points[0].append(event.step)
+            self._train_points[1].append(float(event.train_loss))
+        if event.val_loss is not None and math.isfinite(event.val_loss):
+            self._val_points[0].append(event.step)
+            self._val_points[1].append(float(event.val_loss))
+        self._redraw()
+        total = max(int(event.steps), 1)
+        self.progress_bar.max = total
+        self.progress_bar.value = min(int(event.step), total)
+        advance(self._activity, int(event.step), total)
+        parts = [f"step {event.step}/{event.steps}"]
+        if event.train_loss is not None and math.isfinite(event.train_loss):
+            parts.append(f"train {event.train_loss:.4g}")
+        if event.best_val is not None:
+            parts.append(f"best validation {event.best_val:.4g}")
+        parts.append(f"{event.seconds:.0f} s")
+        self.status.value = " · ".join(parts)
+
+    def _redraw(self) -> None:
+        self.train_line.set_data(*self._train_points)
+        self.val_line.set_data(*self._val_points)
+        values = self._train_points[1] + self._val_points[1]
+        scale = "log" if values and min(values) > 0 else "linear"
+        if self.axes.get_yscale() != scale:
+            self.axes.set_yscale(scale)
+        self.axes.relim()
+        self.axes.autoscale_view()
+        self.canvas.draw_idle()
+
+    def _on_preview(self, payload: tuple[int, int, np.ndarray]) -> None:
+        z, step, image = payload
+        run = self._run
+        source = self._source_layer
+        if run is None or source is None:
+            return
+        name = f"{run.name} preview"
+        ndim = image.ndim
+        metadata = {"cryoden_preview": True, "z": int(z), "step": int(step), "model": run.name}
+        with self._guard():
+            if name in self._viewer.layers and isinstance(self._viewer.layers[name], Image) \
+                    and self._viewer.layers[name].ndim == ndim:
+                layer = self._viewer.layers[name]
+                layer.data = image
+                layer.metadata.update(metadata)
+            else:
+                active = self._viewer.layers.selection.active
+                self._viewer.add_image(
+                    image, name=name, scale=tuple(source.scale)[-ndim:], translate=tuple(source.translate)[-ndim:],
+                    contrast_limits=tuple(source.contrast_limits), metadata=metadata,
+                )
+                if active is not None and active in self._viewer.layers:
+                    self._viewer.layers.selection.active = active
+
+    def _on_note(self, message: str) -> None:
+        show_warning(f"Train: {message}")
+
+    def _on_returned(self, result: Any) -> None:
+        run = self._run
+        if isinstance(result, _Failed):
+            self._fail(f"training failed: {result.message}")
+            return
+        if result is None or run is None:
+            return
+        self.result, self._result_run = result, run
+        if result.cancelled:
+            best = f"; best validation loss {result.best_val:.4g}" if result.best_val is not None else ""
+            self.status.value = f"cancelled at step {result.steps_done}{best}; press Save model to keep it"
+            self.save_button.enabled = True
+            show_info(f"Train: cancelled at step {result.steps_done}; the best checkpoint is kept, "
+                      "press Save model to save it")
+        else:
+            self.save()
+
+    def _on_errored(self, exc: BaseException) -> None:
+        # The job turns exceptions into _Failed; anything else napari reports itself.
+        self.status.value = f"failed: {type(exc).__name__}"
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        run, self._run = self._run, None
+        if run is not None:
+            self._disconnect_bridge(run)
+        self._activity = close_activity(self._activity)
+        self.train_button.enabled = True
+        self.cancel_button.enabled = False
+
+    # ------------------------------------------------------------------ save
+    def save(self, _value=None):
+        """Save the last run's best checkpoint under the chosen name (the Save model button).
+
+        Returns the weights path, or None when nothing was saved (an error notification says
+        why; the checkpoint stays available for another try with another name).
+        """
+        result, run = self.result, self._result_run
+        if result is None or run is None:
+            self._fail("nothing to save yet; train first")
+            return None
+        try:
+            name = check_model_name(self.name.value, available_models())
+            path = save_finetuned(result, name, card_extra=run.extra)
+        except (ValueError, OSError) as exc:
+            self._fail(f"could not save the model: {_one_line(exc)}")
+            self.save_button.enabled = True
+            return None
+        self.saved_path = path
+        self.result, self._result_run = None, None
+        self.save_button.enabled = False
+        _refresh_denoise_widgets()
+        self.refresh_models()
+        self.name.value = suggest_name(name, available_models())
+        what = "cancelled run's best checkpoint" if result.cancelled else "model"
+        self.status.value = f"saved {name!r} ({result.steps_done} steps)"
+        show_info(f"Train: saved the {what} as {name!r} ({path}); choose it in the Denoise widget")
+        return path

@@ -1,0 +1,108 @@
+"""Denoise a slab of a tomogram around one slice: a quick preview of the full result.
+
+The slab is read with the model's context on both sides (real data, not padding) and starts on
+the network's stride grid, and it is normalised with the statistics of the whole tomogram, so
+the preview equals the same slices of the full denoised tomogram (up to float rounding when the
+tile geometry differs).
+"""
+
+from __future__ import annotations
+
+from typing import Generator
+
+import numpy as np
+
+from ..models.registry import LoadedModel
+from .engine import _as_model, input_mode, iter_denoise, model_overlap
+from .normalize import robust_stats
+
+__all__ = ["PREVIEW_HALF_DEPTH", "iter_denoise_slab", "slab_bounds"]
+
+#: Slices on each side of the displayed one that a 3D model's preview denoises.
+PREVIEW_HALF_DEPTH = 16
+
+
+def slab_bounds(n_slices: int, centre: int, *, mode: str, half_depth: int = PREVIEW_HALF_DEPTH,
+                margin: int = 0, stride: int = 1) -> tuple[int, int, int, int]:
+    """Slices ``[z0, z1)`` to show around `centre` and ``[a, b)`` to read for them.
+
+    Parameters
+    ----------
+    n_slices : int
+        Length of the first axis.
+    centre : int
+        Displayed slice (clipped into the volume).
+    mode : {"volume", "stack", "image"}
+        See :func:`~napari_cryoden.inference.engine.input_mode`. A 3D model shows
+        ``centre ± half_depth`` and reads `margin` more slices on each side, starting on a
+        multiple of `stride`; a 2D model shows and reads the displayed slice only; an image is
+        one slice.
+
+    Returns
+    -------
+    z0, z1, a, b : int
+    """
+    if mode == "image":
+        return 0, 1, 0, 1
+    c = int(np.clip(int(round(centre)), 0, n_slices - 1))
+    if mode == "stack":
+        return c, c + 1, c, c + 1
+    z0, z1 = max(0, c - half_depth), min(n_slices, c + half_depth + 1)
+    a = max(0, z0 - margin) // stride * stride
+    b = min(n_slices, z1 + margin)
+    return z0, z1, a, b
+
+
+def iter_denoise_slab(
+    volume: np.ndarray,
+    model: str | LoadedModel,
+    centre: float,
+    *,
+    half_depth: int = PREVIEW_HALF_DEPTH,
+    image_stack: bool = False,
+    overlap=None,
+    info: dict | None = None,
+    **kwargs,
+) -> Generator[tuple[int, int], None, tuple[int, np.ndarray]]:
+    """Denoise the slices around `centre`, yielding ``(tiles_done, tiles_total)``.
+
+    Parameters
+    ----------
+    volume : ndarray
+        (Z, Y, X) tomogram, (N, Y, X) stack or (Y, X) image (see
+        :func:`~napari_cryoden.inference.denoise`).
+    model : str or LoadedModel
+    centre : float
+        Index of the displayed slice along the first axis (ignored for a 2D image).
+    half_depth : int, default=16
+        Slices shown on each side of `centre` for a 3D model.
+    image_stack, overlap, info, **kwargs
+        As for :func:`~napari_cryoden.inference.iter_denoise`.
+
+    Returns
+    -------
+    z0 : int
+        Index of the first denoised slice (0 for a 2D image).
+    slab : ndarray of float32
+        ``(z1 - z0, Y, X)`` denoised slices, or the denoised ``(Y, X)`` image.
+
+    Raises
+    ------
+    ValueError
+        As :func:`~napari_cryoden.inference.iter_denoise`.
+    """
+    lm = _as_model(model)
+    mode = input_mode(np.ndim(volume), lm, image_stack=image_stack)
+    if mode == "image":
+        result = yield from iter_denoise(volume, lm, image_stack=image_stack, overlap=overlap, info=info, **kwargs)
+        return 0, result
+    margin = 0
+    if mode == "volume":
+        margin = (model_overlap(lm) if overlap is None else np.broadcast_to(overlap, (3,)))[0]
+    z0, z1, a, b = slab_bounds(volume.shape[0], centre, mode=mode, half_depth=half_depth,
+                               margin=int(margin), stride=max(1, lm.stride))
+    stats = robust_stats(volume)  # the whole tomogram's, as the full run uses
+    sub = volume[a:b]
+    result = yield from iter_denoise(sub, lm, image_stack=image_stack, overlap=overlap, info=info, stats=stats,
+                                     **kwargs)
+    return z0, np.ascontiguousarray(result[z0 - a : z1 - a])

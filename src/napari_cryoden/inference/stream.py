@@ -1,0 +1,248 @@
+"""Denoise an MRC file into another with bounded memory: read and write tile by tile.
+
+Large inputs are memory-mapped (:func:`napari_cryoden.io.read_mrc`), and large outputs are
+created as a memory-mapped float32 MRC file (:func:`mrcfile.new_mmap`) in the hidden temporary
+file of :func:`napari_cryoden.io.atomic_path`, filled tile by tile by the engine and renamed into
+place when complete. The resident pages of both mappings are let go after every batch of tiles
+(:func:`~napari_cryoden.inference.tiling.release_pages`), so the peak memory is the model and a
+few tiles, not the volume. Normalisation statistics come from a strided subsample. Small files
+(below the same threshold) are denoised in memory and written by
+:func:`napari_cryoden.io.write_mrc`, which gives the same file.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Generator, Sequence
+
+import numpy as np
+
+from ..io.atomic import atomic_path, same_file
+from ..io.mrc import DEFAULT_MMAP_THRESHOLD
+from ..models.registry import DEFAULT_MODEL
+from .tiling import release_pages
+
+__all__ = ["FileResult", "denoise_file", "header_stats", "is_image_stack_path", "iter_denoise_file"]
+
+_COMPRESSED = (".gz", ".bz2")
+
+
+def is_image_stack_path(path) -> bool:
+    """True for ``.mrcs`` files (optionally ``.gz``/``.bz2``): stacks of 2D images (particles,
+    sub-tilts, movies), which go to 2D models slice by slice and never to a 3D model."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED:
+        suffixes = suffixes[:-1]
+    return bool(suffixes) and suffixes[-1] == ".mrcs"
+
+
+@dataclass
+class FileResult:
+    """What :func:`iter_denoise_file` returns.
+
+    Attributes
+    ----------
+    output : Path
+    shape : tuple of int
+    voxel_size : tuple of float
+        Å, array axis order, copied from the input.
+    model : str
+    tiles : int
+    streamed : bool
+        True when the output was written tile by tile into a memory-mapped file.
+    seconds : float
+    info : dict
+        The engine's ``info`` (plan, NaN/Inf replacement) and ``voxel_size_known``.
+    """
+
+    output: Path
+    shape: tuple[int, ...]
+    voxel_size: tuple[float, ...]
+    model: str
+    tiles: int
+    streamed: bool
+    seconds: float
+    info: dict = field(default_factory=dict)
+
+
+#: Bytes of output read at a time when computing the header statistics.
+STATS_CHUNK_BYTES = 64 * 1024**2
+
+
+def header_stats(data: np.ndarray, *, chunk_bytes: int | None = None) -> tuple[float, float, float, float]:
+    """``(min, max, mean, std)`` of `data`, read in slabs along the first axis.
+
+    Each slab's mean and sum of squared deviations are accumulated in float64 and merged
+    pairwise (Chan, Golub & LeVeque 1979), so the result matches ``data.mean()``/``data.std()``
+    without reading the array whole; a slab needs one temporary of its own size, and the pages
+    of a memmap are let go after each slab. `chunk_bytes` defaults to :data:`STATS_CHUNK_BYTES`.
+    """
+    if data.ndim == 0 or data.size == 0:
+        raise ValueError("no data to summarise")
+    chunk = STATS_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    step = max(1, chunk // max(1, data[0].size * data.dtype.itemsize))
+    lo, hi, n, mean, m2 = math.inf, -math.inf, 0, 0.0, 0.0
+    for i in range(0, data.shape[0], step):
+        slab = np.asarray(data[i : i + step])
+        k = slab.size
+        slab_mean = float(slab.mean(dtype=np.float64))
+        lo, hi = min(lo, float(slab.min())), max(hi, float(slab.max()))
+        dev = np.subtract(slab, slab_mean, dtype=np.float64 if slab.dtype == np.float64 else np.float32)
+        np.square(dev, out=dev)
+        slab_m2 = float(dev.sum(dtype=np.float64))
+        del dev, slab
+        delta = slab_mean - mean
+        total = n + k
+        mean += delta * k / total
+        m2 += slab_m2 + delta * delta * n * k / total
+        n = total
+        release_pages(data)
+    return lo, hi, mean, math.sqrt(m2 / n)
+
+
+def _packages():
+    """The ``io`` and ``inference`` packages, looked up when a file is processed so that a reader
+    or an engine substituted there (a wrapper, a test double) is the one used."""
+    from .. import inference, io
+
+    return io, inference
+
+
+def iter_denoise_file(
+    input_path,
+    output_path,
+    model=DEFAULT_MODEL,
+    *,
+    tile: int | Sequence[int] | None = None,
+    overlap: int | Sequence[int] | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    nonfinite: str = "replace",
+    overwrite: bool = False,
+    mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
+    memory_bytes: int | None = None,
+    image_stack: bool | None = None,
+    label: str | None = None,
+    info: dict | None = None,
+) -> Generator[tuple[int, int], None, FileResult]:
+    """Denoise an MRC file into a float32 MRC file, yielding ``(tiles_done, tiles_total)``.
+
+    Parameters
+    ----------
+    input_path, output_path : path-like
+        The output is written atomically (temporary file, renamed when complete) and is never
+        the input. A ``.gz``/``.bz2`` output is compressed (and then assembled in memory).
+    model : str, LoadedModel or torch.nn.Module
+        As for :func:`~napari_cryoden.inference.denoise`.
+    tile, overlap, batch_size, device, precision, nonfinite, memory_bytes
+        As for :func:`~napari_cryoden.inference.denoise` (automatic when None).
+    overwrite : bool, default=False
+        Replace an existing output (never the input).
+    mmap_threshold : int, default=256 MiB
+        Inputs of at least this many bytes are memory-mapped, and float32 outputs of at least
+        this many bytes are streamed tile by tile into a memory-mapped file; 0 streams always.
+    image_stack : bool, optional
+        The input is a stack of 2D images; default: the file name ends in ``.mrcs``.
+    label : str, optional
+        Added to the output header's labels (default ``"cryoden <model name>"``).
+    info : dict, optional
+        Filled in as by the engine, plus ``voxel_size``, ``voxel_size_known``, ``shape``,
+        ``streamed`` and ``model`` before the first report.
+
+    Returns
+    -------
+    FileResult
+
+    Raises
+    ------
+    ValueError
+        If the output is the input, or for bad input or options (``MrcError`` and
+        ``ModelError`` are ValueErrors).
+    FileExistsError
+        If the output exists and `overwrite` is False.
+    """
+    start = time.perf_counter()
+    io, inference = _packages()
+    from .engine import _as_model
+
+    src, dst = Path(input_path), Path(output_path)
+    if dst.exists() and same_file(src, dst):
+        raise ValueError(f"{dst}: refusing to write the output over the input file")
+    if (dst.exists() or dst.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{dst}: exists; pass overwrite to replace it")
+    volume = io.read_mrc(src, mmap_threshold=mmap_threshold)
+    lm = _as_model(model)
+    data = volume.data
+    stack = is_image_stack_path(src) if image_stack is None else bool(image_stack)
+    compressed = any(s.lower() in _COMPRESSED for s in dst.suffixes[-1:])
+    streamed = not compressed and data.size * 4 >= mmap_threshold
+    info = {} if info is None else info
+    info.update(voxel_size=tuple(volume.voxel_size), voxel_size_known=volume.metadata.get("voxel_size_known", True),
+                shape=tuple(data.shape), streamed=streamed, model=lm.name)
+    label = label if label is not None else f"cryoden {lm.name}"
+    kwargs = dict(tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision,
+                  nonfinite=nonfinite, info=info, image_stack=stack, memory_bytes=memory_bytes)
+    if not streamed:
+        result = yield from inference.iter_denoise(data, lm, **kwargs)
+        io.write_mrc(dst, result, volume.voxel_size, overwrite=overwrite, protect=(src,), label=label)
+    else:
+        import mrcfile
+
+        with atomic_path(dst, overwrite=overwrite) as tmp:
+            mrc = mrcfile.new_mmap(tmp, shape=tuple(data.shape), mrc_mode=2, overwrite=True)
+            try:
+                yield from inference.iter_denoise(data, lm, out=mrc.data, **kwargs)
+                vs = np.broadcast_to(np.asarray(volume.voxel_size, dtype=float), (data.ndim,)).tolist()
+                vs_zyx = ([vs[0]] if data.ndim == 2 else []) + vs  # 2D: z = y, as write_mrc
+                mrc.voxel_size = (vs_zyx[2], vs_zyx[1], vs_zyx[0])
+                mrc.add_label(label[:80])
+                h = mrc.header
+                h.dmin, h.dmax, h.dmean, h.rms = header_stats(mrc.data)
+                mrc.flush()
+            finally:
+                mrc.close()
+    return FileResult(
+        output=dst, shape=tuple(data.shape), voxel_size=tuple(volume.voxel_size), model=lm.name,
+        tiles=int(info.get("tiles", 0)), streamed=streamed, seconds=time.perf_counter() - start, info=info,
+    )
+
+
+def denoise_file(
+    input_path,
+    output_path,
+    model=DEFAULT_MODEL,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    **kwargs,
+) -> FileResult:
+    """Denoise an MRC file into a float32 MRC file with bounded memory.
+
+    Keyword arguments are those of :func:`iter_denoise_file`; `progress` and `cancel` are as for
+    :func:`~napari_cryoden.inference.denoise`. Peak memory for a large file is the model, the
+    normalisation subsample (at most 4 Mi voxels) and a few tiles: both files are memory-mapped
+    and their pages let go after every batch of tiles.
+
+    Returns
+    -------
+    FileResult
+
+    Raises
+    ------
+    ValueError, FileExistsError
+        See :func:`iter_denoise_file`.
+    Cancelled
+        If `cancel` returned True; no output (and no temporary file) is left.
+
+    Examples
+    --------
+    >>> from napari_cryoden.inference.stream import denoise_file
+    >>> denoise_file("tomo.mrc", "tomo_denoised.mrc", device="cpu")  # doctest: +SKIP
+    """
+    from .engine import _drive
+
+    return _drive(iter_denoise_file(input_path, output_path, model, **kwargs), progress, cancel)

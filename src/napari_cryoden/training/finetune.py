@@ -1,0 +1,1161 @@
+"""Fine-tune a denoising network on the user's own tomogram or micrograph (or train one from scratch).
+
+Three ways to learn from the data at hand:
+
+``"n2n"`` -- Noise2Noise (Lehtinen et al. 2018) on the even/odd halves of a tilt series or
+movie, as cryoCARE does for tomograms (Buchholz et al. 2019): the two halves hold the same
+signal and independent noise, so a network trained to map patches of one half to the same
+patches of the other learns the signal. Which half is input and which is target is swapped at
+random; the loss is L2 by default (the minimiser of the expected L2 loss against a noisy target
+is the clean signal, Lehtinen et al. 2018, section 2).
+
+``"supervised"`` -- noisy -> clean pairs (e.g. simulated data) with an L1/L2 content loss,
+optionally adversarial: a conditional GAN with
+:class:`~napari_cryoden.models.SimpleDiscriminator` (van Gijn 2019, section 3.7) or a WGAN-GP with
+:class:`~napari_cryoden.models.Pix2PixDiscriminator` as critic (section 3.8; Gulrajani et al.
+2017), through :class:`~napari_cryoden.training.supervised.SupervisedStep`.
+
+``"n2v"`` -- Noise2Void (Krull et al. 2019) on a single volume: in every patch a fraction of the
+voxels (`n2v_fraction`) is replaced by the value of a random other voxel of its neighbourhood
+(uniform pixel manipulation in a window of ``2 * n2v_radius + 1`` voxels per axis, the voxel
+itself excluded), and the loss is taken on those voxels only against their original values, so
+the network cannot learn the identity and learns to predict a voxel from its surroundings. This
+assumes noise independent from voxel to voxel; the noise of reconstructed tomograms is
+correlated (CTF, interpolation, back-projection), so prefer "n2n" when even/odd halves exist.
+
+Normalisation is the one of inference (:mod:`napari_cryoden.inference.normalize`): median and
+IQR / 1.349 of the whole *source* volume (the even half for "n2n", the noisy volume for
+"supervised"), applied to source and target alike, so a fine-tuned model works in
+:func:`~napari_cryoden.inference.denoise` unchanged (model card field ``normalization``).
+NaN/Inf voxels become the median (0 after normalisation).
+
+A slab along axis 0 is held out for validation; the weights with the lowest validation loss are
+kept (the starting weights included: fine-tuning never returns a network that is worse on the
+held-out slab than the one it started from). Checkpoints (safetensors + JSON, written
+atomically) let an interrupted run resume where it stopped.
+
+References
+----------
+.. [1] Lehtinen, J. et al. (2018). Noise2Noise: Learning image restoration without clean data.
+   ICML, PMLR 80, 2965-2974.
+.. [2] Buchholz, T.-O. et al. (2019). Cryo-CARE: Content-aware image restoration for
+   cryo-transmission electron microscopy data. ISBI, 502-506. doi:10.1109/ISBI.2019.8759519
+.. [3] Krull, A., Buchholz, T.-O. & Jug, F. (2019). Noise2Void - Learning denoising from single
+   noisy images. CVPR, 2129-2137 (blind-spot masking scheme). doi:10.1109/CVPR.2019.00223
+.. [4] van Gijn, D. (2019). Denoising Cryo-Electron Tomograms Using Deep Learning. Master's
+   thesis, Utrecht University, sections 3.7-3.8.
+.. [5] Gulrajani, I. et al. (2017). Improved Training of Wasserstein GANs. NeurIPS 30.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..inference.engine import resolve_device, resolve_precision
+from ..inference.normalize import robust_stats
+from ..io.atomic import atomic_path
+from ..models import networks
+from ..models.registry import (
+    ARCHITECTURES, NORMALIZATION, LoadedModel, build, builtin_model_dir, load_model, model_card, save_model,
+    user_model_dir,
+)
+from .supervised import SupervisedStep, content_loss
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "FineTuneConfig",
+    "FineTuneResult",
+    "TrainEvent",
+    "check_model_name",
+    "check_settings",
+    "fine_tune",
+    "n2v_manipulate",
+    "save_finetuned",
+]
+
+MODES = ("n2n", "supervised", "n2v")
+ADVERSARIAL = ("none", "gan", "wgangp")
+#: Checkpoint files in the work folder: ``checkpoint.safetensors`` (tensors, and the state as
+#: JSON in its metadata) and ``checkpoint.json`` (a readable copy of the state).
+CHECKPOINT_NAME = "checkpoint"
+_CHECKPOINT_FORMAT = "napari-cryoden fine-tune checkpoint 1"
+#: Per-side overlap (voxels) written into the card of a model trained from scratch: at least the
+#: one-sided receptive field of one output voxel, measured with autograd on random input
+#: (UpsampleUnet48 23, Unet48 62, SimpleAutoEncoder 46, N2NUNet2D 128 pixels).
+DEFAULT_OVERLAP = {"UpsampleUnet48": 24, "Unet48": 64, "SimpleAutoEncoder": 48, "N2NUNet2D": 128}
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+#: Settings that may change when a run is resumed; all others must match the checkpoint.
+_RESUMABLE_CHANGES = {"steps", "val_every", "preview_every", "log_every", "device", "precision"}
+
+
+@dataclass
+class FineTuneConfig:
+    """Settings of :func:`fine_tune`.
+
+    Attributes
+    ----------
+    mode : {"n2n", "supervised", "n2v"}, default="n2n"
+        "n2n": source = even half, target = odd half (swapped at random); "supervised": source =
+        noisy, target = clean; "n2v": source only, target None.
+    loss : {"l1", "l2"}, default="l2"
+    adversarial : {"none", "gan", "wgangp"}, default="none"
+        Supervised mode only; 3D models only. "gan" needs a patch that is a multiple of 16 and
+        at least 32 (SimpleDiscriminator), "wgangp" a patch of at least 16 (Pix2PixDiscriminator
+        without normalisation as critic). The discriminator starts from random weights (none is
+        shipped with the models).
+    patch : int, default=48
+        Edge of the cubic (3D models) or square (2D models) training patches, in voxels; a
+        multiple of the network stride (8 for UpsampleUnet48, 32 for N2NUNet2D).
+    batch : int, default=4
+        Patches per step.
+    steps : int, default=200
+        Generator updates in total (a resumed run counts the steps already done).
+    lr : float, default=1e-4
+        Adam learning rate of the network.
+    val_slab : (int, int), optional
+        ``(start, stop)`` along axis 0 held out for validation (no training patch overlaps it);
+        at least `patch` thick. Default: the last ``max(patch, ceil(10 %))`` slices.
+    val_every : int, default=20
+        Steps between validation-loss evaluations and checkpoints.
+    preview_every : int, default=0
+        Steps between calls of the `preview` callback (0 = never).
+    n2v_fraction : float, default=0.005
+        Fraction of blind-spot voxels per patch (at least one).
+    seed : int, default=0
+        Seeds patch sampling, augmentation, blind spots, validation patches and (from scratch)
+        the initial weights.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        Autocast dtype of the network; "auto" is bf16 (with channels-last memory format) on CPUs
+        with native bf16 and on recent GPUs, fp16 on older GPUs, else fp32.
+    log_every : int, default=0
+        Steps between progress events without validation (0: events only on validation steps
+        and at the end).
+    val_patches : int, default=8
+        Number of fixed (seeded) validation patches drawn from the validation slab.
+    augment : bool, default=True
+        Random flips and 90° rotations in the Y/X plane (the 8 symmetries of the square). For
+        tomograms a 90° rotation turns the tilt axis from Y to X, so the network sees missing
+        wedges about both axes.
+    n2v_radius : int, default=2
+        Half-width of the neighbourhood a blind-spot voxel takes its new value from (2 gives the
+        5-voxel window of Krull et al. 2019).
+    n2v_blind : int, default=0
+        Half-width of a structured blind spot (see :func:`n2v_manipulate`); 0 gives classic
+        single-voxel Noise2Void. Reconstructed tomograms have spatially correlated noise, which
+        single-voxel blind spots let the network copy; ``benchmarks/finetune.py --n2v-blind 1``
+        measures the difference.
+    lr_d : float, optional
+        Learning rate of the discriminator/critic (default: `lr`).
+    betas : (float, float), optional
+        Adam betas. Default: (0.9, 0.999) without adversarial loss (Kingma & Ba 2015),
+        (0.5, 0.999) for "gan", (0.0, 0.9) for "wgangp" (Gulrajani et al. 2017).
+    l1_weight : float, default=100.0
+        Weight of the content loss next to the adversarial loss (pix2pix uses 100).
+    n_critic : int, default=5
+        WGAN-GP critic updates per generator update.
+    gp_weight : float, default=10.0
+        WGAN-GP gradient-penalty weight λ.
+    disc_base : int, default=64
+        Channels of the first block of the WGAN-GP critic (Pix2PixDiscriminator).
+    """
+
+    mode: str = "n2n"
+    loss: str = "l2"
+    adversarial: str = "none"
+    patch: int = 48
+    batch: int = 4
+    steps: int = 200
+    lr: float = 1e-4
+    val_slab: tuple[int, int] | None = None
+    val_every: int = 20
+    preview_every: int = 0
+    n2v_fraction: float = 0.005
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    log_every: int = 0
+    val_patches: int = 8
+    augment: bool = True
+    n2v_radius: int = 2
+    n2v_blind: int = 0
+    lr_d: float | None = None
+    betas: tuple[float, float] | None = None
+    l1_weight: float = 100.0
+    n_critic: int = 5
+    gp_weight: float = 10.0
+    disc_base: int = 64
+
+
+@dataclass
+class TrainEvent:
+    """A progress report of :func:`fine_tune`.
+
+    Attributes
+    ----------
+    step, steps : int
+        Steps done and planned.
+    seconds : float
+        Training time so far (earlier sessions of a resumed run included).
+    train_loss : float
+        Mean content loss of the steps since the previous event.
+    val_loss : float or None
+        Validation loss, on validation steps.
+    best_val : float or None
+        Lowest validation loss so far (the starting weights included).
+    losses : dict
+        Means of every loss term since the previous event (``content``; ``d``, ``adv`` for GAN;
+        ``d``, ``gp``, ``wdist``, ``adv`` for WGAN-GP).
+    """
+
+    step: int
+    steps: int
+    seconds: float
+    train_loss: float
+    val_loss: float | None
+    best_val: float | None
+    losses: dict = field(default_factory=dict)
+
+
+@dataclass
+class FineTuneResult:
+    """What :func:`fine_tune` returns.
+
+    Attributes
+    ----------
+    module : torch.nn.Module
+        The network with the weights of the best validation loss (also after a cancel), in eval
+        mode, on the CPU.
+    ndim : int
+        2 (micrograph model) or 3 (tomogram model).
+    architecture : str
+    arch_kwargs : dict
+    parent : str or None
+        Registry name of the model fine-tuned, None when trained from scratch.
+    steps_done : int
+    seconds : float
+    cancelled : bool
+    best_val : float or None
+    history : list of TrainEvent
+    checkpoint : Path or None
+        ``checkpoint.safetensors`` in the work folder, if one was given.
+    config : FineTuneConfig or None
+        The settings, with `val_slab` resolved.
+    initial_val, final_val : float or None
+        Validation loss of the starting weights and of the last weights.
+    best_step : int or None
+        Step of the best weights (0: the starting weights).
+    data_shape : tuple of int
+    parent_card : dict
+        The parent model's card (empty from scratch).
+    skipped_steps : int
+        Updates skipped in this session because their gradients were not finite.
+    """
+
+    module: nn.Module
+    ndim: int
+    architecture: str
+    arch_kwargs: dict
+    parent: str | None
+    steps_done: int
+    seconds: float
+    cancelled: bool
+    best_val: float | None
+    history: list[TrainEvent]
+    checkpoint: Path | None
+    config: FineTuneConfig | None = None
+    initial_val: float | None = None
+    final_val: float | None = None
+    best_step: int | None = None
+    data_shape: tuple = ()
+    parent_card: dict = field(default_factory=dict)
+    skipped_steps: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass
+class _Net:
+    architecture: str
+    arch_kwargs: dict
+    ndim: int
+    stride: int
+    parent: str | None
+    card: dict
+    loaded: LoadedModel | None = None
+
+
+@dataclass
+class _Plan:
+    net: _Net
+    val_slab: tuple[int, int]
+    starts: list[tuple[int, int]]  # inclusive ranges of training-patch starts along axis 0
+    center: float
+    scale: float
+    shape: tuple[int, ...]
+
+
+def _resolve_net(model, architecture, arch_kwargs, *, load: bool) -> _Net:
+    if model is None:
+        if architecture is None:
+            raise ValueError("give a model to fine-tune or an architecture to train from scratch")
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+        cls, allowed, ndim = ARCHITECTURES[architecture]
+        kwargs = dict(arch_kwargs or {})
+        bad = sorted(set(kwargs) - allowed)
+        if bad:
+            raise ValueError(f"arch_kwargs {bad} not allowed for {architecture} (allowed: {sorted(allowed)})")
+        if "final_activation" in allowed:
+            kwargs.setdefault("final_activation", "identity")  # outputs are zero-centred
+        return _Net(architecture, kwargs, ndim, int(getattr(cls, "stride", 1)), None, {})
+    if isinstance(model, LoadedModel):
+        card = dict(model.card or {})
+        arch = card.get("architecture") or architecture
+        if arch is None or arch not in ARCHITECTURES:
+            raise ValueError(f"model {model.name!r} has no model card naming a known architecture; pass architecture=")
+        kwargs = dict(card.get("arch_kwargs", arch_kwargs or {}))
+        net = _Net(arch, kwargs, model.ndim, model.stride, model.name, card, model)
+    elif isinstance(model, (str, os.PathLike)):
+        card = model_card(model)  # ModelError (a ValueError) names the available models
+        arch = card["architecture"]
+        lm = load_model(model) if load else None
+        net = _Net(arch, dict(card["arch_kwargs"]), ARCHITECTURES[arch][2],
+                   int(getattr(ARCHITECTURES[arch][0], "stride", 1)), card["name"], card, lm)
+    else:
+        raise TypeError(f"model must be a registry name, a card path or a LoadedModel, got {type(model).__name__}")
+    if architecture is not None and architecture != net.architecture:
+        raise ValueError(f"model {net.parent!r} is a {net.architecture}, not a {architecture}; give one of them")
+    return net
+
+
+def _check_number(name: str, value, *, minimum=None, integer=False, positive=False, maximum=None) -> None:
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if ok and integer:
+        ok = float(value) == int(value)
+    if ok:
+        ok = math.isfinite(float(value))
+    if ok and positive:
+        ok = value > 0
+    if ok and minimum is not None:
+        ok = value >= minimum
+    if ok and maximum is not None:
+        ok = value <= maximum
+    if not ok:
+        what = "an integer" if integer else "a number"
+        cond = " > 0" if positive else (f" >= {minimum}" if minimum is not None else "")
+        cond += f" and <= {maximum}" if maximum is not None else ""
+        raise ValueError(f"{name} must be {what}{cond}, got {value!r}")
+
+
+def _check_array(name: str, arr) -> np.ndarray:
+    if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
+        arr = np.asarray(arr)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name} must be a 2D micrograph or a 3D tomogram, got shape {tuple(arr.shape)}")
+    if min(arr.shape) < 1:
+        raise ValueError(f"{name} is empty: shape {tuple(arr.shape)}")
+    return arr
+
+
+def _names(mode: str) -> tuple[str, str]:
+    return {"n2n": ("even half", "odd half"), "supervised": ("noisy volume", "clean volume")}.get(mode, ("input", "target"))
+
+
+def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
+    c = config
+    if not isinstance(c, FineTuneConfig):
+        raise TypeError(f"config must be a FineTuneConfig, got {type(c).__name__}")
+    if c.mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {c.mode!r}")
+    if c.loss not in ("l1", "l2"):
+        raise ValueError(f"loss must be 'l1' or 'l2', got {c.loss!r}")
+    if c.adversarial not in ADVERSARIAL:
+        raise ValueError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, got {c.adversarial!r}")
+    if c.adversarial != "none" and c.mode != "supervised":
+        raise ValueError(f"adversarial training ({c.adversarial}) needs clean targets: use mode 'supervised'")
+    _check_number("steps", c.steps, integer=True, positive=True)
+    _check_number("batch", c.batch, integer=True, positive=True)
+    _check_number("patch", c.patch, integer=True, positive=True)
+    _check_number("lr", c.lr, positive=True)
+    if c.lr_d is not None:
+        _check_number("lr_d", c.lr_d, positive=True)
+    _check_number("val_every", c.val_every, integer=True, positive=True)
+    _check_number("preview_every", c.preview_every, integer=True, minimum=0)
+    _check_number("log_every", c.log_every, integer=True, minimum=0)
+    _check_number("val_patches", c.val_patches, integer=True, positive=True)
+    _check_number("n2v_fraction", c.n2v_fraction, positive=True, maximum=0.5)
+    _check_number("n2v_radius", c.n2v_radius, integer=True, positive=True)
+    _check_number("n2v_blind", c.n2v_blind, integer=True, minimum=0, maximum=8)
+    _check_number("seed", c.seed, integer=True, minimum=0)
+    _check_number("l1_weight", c.l1_weight, minimum=0)
+    _check_number("n_critic", c.n_critic, integer=True, positive=True)
+    _check_number("gp_weight", c.gp_weight, minimum=0)
+    _check_number("disc_base", c.disc_base, integer=True, positive=True)
+    if c.betas is not None:
+        try:
+            ok = len(c.betas) == 2 and all(0 <= float(b) < 1 for b in c.betas)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {c.betas!r}")
+    dev = resolve_device(c.device)
+    resolve_precision(c.precision, dev)
+
+    src_name, tgt_name = _names(c.mode)
+    source = _check_array(src_name, source)
+    if c.mode == "n2v":
+        if target is not None:
+            raise ValueError("Noise2Void trains on one volume: give no target (or use mode 'n2n' for even/odd halves)")
+    else:
+        if target is None:
+            raise ValueError(f"mode {c.mode!r} needs a target: the {tgt_name}")
+        target = _check_array(tgt_name, target)
+        if tuple(target.shape) != tuple(source.shape):
+            raise ValueError(f"the {src_name} and the {tgt_name} differ in shape: "
+                             f"{tuple(source.shape)} vs {tuple(target.shape)}")
+    shape = tuple(int(n) for n in source.shape)
+    if source.ndim != net.ndim:
+        kind = {2: "2D (micrograph)", 3: "3D (tomogram)"}
+        raise ValueError(f"{net.architecture} is a {kind[net.ndim]} network and the data is "
+                         f"{kind.get(source.ndim, f'{source.ndim}D')}, shape {shape}")
+    if c.adversarial != "none" and net.ndim != 3:
+        raise ValueError("adversarial training needs a 3D network (the discriminators are 3D)")
+    p = int(c.patch)
+    if p % net.stride:
+        lo, hi = max(net.stride, p // net.stride * net.stride), -(-p // net.stride) * net.stride
+        raise ValueError(f"patch {p} is not a multiple of the {net.architecture} stride {net.stride}; "
+                         f"use e.g. {lo} or {hi}")
+    if c.adversarial == "gan" and (p % 16 or p < 32):
+        raise ValueError(f"GAN training needs a patch that is a multiple of 16 and at least 32, got {p}")
+    if c.adversarial == "wgangp" and p < 16:
+        raise ValueError(f"WGAN-GP training needs a patch of at least 16, got {p}")
+    for axis in range(1, len(shape)):
+        if p > shape[axis]:
+            raise ValueError(f"patch {p} is larger than the data along axis {axis} ({shape[axis]} voxels, "
+                             f"shape {shape}); use a smaller patch")
+    n0 = shape[0]
+    if p > n0:
+        raise ValueError(f"patch {p} is larger than the data along axis 0 ({n0} slices, shape {shape}); "
+                         "use a smaller patch")
+    if c.val_slab is None:
+        thick = max(p, math.ceil(0.1 * n0))
+        val = (n0 - thick, n0)
+    else:
+        try:
+            v0, v1 = (int(v) for v in c.val_slab)
+            if (v0, v1) != tuple(c.val_slab):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"val_slab must be two integers (start, stop), got {c.val_slab!r}") from None
+        if not 0 <= v0 < v1 <= n0:
+            raise ValueError(f"val_slab {(v0, v1)} must satisfy 0 <= start < stop <= {n0} (axis 0 has {n0} slices)")
+        val = (v0, v1)
+    if val[1] - val[0] < p:
+        raise ValueError(f"the validation slab {val} along axis 0 must be at least patch = {p} slices thick, "
+                         f"and axis 0 has {n0}; use a smaller patch or a thicker val_slab")
+    starts = [(lo, hi) for lo, hi in ((0, val[0] - p), (val[1], n0 - p)) if hi >= lo]
+    if not starts:
+        raise ValueError(f"patch {p} is larger than the training part of axis 0 (slices outside the validation "
+                         f"slab {val} of {n0}: {val[0]} before, {n0 - val[1]} after); use a smaller patch or "
+                         "a thinner val_slab")
+    try:
+        center, scale = robust_stats(source)
+    except ValueError:
+        raise ValueError(f"the {src_name} holds no finite values (all NaN or Inf)") from None
+    if target is not None:
+        try:
+            robust_stats(target)
+        except ValueError:
+            raise ValueError(f"the {tgt_name} holds no finite values (all NaN or Inf)") from None
+    return _Plan(net, val, starts, center, scale, shape)
+
+
+def check_settings(
+    config: FineTuneConfig,
+    source: np.ndarray,
+    target: np.ndarray | None = None,
+    *,
+    model: str | LoadedModel | None = None,
+    architecture: str | None = None,
+    arch_kwargs: dict | None = None,
+    workdir: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> None:
+    """Refuse bad settings before any training, with a one-line :class:`ValueError`.
+
+    Checks: mode, loss, adversarial and the numbers of `config`; a target given for "n2n" and
+    "supervised" and not for "n2v"; halves (or noisy/clean) of the same shape; 2D or 3D data
+    matching the network (a 2D architecture on 3D data or vice versa is refused); a patch that
+    is a multiple of the network stride, fits the data across axes 1-2 and fits the training part
+    of axis 0 outside the validation slab; a validation slab inside axis 0 and at least a patch
+    thick; data with at least one finite voxel; the device; and, with `workdir`, a checkpoint to
+    resume (``resume=True``) or none in the way (``resume=False`` and ``overwrite=False``).
+
+    Parameters
+    ----------
+    config : FineTuneConfig
+    source, target : ndarray
+        As for :func:`fine_tune`. Large memory-mapped volumes are only sampled.
+    model, architecture, arch_kwargs
+        As for :func:`fine_tune`; a model given by name is checked through its card (its weights
+        are not read).
+    workdir, resume, overwrite
+        As for :func:`fine_tune`.
+
+    Raises
+    ------
+    ValueError
+        With a message naming the setting to change (a ModelError for an unknown model).
+    """
+    net = _resolve_net(model, architecture, arch_kwargs, load=False)
+    _plan(config, source, target, net)
+    _check_workdir(workdir, resume, overwrite)
+
+
+def _check_workdir(workdir, resume: bool, overwrite: bool) -> Path | None:
+    if workdir is None:
+        if resume:
+            raise ValueError("resuming needs the work folder of the interrupted run (workdir)")
+        return None
+    folder = Path(workdir)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"workdir {folder} is a file, not a folder")
+    ckpt = folder / f"{CHECKPOINT_NAME}.safetensors"
+    if resume and not ckpt.is_file():
+        raise ValueError(f"no checkpoint to resume in {folder} (expected {ckpt.name})")
+    if not resume and ckpt.is_file() and not overwrite:
+        raise ValueError(f"{folder} holds the checkpoint of an earlier run; resume it, or choose another "
+                         "work folder (or overwrite it)")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Patches
+
+
+def n2v_manipulate(patch: np.ndarray, rng: np.random.Generator, fraction: float, radius: int = 2, blind: int = 0):
+    """Noise2Void blind spots: replace a random fraction of voxels by a random neighbour's value.
+
+    Krull et al. (2019): ``n = max(1, round(fraction * patch.size))`` distinct voxels are drawn
+    uniformly; each takes the value (from the unmodified patch) of a voxel drawn uniformly from
+    the window of ``2 * radius + 1`` voxels per axis around it, clipped to the patch, excluding
+    the voxel itself.
+
+    Parameters
+    ----------
+    patch : ndarray of float32, 2D or 3D
+    rng : numpy.random.Generator
+    fraction : float
+    radius : int, default=2
+    blind : int, default=0
+        Half-width of a structured blind spot. 0 is Noise2Void's single voxel. With ``blind > 0``
+        the whole cube of ``2 * blind + 1`` voxels per axis around each blind-spot voxel takes
+        values of voxels drawn uniformly from the whole patch, so the network cannot read a
+        blind spot's noise from neighbours whose noise is correlated with it (structured
+        Noise2Void, Broaddus et al. 2020, ISBI, section 2); the loss stays on the centres.
+
+    Returns
+    -------
+    masked : ndarray of float32, same shape
+        The patch with the blind-spot voxels replaced.
+    mask : ndarray of float32, same shape
+        1 at the blind-spot voxels, 0 elsewhere.
+    """
+    shape = np.array(patch.shape)
+    n = max(1, min(patch.size, int(round(fraction * patch.size))))
+    flat = rng.choice(patch.size, size=n, replace=False)
+    pos = np.stack(np.unravel_index(flat, patch.shape), axis=1)
+    nbr = pos.copy()
+    todo = np.arange(n)
+    while todo.size:
+        lo = np.maximum(pos[todo] - radius, 0)
+        hi = np.minimum(pos[todo] + radius, shape - 1)
+        nbr[todo] = rng.integers(lo, hi + 1)
+        todo = todo[(nbr[todo] == pos[todo]).all(axis=1)]
+    masked = np.array(patch, dtype=np.float32, copy=True)
+    masked[tuple(pos.T)] = patch[tuple(nbr.T)]
+    if blind > 0:
+        grid = np.stack(np.meshgrid(*[np.arange(-blind, blind + 1)] * patch.ndim, indexing="ij"), -1)
+        cube = np.clip(pos[:, None, :] + grid.reshape(1, -1, patch.ndim), 0, shape - 1).reshape(-1, patch.ndim)
+        donors = rng.integers(0, patch.size, size=len(cube))
+        masked[tuple(cube.T)] = patch.reshape(-1)[donors]
+    mask = np.zeros(patch.shape, np.float32)
+    mask[tuple(pos.T)] = 1.0
+    return masked, mask
+
+
+class _Patches:
+    """Random training patches outside the validation slab, and fixed validation patches in it."""
+
+    def __init__(self, source, target, config: FineTuneConfig, plan: _Plan):
+        self.source, self.target, self.c, self.plan = source, target, config, plan
+        self.p = int(config.patch)
+        self.ndim = len(plan.shape)
+
+    def _read(self, arr, corner) -> np.ndarray:
+        sl = tuple(slice(int(o), int(o) + self.p) for o in corner)
+        block = np.array(arr[sl], dtype=np.float32, copy=True)
+        block -= np.float32(self.plan.center)
+        block /= np.float32(self.plan.scale)
+        block[~np.isfinite(block)] = 0.0  # NaN/Inf -> the median, as inference does
+        return block
+
+    def _corner(self, rng, z_ranges) -> list[int]:
+        lengths = [hi - lo + 1 for lo, hi in z_ranges]
+        k = int(rng.integers(sum(lengths)))
+        for (lo, _), n in zip(z_ranges, lengths):
+            if k < n:
+                z = lo + k
+                break
+            k -= n
+        return [z] + [int(rng.integers(n - self.p + 1)) for n in self.plan.shape[1:]]
+
+    def _sample(self, rng, z_ranges, *, train: bool):
+        """One (input, target, mask or None) triple of arrays."""
+        corner = self._corner(rng, z_ranges)
+        mode = self.c.mode
+        src = self._read(self.source, corner)
+        tgt = self._read(self.target, corner) if self.target is not None else None
+        if train and mode == "n2n" and rng.random() < 0.5:
+            src, tgt = tgt, src
+        if train and self.c.augment:
+            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            src = self._augment(src, k, flip)
+            tgt = self._augment(tgt, k, flip) if tgt is not None else None
+        if mode == "n2v":
+            masked, mask = n2v_manipulate(src, rng, self.c.n2v_fraction, self.c.n2v_radius, self.c.n2v_blind)
+            return masked, src, mask
+        return src, tgt, None
+
+    @staticmethod
+    def _augment(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
+        a = np.rot90(a, k, axes=(-2, -1))
+        return np.ascontiguousarray(a[..., ::-1] if flip else a)
+
+    @staticmethod
+    def _stack(samples) -> tuple:
+        x = torch.from_numpy(np.stack([s[0] for s in samples])[:, None])
+        y = torch.from_numpy(np.stack([s[1] for s in samples])[:, None])
+        m = torch.from_numpy(np.stack([s[2] for s in samples])[:, None]) if samples[0][2] is not None else None
+        return x, y, m
+
+    def batch(self, rng: np.random.Generator) -> tuple:
+        return self._stack([self._sample(rng, self.plan.starts, train=True) for _ in range(int(self.c.batch))])
+
+    def validation(self) -> list[tuple]:
+        rng = np.random.default_rng([int(self.c.seed), 7919])  # fixed, apart from the training stream
+        v0, v1 = self.plan.val_slab
+        samples = [self._sample(rng, [(v0, v1 - self.p)], train=False) for _ in range(int(self.c.val_patches))]
+        b = int(self.c.batch)
+        return [self._stack(samples[i : i + b]) for i in range(0, len(samples), b)]
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def _optimizer_tensors(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    tensors, extra = {}, {}
+    for idx, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{prefix}.{idx}.{k}"] = v.detach().to("cpu").contiguous().clone()
+            else:
+                extra[f"{idx}.{k}"] = v
+    return tensors, extra
+
+
+def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, extra: dict) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict] = {}
+    for name, t in tensors.items():
+        if name.startswith(prefix + "."):
+            _, idx, k = name.split(".", 2)
+            state.setdefault(int(idx), {})[k] = t
+    for key, v in extra.items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def _save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: dict) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(state, allow_nan=True)
+    path = folder / f"{CHECKPOINT_NAME}.safetensors"
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": _CHECKPOINT_FORMAT, "state": text})
+    with atomic_path(folder / f"{CHECKPOINT_NAME}.json") as tmp:  # a readable copy; not read back
+        Path(tmp).write_text(json.dumps(state, indent=1, allow_nan=True) + "\n", encoding="utf-8")
+    return path
+
+
+def _load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import SafetensorError, safe_open
+
+    path = folder / f"{CHECKPOINT_NAME}.safetensors"
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        if meta.get("format") != _CHECKPOINT_FORMAT:
+            raise ValueError("not a fine-tune checkpoint")
+        state = json.loads(meta["state"])
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"checkpoint {path} is unreadable ({' '.join(str(exc).split())}); start afresh") from None
+    return tensors, state
+
+
+def _sub(tensors: dict, prefix: str) -> dict:
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def _config_json(config: FineTuneConfig) -> dict:
+    d = asdict(config)
+    for k in ("val_slab", "betas"):
+        if d[k] is not None:
+            d[k] = list(d[k])
+    return d
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def fine_tune(
+    source: np.ndarray,
+    target: np.ndarray | None,
+    config: FineTuneConfig,
+    *,
+    model: str | LoadedModel | None = None,
+    architecture: str | None = None,
+    arch_kwargs: dict | None = None,
+    workdir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: Callable[[TrainEvent], None] | None = None,
+    preview: Callable[[nn.Module], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    overwrite: bool = False,
+) -> FineTuneResult:
+    """Fine-tune a registry model (or train an architecture from scratch) on the user's data.
+
+    Parameters
+    ----------
+    source : (Z, Y, X) or (Y, X) ndarray of real dtype
+        "n2n": the even half; "supervised": the noisy volume; "n2v": the volume to denoise.
+        Never modified; a memmap is read patch by patch.
+    target : ndarray of the same shape, or None
+        "n2n": the odd half; "supervised": the clean volume; "n2v": None.
+    config : FineTuneConfig
+    model : str or LoadedModel, optional
+        Registry name, card path or loaded model to start from (its weights are copied, the
+        model itself is not changed).
+    architecture : str, optional
+        A :data:`~napari_cryoden.models.ARCHITECTURES` name to train from scratch; required
+        when `model` is None. UpsampleUnet48 and Unet48 default to ``final_activation="identity"``
+        (normalised data is zero-centred).
+    arch_kwargs : dict, optional
+        Keyword arguments of `architecture`, e.g. ``{"ch": 16}``.
+    workdir : str or Path, optional
+        Folder for ``checkpoint.safetensors`` (weights, optimizer state, random-generator state,
+        best weights; the state as JSON in its metadata) and ``checkpoint.json`` (a readable copy
+        of the state), both written atomically every `val_every` steps, at the end and on cancel.
+    resume : bool, default=False
+        Continue the run checkpointed in `workdir`, with the same data and settings (only
+        steps, val_every, preview_every, log_every, device and precision may change); the steps
+        already done count towards ``config.steps``.
+    progress : callable(TrainEvent), optional
+        Called on every validation step (with `val_loss`), every `log_every` steps and at the
+        end, after the checkpoint of that step is written.
+    preview : callable(torch.nn.Module), optional
+        Called every `preview_every` steps in the training thread with a copy of the network in
+        eval mode, under ``torch.no_grad()``.
+    cancel : callable() -> bool, optional
+        Polled before every step; True stops training: the current state is validated and
+        checkpointed (unless no step was done), and the result holds the best weights
+        (``result.cancelled``).
+    overwrite : bool, default=False
+        Start afresh although `workdir` holds a checkpoint (it is replaced at the first
+        checkpoint of the new run).
+
+    Returns
+    -------
+    FineTuneResult
+
+    Raises
+    ------
+    ValueError
+        For bad settings (see :func:`check_settings`), a checkpoint that does not match the data
+        or settings, or a loss that is not finite (training diverged).
+    napari_cryoden.models.ModelError
+        If `model` cannot be loaded.
+    """
+    net = _resolve_net(model, architecture, arch_kwargs, load=True)
+    plan = _plan(config, source, target, net)
+    folder = _check_workdir(workdir, resume, overwrite)
+    config = copy.deepcopy(config)
+    config.val_slab = tuple(plan.val_slab)
+    if not hasattr(source, "dtype"):
+        source = np.asarray(source)
+    if target is not None and not hasattr(target, "dtype"):
+        target = np.asarray(target)
+
+    dev = resolve_device(config.device)
+    prec = resolve_precision(config.precision, dev)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
+
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's RNG untouched
+        torch.manual_seed(int(config.seed))
+        if net.loaded is not None:
+            module = copy.deepcopy(net.loaded.module).float()
+        else:
+            module = build(net.architecture, **net.arch_kwargs)
+        disc = None
+        if config.adversarial == "gan":
+            disc = networks.SimpleDiscriminator(int(config.patch))
+        elif config.adversarial == "wgangp":
+            disc = networks.Pix2PixDiscriminator(norm=None, base=int(config.disc_base))
+    betas = config.betas or {"none": (0.9, 0.999), "gan": (0.5, 0.999), "wgangp": (0.0, 0.9)}[config.adversarial]
+    torch_rng = torch.Generator().manual_seed(int(config.seed))
+    stepper = SupervisedStep(
+        module, mode="ae" if config.adversarial == "none" else config.adversarial, loss=config.loss,
+        discriminator=disc, lr=float(config.lr), lr_d=float(config.lr_d or config.lr), betas=tuple(betas),
+        l1_weight=config.l1_weight, n_critic=int(config.n_critic), gp_weight=config.gp_weight, device=dev,
+        precision=prec, ndim=net.ndim, generator_rng=torch_rng,
+        # channels-last bf16 backward misbehaves when the deepest feature map is 2 voxels wide
+        channels_last=dev.type == "cpu" and dtype is not None and int(config.patch) // net.stride >= 4,
+    )
+    g = stepper.generator
+    patches = _Patches(source, target, config, plan)
+    val_batches = patches.validation()
+    content = content_loss(config.loss)
+    rng = np.random.default_rng(int(config.seed))
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None)
+
+    def validate() -> float:
+        g.eval()
+        err, count = 0.0, 0.0
+        try:
+            with torch.no_grad(), autocast():
+                for x, y, m in val_batches:
+                    pred = g(x.to(dev).contiguous(memory_format=stepper.fmt))
+                    y = y.to(dev)
+                    m = m.to(dev) if m is not None else None
+                    n = float(m.sum()) if m is not None else float(y.numel())
+                    err += float(content(pred, y, m)) * n
+                    count += n
+        finally:
+            g.train()
+        value = err / max(count, 1.0)
+        if not math.isfinite(value):
+            raise ValueError(f"validation loss is not finite ({value}); training diverged, lower the learning rate")
+        return value
+
+    data_fp = {"shape": list(plan.shape), "center": plan.center, "scale": plan.scale,
+               "target": target is not None}
+    history: list[TrainEvent] = []
+    step, seconds_before = 0, 0.0
+    if resume:
+        tensors, state = _load_checkpoint(folder)
+        _check_resume(state, config, net, data_fp, folder)
+        g.load_state_dict(_sub(tensors, "model"))
+        _restore_optimizer("opt_g", stepper.opt_g, tensors, state.get("opt_g_extra", {}))
+        if stepper.discriminator is not None:
+            stepper.discriminator.load_state_dict(_sub(tensors, "disc"))
+            _restore_optimizer("opt_d", stepper.opt_d, tensors, state.get("opt_d_extra", {}))
+        best_state = _sub(tensors, "best")
+        rng.bit_generator.state = state["rng"]
+        torch_rng.set_state(tensors["rng.torch"])
+        step, seconds_before = int(state["step"]), float(state["seconds"])
+        best_val, best_step = state["best_val"], state["best_step"]
+        initial_val, final_val = state["initial_val"], state["final_val"]
+        history = [TrainEvent(**e) for e in state["history"]]
+    else:
+        initial_val = final_val = best_val = validate()
+        best_step, best_state = 0, _cpu_state(g)
+
+    t0 = time.perf_counter()
+    cancelled = False
+    sums: dict[str, float] = {}
+    n_sum = 0
+    last_val_step = step
+    ckpt_path: Path | None = None
+
+    def checkpoint() -> None:
+        nonlocal ckpt_path
+        if folder is None:
+            return
+        tensors = {f"model.{k}": v for k, v in _cpu_state(g).items()}
+        tensors.update({f"best.{k}": v for k, v in best_state.items()})
+        t_g, extra_g = _optimizer_tensors("opt_g", stepper.opt_g)
+        tensors.update(t_g)
+        extra_d = {}
+        if stepper.discriminator is not None:
+            tensors.update({f"disc.{k}": v for k, v in _cpu_state(stepper.discriminator).items()})
+            t_d, extra_d = _optimizer_tensors("opt_d", stepper.opt_d)
+            tensors.update(t_d)
+        tensors["rng.torch"] = torch_rng.get_state()
+        state = {
+            "step": step, "seconds": seconds_before + time.perf_counter() - t0,
+            "config": _config_json(config), "architecture": net.architecture, "arch_kwargs": net.arch_kwargs,
+            "parent": net.parent, "ndim": net.ndim, "data": data_fp, "best_val": best_val,
+            "best_step": best_step, "initial_val": initial_val, "final_val": final_val,
+            "history": [asdict(e) for e in history], "rng": rng.bit_generator.state,
+            "opt_g_extra": extra_g, "opt_d_extra": extra_d,
+            "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        ckpt_path = _save_checkpoint(folder, tensors, state)
+
+    def event(val: float | None) -> TrainEvent:
+        nonlocal sums, n_sum
+        means = {k: v / n_sum for k, v in sums.items()} if n_sum else {}
+        ev = TrainEvent(step=step, steps=int(config.steps), seconds=seconds_before + time.perf_counter() - t0,
+                        train_loss=means.get("content", float("nan")), val_loss=val, best_val=best_val,
+                        losses=means)
+        sums, n_sum = {}, 0
+        history.append(ev)
+        return ev
+
+    def after_validation(val: float) -> None:
+        nonlocal best_val, best_step, best_state, final_val, last_val_step
+        final_val, last_val_step = val, step
+        if best_val is None or val < best_val:
+            best_val, best_step, best_state = val, step, _cpu_state(g)
+
+    while step < config.steps:
+        if cancel is not None and cancel():
+            cancelled = True
+            break
+        try:
+            losses = stepper(lambda: patches.batch(rng))
+        except ValueError as exc:
+            raise ValueError(f"training stopped at step {step + 1}: {exc}") from None
+        step += 1
+        n_sum += 1
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v
+        is_val = step % config.val_every == 0 or step == config.steps
+        is_log = is_val or (config.log_every and step % config.log_every == 0)
+        ev = None
+        if is_val:
+            after_validation(validate())
+            ev = event(final_val)
+            checkpoint()
+        elif is_log:
+            ev = event(None)
+        if ev is not None and progress is not None:
+            progress(ev)
+        if preview is not None and config.preview_every and step % config.preview_every == 0:
+            snap = copy.deepcopy(g).eval().to(memory_format=torch.contiguous_format)
+            for prm in snap.parameters():
+                prm.requires_grad_(False)
+            with torch.no_grad():
+                preview(snap)
+    if cancelled and step > last_val_step:
+        after_validation(validate())
+        ev = event(final_val)
+        checkpoint()
+        if progress is not None:
+            progress(ev)
+    if ckpt_path is None and resume:  # nothing new to write: the checkpoint resumed from stands
+        ckpt_path = folder / f"{CHECKPOINT_NAME}.safetensors"
+
+    stepper.finish()
+    result_module = g.to("cpu")
+    result_module.load_state_dict(best_state)
+    result_module.eval()
+    return FineTuneResult(
+        module=result_module, ndim=net.ndim, architecture=net.architecture, arch_kwargs=dict(net.arch_kwargs),
+        parent=net.parent, steps_done=step, seconds=seconds_before + time.perf_counter() - t0,
+        cancelled=cancelled, best_val=best_val, history=history, checkpoint=ckpt_path, config=config,
+        initial_val=initial_val, final_val=final_val, best_step=best_step, data_shape=plan.shape,
+        parent_card={k: v for k, v in net.card.items() if not str(k).startswith("_")},
+        skipped_steps=stepper.skipped,
+    )
+
+
+def _check_resume(state: dict, config: FineTuneConfig, net: _Net, data_fp: dict, folder: Path) -> None:
+    """Refuse a checkpoint made with other data, another network or other settings."""
+    where = f"the checkpoint in {folder}"
+    if (state.get("architecture"), state.get("arch_kwargs"), state.get("parent")) != (
+        net.architecture, net.arch_kwargs, net.parent
+    ):
+        raise ValueError(f"{where} is of {state.get('parent') or state.get('architecture')} "
+                         f"({state.get('architecture')} {state.get('arch_kwargs')}), not of "
+                         f"{net.parent or net.architecture}; resume with the same model")
+    old = state.get("data", {})
+    if (old.get("shape") != data_fp["shape"] or old.get("target") != data_fp["target"]
+            or not math.isclose(old.get("center", math.nan), data_fp["center"], rel_tol=1e-9, abs_tol=1e-12)
+            or not math.isclose(old.get("scale", math.nan), data_fp["scale"], rel_tol=1e-9)):
+        raise ValueError(f"{where} was made with other data (shape {old.get('shape')}); resume with the same data")
+    now = _config_json(config)
+    diff = [f.name for f in fields(FineTuneConfig)
+            if f.name not in _RESUMABLE_CHANGES and state["config"].get(f.name) != now[f.name]]
+    if diff:
+        pairs = ", ".join(f"{k} {state['config'].get(k)!r} -> {now[k]!r}" for k in diff)
+        raise ValueError(f"{where} was made with other settings ({pairs}); resume with the same settings")
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+
+
+def check_model_name(name: str, *, folder: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+    """Check a name for :func:`save_finetuned` before training; return the card path it would get.
+
+    Raises
+    ------
+    ValueError
+        If `name` is not 1-100 characters of letters, digits, ``.``, ``_`` and ``-`` starting with
+        a letter or digit, is the name of a built-in model, or names an existing model in
+        `folder` (default: :func:`~napari_cryoden.models.user_model_dir`) and `overwrite` is
+        False.
+    """
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ValueError(f"model name must be 1-100 letters, digits, '.', '_' or '-', starting with a letter "
+                         f"or digit; got {name!r}")
+    if (builtin_model_dir() / f"{name}.json").exists():
+        raise ValueError(f"{name!r} is the name of a built-in model; choose another name")
+    folder = Path(folder) if folder is not None else user_model_dir()
+    card = folder / f"{name}.json"
+    if not overwrite and (card.exists() or card.with_suffix(".safetensors").exists()):
+        raise ValueError(f"a model named {name!r} exists in {folder}; choose another name or overwrite it")
+    return card
+
+
+_RESERVED_CARD_KEYS = {"name", "architecture", "arch_kwargs", "sha256", "weights", "normalization", "ndim", "training"}
+
+
+def save_finetuned(
+    result: FineTuneResult,
+    name: str,
+    *,
+    folder: str | os.PathLike | None = None,
+    card_extra: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Save a fine-tuned network as a registry model ``<name>.safetensors`` + ``<name>.json``.
+
+    The card records the architecture, the parent model, the normalisation (that of inference,
+    :data:`~napari_cryoden.models.NORMALIZATION`), the voxel size (from `card_extra`, else the
+    parent's), the per-side tile overlap (the parent's, else :data:`DEFAULT_OVERLAP`, else none:
+    the engine measures the receptive field), and under
+    ``training`` the mode, losses, steps, patch, batch, learning rate, seed, validation slab,
+    initial/best/final validation loss, seconds, data shape, torch version and date.
+
+    Parameters
+    ----------
+    result : FineTuneResult
+    name : str
+        See :func:`check_model_name`.
+    folder : str or Path, optional
+        Default: :func:`~napari_cryoden.models.user_model_dir` (``$CRYODEN_USER_MODELS`` if set),
+        where :func:`~napari_cryoden.models.available_models` finds it.
+    card_extra : dict, optional
+        JSON-serialisable entries added to the card, e.g. ``voxel_size_A`` (a number, Å/voxel of
+        the training data in Y/X), ``description``, ``data`` (file names). May not replace
+        name, architecture, arch_kwargs, sha256, weights, normalization, ndim or training.
+    overwrite : bool, default=False
+        Replace an existing user model of that name (never a built-in one).
+
+    Returns
+    -------
+    Path
+        The ``.safetensors`` file.
+
+    Raises
+    ------
+    ValueError
+        For a bad or taken name, reserved or non-serialisable `card_extra` entries, or a voxel
+        size that is not a positive number.
+    """
+    card_path = check_model_name(name, folder=folder, overwrite=overwrite)
+    extra = dict(card_extra or {})
+    reserved = sorted(set(extra) & _RESERVED_CARD_KEYS)
+    if reserved:
+        raise ValueError(f"card_extra may not set {', '.join(reserved)}")
+    try:
+        json.dumps(extra, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"card_extra must be JSON-serialisable: {exc}") from None
+    parent_card = result.parent_card or {}
+    voxel = extra.pop("voxel_size_A", parent_card.get("voxel_size_A"))
+    if voxel is not None and (isinstance(voxel, bool) or not isinstance(voxel, (int, float)) or not voxel > 0):
+        raise ValueError(f"voxel_size_A must be a positive number (Å/voxel), got {voxel!r}")
+    cfg = result.config
+    mode = cfg.mode if cfg else None
+    how = {"n2n": "Noise2Noise on even/odd halves", "n2v": "Noise2Void", "supervised": "supervised noisy->clean"}.get(
+        mode, "fine-tuning")
+    if cfg and cfg.adversarial != "none":
+        how += f" with {cfg.adversarial.upper() if cfg.adversarial == 'gan' else 'WGAN-GP'}"
+    origin = f"fine-tuned from {result.parent}" if result.parent else "trained from scratch"
+    training = {
+        "mode": mode,
+        "loss": cfg.loss if cfg else None,
+        "adversarial": cfg.adversarial if cfg else None,
+        "steps": result.steps_done,
+        "steps_planned": cfg.steps if cfg else None,
+        "cancelled": result.cancelled,
+        "patch": cfg.patch if cfg else None,
+        "batch": cfg.batch if cfg else None,
+        "lr": cfg.lr if cfg else None,
+        "seed": cfg.seed if cfg else None,
+        "augment": cfg.augment if cfg else None,
+        "val_slab": list(cfg.val_slab) if cfg and cfg.val_slab else None,
+        "val_loss_initial": result.initial_val,
+        "val_loss_best": result.best_val,
+        "val_loss_final": result.final_val,
+        "best_step": result.best_step,
+        "seconds": round(float(result.seconds), 1),
+        "data_shape": list(result.data_shape),
+        "torch": torch.__version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if mode == "n2v" and cfg:
+        training["n2v_fraction"], training["n2v_radius"] = cfg.n2v_fraction, cfg.n2v_radius
+        training["n2v_blind"] = cfg.n2v_blind
+    card = {
+        "description": extra.pop("description", f"{result.architecture} {origin} ({how})"),
+        "architecture": result.architecture,
+        "arch_kwargs": dict(result.arch_kwargs),
+        "ndim": result.ndim,
+        "voxel_size_A": voxel,
+        "normalization": NORMALIZATION,
+        "overlap": extra.pop("overlap", parent_card.get("overlap", DEFAULT_OVERLAP.get(result.architecture))),
+        "parent": result.parent,
+        "training": training,
+        **extra,
+    }
+    if card["overlap"] is None:  # the engine then measures the receptive field itself
+        del card["overlap"]
+    folder_path = card_path.parent
+    save_model(result.module, folder_path, name, card)
+    return card_path.with_suffix(".safetensors")
