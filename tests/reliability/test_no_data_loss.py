@@ -234,3 +234,14 @@ def test_atomic_path_without_overwrite_never_clobbers(tmp_path):
             target.write_bytes(b"someone else's")  # appears during the write
     assert target.read_bytes() == b"someone else's"
     assert [n for n in os.listdir(tmp_path) if ".part" in n] == []
+
+
+def test_result_gets_normal_permissions_even_if_the_writer_replaced_the_temporary(tmp_path):
+    target = tmp_path / "weights.safetensors"
+    with atomic_path(target) as tmp:
+        tmp.unlink()  # as a writer that writes its own temporary file (0600) and renames it
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(target).st_mode & 0o777 == 0o666 & ~umask

@@ -110,6 +110,7 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a result gets the usual permissions
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~umask)  # again: some writers (safetensors) replace the file with a 0600 one
         if overwrite:
             os.replace(tmp, target)
         else:  # link() fails if the target appeared meanwhile, where rename would clobber it
