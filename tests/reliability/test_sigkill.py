@@ -88,12 +88,17 @@ def test_sigkill_at_random_points_leaves_whole_output_or_none(job, tmp_path):
         _assert_whole_or_absent(tmp_path, out, src, digest)
 
 
+def _slow_write(src: Path, out: Path, env: dict) -> subprocess.Popen:
+    """``cryoden denoise src out`` that prints WRITING and sleeps once the data is being written."""
+    return subprocess.Popen([sys.executable, "-c", SLOW_WRITE, "denoise", str(src), str(out), *FAST],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_sigkill_while_writing_leaves_no_output(job, tmp_path):
     src, env = job
     digest = sha256(src)
     out = tmp_path / "out.mrc"
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, "denoise", str(src), str(out), *FAST],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _slow_write(src, out, env)
     try:
         line = proc.stdout.readline()
         assert line.strip() == "WRITING", proc.stderr.read()
@@ -119,8 +124,7 @@ def test_sigterm_while_writing_cleans_up(job, tmp_path):
     src, env = job
     digest = sha256(src)
     out = tmp_path / "out.mrc"
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, "denoise", str(src), str(out), *FAST],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _slow_write(src, out, env)
     try:
         assert proc.stdout.readline().strip() == "WRITING"
         proc.send_signal(signal.SIGTERM)
