@@ -344,3 +344,60 @@ def test_structured_blind_spots_hide_the_whole_cube():
     donors = masked[cube].astype(int)
     far = [np.abs(np.argwhere(patch == v)[0] - c).max() > 1 for v, c in zip(donors[:50], np.argwhere(cube)[:50])]
     assert np.mean(far) > 0.8  # donors come from the whole patch, not the neighbourhood
+
+
+def test_structured_offsets_hide_exactly_those_neighbours():
+    patch = np.arange(24**3, dtype=np.float32).reshape(24, 24, 24)
+    offsets = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 0, 2], [0, 0, -2]])
+    masked, mask = n2v_manipulate(patch, np.random.default_rng(2), 0.001, offsets=offsets)
+    centres = np.argwhere(mask == 1)
+    hidden = np.zeros(patch.shape, bool)
+    for c in centres:
+        for o in offsets:
+            hidden[tuple(np.clip(c + o, 0, 23))] = True
+    changed = masked != patch
+    assert not changed[~hidden].any()
+    assert changed[hidden].mean() > 0.95
+    # a single zero offset is classic Noise2Void: a neighbour's value at the blind spot only
+    masked, mask = n2v_manipulate(patch, np.random.default_rng(2), 0.001, offsets=np.zeros((1, 3), int))
+    assert ((masked != patch) == (mask == 1)).all()
+
+
+def _backprojected_noise(shape, rng):
+    """Noise correlated along Z and X as in a back-projection: white noise smoothed along Z and
+    high-passed along X (a [-1, 2, -1] kernel), independent along Y."""
+    from scipy import ndimage
+
+    white = rng.normal(size=shape)
+    z = ndimage.convolve1d(white, [0.5, 1.0, 0.5], axis=0, mode="wrap")
+    return ndimage.convolve1d(z, [-1.0, 2.0, -1.0], axis=2, mode="wrap")
+
+
+def test_noise_correlation_mask_finds_the_correlated_neighbours(rng):
+    from napari_cryoden.training.finetune import noise_correlation_mask
+
+    offsets = noise_correlation_mask(_backprojected_noise((64, 64, 64), rng))
+    got = {tuple(int(v) for v in o) for o in offsets}
+    assert tuple(offsets[0]) == (0, 0, 0)
+    # the kernels couple |dz| <= 2 and |dx| <= 2 (correlations up to 0.67), and nothing along Y
+    assert {(1, 0, 0), (-1, 0, 0), (0, 0, 1), (0, 0, 2), (1, 0, 1), (2, 0, 0)} <= got
+    assert all(o[1] == 0 for o in got)
+    assert all(abs(o[0]) <= 2 and abs(o[2]) <= 2 for o in got)
+    assert {tuple(-np.array(o)) for o in got} == got
+    # independent noise: the blind spot is the voxel itself
+    assert noise_correlation_mask(rng.normal(size=(48, 48, 48))).tolist() == [[0, 0, 0]]
+    assert noise_correlation_mask(rng.normal(size=(96, 96))).tolist() == [[0, 0]]
+    with pytest.raises(ValueError, match="constant"):
+        noise_correlation_mask(np.ones((16, 16, 16)))
+    with pytest.raises(ValueError, match="2D or 3D"):
+        noise_correlation_mask(np.ones(16))
+
+
+def test_n2v_auto_mask_is_used_and_recorded(rng, tmp_path):
+    noisy = (_backprojected_noise((40, 40, 40), rng) + 0.0).astype(np.float32)
+    res = fine_tune(noisy, None, cfg(mode="n2v", steps=2, val_every=1, patch=16, batch=2), **SCRATCH)
+    assert res.config.n2v_mask == "auto"
+    card = json.loads(save_finetuned(res, "n2v-auto", folder=tmp_path).with_suffix(".json").read_text())
+    assert card["training"]["n2v_mask"] == "auto"
+    with pytest.raises(ValueError, match="n2v_mask must be one of"):
+        check_settings(cfg(mode="n2v", n2v_mask="cube"), noisy, None, **SCRATCH)

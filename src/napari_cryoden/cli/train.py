@@ -64,7 +64,8 @@ exit status: 0 success, 1 run failed, 2 bad input or option, 130 interrupted
 #: Defaults of the training options, as in :class:`napari_cryoden.training.FineTuneConfig`
 #: (a test keeps them equal); shown in --help without importing torch.
 OPTION_DEFAULTS = {"loss": "l2", "adversarial": "none", "patch": 48, "batch": 4, "steps": 200, "lr": 1e-4,
-                   "val_every": 20, "n2v_fraction": 0.005, "seed": 0, "device": "auto", "precision": "auto"}
+                   "val_every": 20, "n2v_fraction": 0.005, "n2v_mask": "auto", "seed": 0, "device": "auto",
+                   "precision": "auto"}
 _MODES = ("n2n", "supervised", "n2v")
 #: Data options each mode takes.
 _DATA = {"n2n": ("even", "odd"), "supervised": ("noisy", "clean"), "n2v": ("input",)}
@@ -193,6 +194,9 @@ _OPTIONS: dict[str, tuple[str, Callable[[Any], Any], str | None, str]] = {
                  "slices along the first axis held out for validation (default: the last max(patch, 10 %%))"),
     "val_every": ("--val-every", _int(1), "N", "steps between validations and checkpoints (default: 20)"),
     "n2v_fraction": ("--n2v-fraction", _positive_float, "X", "n2v: fraction of blind-spot voxels (default: 0.005)"),
+    "n2v_mask": ("--n2v-mask", _choice(("auto", "voxel")), "{auto,voxel}",
+                 "n2v: blind spots also hide the neighbours whose noise is correlated, estimated from the "
+                 "data (auto, for tomograms), or one voxel each (voxel) (default: auto)"),
     "seed": ("--seed", _int(0), "N", "random seed (default: 0)"),
     "workdir": ("--workdir", _text, "DIR",
                 "folder for checkpoints (default: a folder per model name in the user cache; it is "

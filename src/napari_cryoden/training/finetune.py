@@ -83,10 +83,13 @@ __all__ = [
     "check_settings",
     "fine_tune",
     "n2v_manipulate",
+    "noise_correlation_mask",
     "save_finetuned",
 ]
 
 MODES = ("n2n", "supervised", "n2v")
+#: Blind-spot shapes of Noise2Void (``FineTuneConfig.n2v_mask``).
+N2V_MASKS = ("auto", "voxel")
 ADVERSARIAL = ("none", "gan", "wgangp")
 #: Checkpoint files in the work folder: ``checkpoint.safetensors`` (tensors, and the state as
 #: JSON in its metadata) and ``checkpoint.json`` (a readable copy of the state).
@@ -153,11 +156,17 @@ class FineTuneConfig:
     n2v_radius : int, default=2
         Half-width of the neighbourhood a blind-spot voxel takes its new value from (2 gives the
         5-voxel window of Krull et al. 2019).
+    n2v_mask : {"auto", "voxel"}, default="auto"
+        Shape of the blind spots. "voxel" is classic single-voxel Noise2Void. "auto" hides, with
+        each blind spot, every neighbour whose noise is correlated with it: the offsets are
+        estimated from the volume itself by :func:`noise_correlation_mask` (structured
+        Noise2Void, Broaddus et al. 2020). Tomograms reconstructed by back-projection need it:
+        their noise is correlated along Z and X over a few voxels (the ramp filter, the
+        interpolation and the streaks), and single-voxel blind spots let the network copy it.
+        For noise that is independent from voxel to voxel "auto" finds the single voxel.
     n2v_blind : int, default=0
-        Half-width of a structured blind spot (see :func:`n2v_manipulate`); 0 gives classic
-        single-voxel Noise2Void. Reconstructed tomograms have spatially correlated noise, which
-        single-voxel blind spots let the network copy; ``benchmarks/finetune.py --n2v-blind 1``
-        measures the difference.
+        Half-width of a cubic structured blind spot (see :func:`n2v_manipulate`); when above 0
+        it replaces `n2v_mask`.
     lr_d : float, optional
         Learning rate of the discriminator/critic (default: `lr`).
     betas : (float, float), optional
@@ -192,6 +201,7 @@ class FineTuneConfig:
     augment: bool = True
     n2v_radius: int = 2
     n2v_blind: int = 0
+    n2v_mask: str = "auto"
     lr_d: float | None = None
     betas: tuple[float, float] | None = None
     l1_weight: float = 100.0
@@ -404,6 +414,8 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
     _check_number("n2v_fraction", c.n2v_fraction, positive=True, maximum=0.5)
     _check_number("n2v_radius", c.n2v_radius, integer=True, positive=True)
     _check_number("n2v_blind", c.n2v_blind, integer=True, minimum=0, maximum=8)
+    if c.n2v_mask not in N2V_MASKS:
+        raise ValueError(f"n2v_mask must be one of {', '.join(N2V_MASKS)}, got {c.n2v_mask!r}")
     _check_number("seed", c.seed, integer=True, minimum=0)
     _check_number("l1_weight", c.l1_weight, minimum=0)
     _check_number("n_critic", c.n_critic, integer=True, positive=True)
@@ -552,8 +564,87 @@ def _check_workdir(workdir, resume: bool, overwrite: bool) -> Path | None:
 # Patches
 
 
-def n2v_manipulate(patch: np.ndarray, rng: np.random.Generator, fraction: float, radius: int = 2, blind: int = 0):
-    """Noise2Void blind spots: replace a random fraction of voxels by a random neighbour's value.
+def noise_correlation_mask(
+    volume: np.ndarray,
+    *,
+    radius: int = 4,
+    threshold: float = 0.1,
+    sigma: float = 2.0,
+    max_edge: int = 128,
+) -> np.ndarray:
+    """Offsets of the neighbours whose noise is correlated with a voxel's, estimated from the data.
+
+    The autocorrelation of the volume after removing its low frequencies (the volume minus a
+    Gaussian blur of width `sigma`) is dominated by the noise, since in cryo-ET the noise has far
+    more power than the signal at high frequency. Every offset within `radius` whose normalised
+    autocorrelation reaches `threshold` in absolute value is returned, with the zero offset. A
+    blind spot that hides all of them leaves the network no voxel from which it could predict
+    the hidden voxel's noise (the condition of Noise2Self, Batson & Royer 2019, section 3;
+    structured Noise2Void, Broaddus et al. 2020, ISBI, section 2, where the mask was read from
+    the noise autocorrelation by eye).
+
+    For a tomogram reconstructed by weighted back-projection about the Y axis this finds the
+    few voxels along Z and X that the ramp filter, the interpolation and the streaks couple; for
+    white noise it finds the voxel alone.
+
+    Parameters
+    ----------
+    volume : ndarray, 2D (Y, X) or 3D (Z, Y, X)
+        The noisy data (any real dtype; NaN/Inf count as the median). Only a central crop of at
+        most `max_edge` voxels per axis is read.
+    radius : int, default=4
+        Largest offset searched, per axis, in voxels.
+    threshold : float, default=0.1
+        Smallest absolute correlation coefficient that counts as correlated.
+    sigma : float, default=2.0
+        Width, in voxels, of the Gaussian whose blur is subtracted first.
+    max_edge : int, default=128
+
+    Returns
+    -------
+    offsets : ndarray of int64, shape (K, ndim)
+        The offsets, the zero offset first. Symmetric: -d is in it when d is.
+
+    Raises
+    ------
+    ValueError
+        If `volume` is not 2D or 3D, or is constant.
+    """
+    from scipy import ndimage
+
+    v = np.asarray(volume)
+    if v.ndim not in (2, 3):
+        raise ValueError(f"noise_correlation_mask needs a 2D or 3D array, got shape {v.shape}")
+    crop = tuple(slice(max(0, (n - max_edge) // 2), max(0, (n - max_edge) // 2) + max_edge) for n in v.shape)
+    x = np.array(v[crop], dtype=np.float64)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        x[bad] = np.median(x[~bad]) if (~bad).any() else 0.0
+    x -= ndimage.gaussian_filter(x, float(sigma), mode="reflect")
+    x -= x.mean()
+    power = np.abs(np.fft.rfftn(x, s=[2 * n for n in x.shape])) ** 2  # zero-padded: no wrap-around
+    ac = np.fft.irfftn(power, s=[2 * n for n in x.shape])
+    if not ac.flat[0] > 0:
+        raise ValueError("cannot estimate the noise correlation of a constant volume")
+    ac /= ac.flat[0]
+    grid = np.stack(np.meshgrid(*[np.arange(-radius, radius + 1)] * x.ndim, indexing="ij"), -1).reshape(-1, x.ndim)
+    rho = ac[tuple(grid.T)]  # negative offsets wrap to the end of the padded array
+    keep = (np.abs(rho) >= threshold) & (np.abs(grid) < np.array(x.shape)).all(axis=1)
+    keep |= (grid == 0).all(axis=1)
+    offsets = grid[keep]
+    order = np.argsort(np.abs(offsets).sum(axis=1), kind="stable")  # the zero offset first
+    return offsets[order].astype(np.int64)
+
+
+def n2v_manipulate(
+    patch: np.ndarray,
+    rng: np.random.Generator,
+    fraction: float,
+    radius: int = 2,
+    blind: int = 0,
+    offsets: np.ndarray | None = None,
+):
+    """Noise2Void blind spots: hide a random fraction of voxels from the network.
 
     Krull et al. (2019): ``n = max(1, round(fraction * patch.size))`` distinct voxels are drawn
     uniformly; each takes the value (from the unmodified patch) of a voxel drawn uniformly from
@@ -567,11 +658,15 @@ def n2v_manipulate(patch: np.ndarray, rng: np.random.Generator, fraction: float,
     fraction : float
     radius : int, default=2
     blind : int, default=0
-        Half-width of a structured blind spot. 0 is Noise2Void's single voxel. With ``blind > 0``
-        the whole cube of ``2 * blind + 1`` voxels per axis around each blind-spot voxel takes
-        values of voxels drawn uniformly from the whole patch, so the network cannot read a
-        blind spot's noise from neighbours whose noise is correlated with it (structured
-        Noise2Void, Broaddus et al. 2020, ISBI, section 2); the loss stays on the centres.
+        Half-width of a cubic structured blind spot: the same as `offsets` holding the whole cube
+        of ``2 * blind + 1`` voxels per axis. 0: no cube.
+    offsets : ndarray of int, shape (K, ndim), optional
+        A structured blind spot (structured Noise2Void, Broaddus et al. 2020, ISBI, section 2):
+        the voxels at these offsets from each blind-spot voxel (clipped to the patch), and the
+        blind-spot voxel itself, take values of voxels drawn uniformly from the whole patch, so
+        the network cannot read a blind spot's noise from neighbours whose noise is correlated
+        with it (see :func:`noise_correlation_mask`). The loss stays on the blind-spot voxels.
+        With only the zero offset (or None, and ``blind=0``) this is classic Noise2Void.
 
     Returns
     -------
@@ -584,20 +679,25 @@ def n2v_manipulate(patch: np.ndarray, rng: np.random.Generator, fraction: float,
     n = max(1, min(patch.size, int(round(fraction * patch.size))))
     flat = rng.choice(patch.size, size=n, replace=False)
     pos = np.stack(np.unravel_index(flat, patch.shape), axis=1)
-    nbr = pos.copy()
-    todo = np.arange(n)
-    while todo.size:
-        lo = np.maximum(pos[todo] - radius, 0)
-        hi = np.minimum(pos[todo] + radius, shape - 1)
-        nbr[todo] = rng.integers(lo, hi + 1)
-        todo = todo[(nbr[todo] == pos[todo]).all(axis=1)]
-    masked = np.array(patch, dtype=np.float32, copy=True)
-    masked[tuple(pos.T)] = patch[tuple(nbr.T)]
     if blind > 0:
-        grid = np.stack(np.meshgrid(*[np.arange(-blind, blind + 1)] * patch.ndim, indexing="ij"), -1)
-        cube = np.clip(pos[:, None, :] + grid.reshape(1, -1, patch.ndim), 0, shape - 1).reshape(-1, patch.ndim)
-        donors = rng.integers(0, patch.size, size=len(cube))
-        masked[tuple(cube.T)] = patch.reshape(-1)[donors]
+        offsets = np.stack(np.meshgrid(*[np.arange(-blind, blind + 1)] * patch.ndim, indexing="ij"), -1)
+    structured = offsets is not None and np.asarray(offsets).reshape(-1, patch.ndim).any()
+    masked = np.array(patch, dtype=np.float32, copy=True)
+    if structured:
+        offs = np.asarray(offsets, dtype=np.int64).reshape(1, -1, patch.ndim)
+        cover = np.clip(pos[:, None, :] + offs, 0, shape - 1).reshape(-1, patch.ndim)
+        cover = np.concatenate([pos, cover])
+        donors = rng.integers(0, patch.size, size=len(cover))
+        masked[tuple(cover.T)] = patch.reshape(-1)[donors]
+    else:
+        nbr = pos.copy()
+        todo = np.arange(n)
+        while todo.size:
+            lo = np.maximum(pos[todo] - radius, 0)
+            hi = np.minimum(pos[todo] + radius, shape - 1)
+            nbr[todo] = rng.integers(lo, hi + 1)
+            todo = todo[(nbr[todo] == pos[todo]).all(axis=1)]
+        masked[tuple(pos.T)] = patch[tuple(nbr.T)]
     mask = np.zeros(patch.shape, np.float32)
     mask[tuple(pos.T)] = 1.0
     return masked, mask
@@ -610,6 +710,9 @@ class _Patches:
         self.source, self.target, self.c, self.plan = source, target, config, plan
         self.p = int(config.patch)
         self.ndim = len(plan.shape)
+        self.offsets = None
+        if config.mode == "n2v" and config.n2v_blind == 0 and config.n2v_mask == "auto":
+            self.offsets = noise_correlation_mask(source)
 
     def _read(self, arr, corner) -> np.ndarray:
         sl = tuple(slice(int(o), int(o) + self.p) for o in corner)
@@ -642,7 +745,8 @@ class _Patches:
             src = self._augment(src, k, flip)
             tgt = self._augment(tgt, k, flip) if tgt is not None else None
         if mode == "n2v":
-            masked, mask = n2v_manipulate(src, rng, self.c.n2v_fraction, self.c.n2v_radius, self.c.n2v_blind)
+            masked, mask = n2v_manipulate(src, rng, self.c.n2v_fraction, self.c.n2v_radius, self.c.n2v_blind,
+                                          self.offsets)
             return masked, src, mask
         return src, tgt, None
 
@@ -1141,7 +1245,7 @@ def save_finetuned(
     }
     if mode == "n2v" and cfg:
         training["n2v_fraction"], training["n2v_radius"] = cfg.n2v_fraction, cfg.n2v_radius
-        training["n2v_blind"] = cfg.n2v_blind
+        training["n2v_blind"], training["n2v_mask"] = cfg.n2v_blind, cfg.n2v_mask
     card = {
         "description": extra.pop("description", f"{result.architecture} {origin} ({how})"),
         "architecture": result.architecture,
