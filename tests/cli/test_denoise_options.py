@@ -29,8 +29,8 @@ def _tiles(out: str) -> int:
 def test_max_memory_bounds_the_automatic_tiles(tomo, tmp_path, tiny_model_dir, capsys):
     assert main(["denoise", str(tomo), str(tmp_path / "a.mrc"), *CPU]) == 0
     assert _tiles(capsys.readouterr().out) == 1  # the whole volume fits in one tile
-    # 60 MiB: the one-tile plan (64 x 88 x 88 voxels of ~150 bytes of activations) no longer fits
-    assert main(["denoise", str(tomo), str(tmp_path / "b.mrc"), *CPU, "--max-memory", "0.06"]) == 0
+    # 20 MiB: the one-tile plan (64 x 88 x 88 voxels of ~55 bytes of activations) no longer fits
+    assert main(["denoise", str(tomo), str(tmp_path / "b.mrc"), *CPU, "--max-memory", "0.02"]) == 0
     assert _tiles(capsys.readouterr().out) > 1
     with mrcfile.open(tmp_path / "a.mrc") as a, mrcfile.open(tmp_path / "b.mrc") as b:
         # the measured overlap covers the receptive field: the plans agree

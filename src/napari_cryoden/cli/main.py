@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
@@ -211,6 +212,14 @@ a hidden temporary file in the output's folder and renamed when complete, so a
 failed or interrupted run leaves nothing behind. Large files (256 MiB or more)
 are read and written tile by tile through memory maps: memory use stays at
 the model and a few tiles whatever the volume's size.
+
+With --scheduler the work goes to a dask.distributed cluster (pip install
+"napari-cryoden[cluster]"): a local cluster of worker processes ('local', the
+default) or a running scheduler (tcp://host:8786) whose workers see the same
+files. With --output-dir each input is one task; with INPUT OUTPUT the
+tomogram's tiles are spread over the workers and stitched here, with the
+same result as on one machine for the same tile, overlap, batch, device and
+precision.
 """
 
 _DENOISE_EPILOG = """\
@@ -219,6 +228,7 @@ examples:
   cryoden denoise tomo.rec out.mrc --device cpu --tile 96 --overlap 16
   cryoden denoise 'tomos/*.rec' extra.mrc --output-dir denoised/
   cryoden denoise particles.mrcs --output-dir out/ --model MODEL_2D
+  cryoden denoise 'tomos/*.rec' -o denoised/ --scheduler tcp://head:8786
 
 exit status: 0 success, 1 run failed, 2 bad input or option, 130 interrupted;
 with --output-dir: 0 if every input was denoised or skipped, else 2 if only
@@ -264,6 +274,12 @@ def _add_denoise(p: argparse.ArgumentParser) -> None:
                         "their number) or refuse the input (default: replace)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
+    p.add_argument("--scheduler", metavar="ADDRESS", nargs="?", const="local", default=None,
+                   help="run on a dask.distributed cluster: 'local' (the default when ADDRESS is left out) "
+                        "starts worker processes on this machine, tcp://host:8786 uses a running "
+                        "scheduler; needs the 'distributed' package")
+    p.add_argument("--workers", metavar="N", type=_positive_int, default=None,
+                   help="worker processes of --scheduler local (default: one per CPU core, at most 4)")
 
 
 def _check_output(src: Path, dst: Path, *, overwrite: bool) -> None:
@@ -333,14 +349,17 @@ def _batch_output_name(src: Path) -> str:
 
 
 def _denoise_one(src: Path, dst: Path, model, device, precision: str, args: argparse.Namespace,
-                 label: str) -> tuple[object, int]:
-    """Denoise one file with a progress bar and the notes; returns the result and the tile count."""
+                 label: str, client=None) -> tuple[object, int]:
+    """Denoise one file with a progress bar and the notes; returns the result and the tile count.
+
+    With a dask `client`, the file's tiles are spread over the cluster's workers."""
     from .. import inference
 
     # The core logs replaced NaN/Inf voxels; the CLI says it once itself, as a note.
     logging.getLogger("napari_cryoden").addHandler(logging.NullHandler())
     info: dict = {}
-    steps = inference.iter_denoise_file(
+    run = inference.iter_denoise_file if client is None else partial(inference.cluster.iter_split_denoise_file, client)
+    steps = run(
         src, dst, model, tile=args.tile, overlap=args.overlap, batch_size=args.batch, device=str(device),
         precision=precision, nonfinite=args.nonfinite, overwrite=args.overwrite, info=info,
         memory_bytes=int(args.max_memory * 2**30) if args.max_memory else None,
@@ -373,7 +392,8 @@ def _denoise_one(src: Path, dst: Path, model, device, precision: str, args: argp
 
 def _summary(result, device, precision: str, total: int, seconds: float) -> str:
     return (f"{PROG}: wrote {result.output}: shape {tuple(result.shape)}, voxel size "
-            f"{_format_voxel_size(result.voxel_size)}, model {result.model} ({device.type}, {precision}), "
+            f"{_format_voxel_size(result.voxel_size)}, model {result.model} "
+            f"({getattr(device, 'type', device)}, {precision}), "
             f"{total} tiles, {seconds:.1f} s")
 
 
@@ -382,6 +402,8 @@ def _run_denoise(args: argparse.Namespace) -> int:
     if args.output_dir is None and len(args.paths) != 2:
         raise CliError(f"give INPUT OUTPUT, or inputs with --output-dir DIR (got {len(args.paths)} "
                        f"path{'s' if len(args.paths) != 1 else ''})")
+    if args.scheduler is not None or args.workers is not None:
+        _check_cluster_options(args)
     if args.output_dir is not None:
         return _run_denoise_batch(args)
     src, dst = (Path(p) for p in args.paths)
@@ -389,6 +411,18 @@ def _run_denoise(args: argparse.Namespace) -> int:
 
     from ..inference import resolve_device, resolve_precision
     from ..models import load_model
+
+    if args.scheduler is not None:  # the tomogram's tiles on the cluster; device and precision decided there
+        from ..inference.cluster import connect
+
+        model = load_model(args.model or DEFAULT_MODEL)
+        with connect(args.scheduler, args.workers) as client:
+            result, total = _denoise_one(src, dst, model, args.device, args.precision, args,
+                                         f"denoising {src.name}", client=client)
+        if not args.quiet:
+            print(_summary(result, result.info["device"], result.info["precision"], total,
+                           time.perf_counter() - start), flush=True)
+        return EXIT_OK
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
@@ -417,6 +451,8 @@ def _run_denoise_batch(args: argparse.Namespace) -> int:
     from ..inference import resolve_device, resolve_precision
     from ..models import load_model
 
+    if args.scheduler is not None:
+        return _run_denoise_batch_cluster(args, inputs, len(unmatched), failed, load_model(args.model or DEFAULT_MODEL))
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     model = load_model(args.model or DEFAULT_MODEL)
@@ -436,20 +472,31 @@ def _run_denoise_batch(args: argparse.Namespace) -> int:
             _check_output(src, dst, overwrite=args.overwrite)
             label = f"denoising {src.name}" + (f" ({i}/{len(inputs)})" if len(inputs) > 1 else "")
             result, total = _denoise_one(src, dst, model, device, precision, args, label)
-        except (CliError, FileExistsError, ValueError, OSError, MemoryError, RuntimeError) as exc:
-            message = _one_line(exc)
-            _error(message if str(src) in message else f"{src}: {message}")
-            failed.append(EXIT_USAGE if isinstance(exc, (CliError, FileExistsError, ValueError)) else EXIT_FAILURE)
-            continue
-        except Exception as exc:  # an unforeseen failure: one line, and the next file
-            _error(f"{src}: internal error: {type(exc).__name__}: {_one_line(exc)}")
-            failed.append(EXIT_FAILURE)
+        except Exception as exc:  # one line, and the next file
+            failed.append(_file_failure(src, exc))
             continue
         written += 1
         if not args.quiet:
             print(_summary(result, device, precision, total, time.perf_counter() - start), flush=True)
+    return _batch_summary(args, written, len(inputs) + len(unmatched), skipped, failed)
+
+
+def _file_failure(src: Path, exc: BaseException) -> int:
+    """Report a failed input of a batch in one line; its exit status (2 bad input, 1 failure)."""
+    if isinstance(exc, (CliError, FileExistsError, ValueError, OSError, MemoryError, RuntimeError)):
+        message = _one_line(exc)
+        _error(message if str(src) in message else f"{src}: {message}")
+        return EXIT_USAGE if isinstance(exc, (CliError, FileExistsError, ValueError)) else EXIT_FAILURE
+    # an unforeseen failure (a cluster's own errors, such as a worker that died, are not ours)
+    kind = "" if type(exc).__module__.split(".")[0] == "distributed" else "internal error: "
+    _error(f"{src}: {kind}{type(exc).__name__}: {_one_line(exc)}")
+    return EXIT_FAILURE
+
+
+def _batch_summary(args: argparse.Namespace, written: int, n_inputs: int, skipped: int, failed: list[int]) -> int:
+    """Print the batch's last line (unless quiet and all went well); the batch's exit status."""
     if not args.quiet or failed:
-        parts = [f"denoised {written} of {len(inputs) + len(unmatched)}"]
+        parts = [f"denoised {written} of {n_inputs}"]
         if skipped:
             parts.append(f"skipped {skipped} (output exists)")
         if failed:
@@ -458,6 +505,81 @@ def _run_denoise_batch(args: argparse.Namespace) -> int:
     if not failed:
         return EXIT_OK
     return EXIT_FAILURE if EXIT_FAILURE in failed else EXIT_USAGE
+
+
+def _check_cluster_options(args: argparse.Namespace) -> None:
+    """--scheduler and --workers make sense together, and dask.distributed is installed."""
+    from ..inference import cluster
+
+    if args.scheduler is None:
+        raise CliError("--workers sizes the local cluster of --scheduler local; add --scheduler")
+    if cluster.parse_scheduler(args.scheduler) != "local" and args.workers is not None:
+        raise CliError("--workers is for --scheduler local; a running scheduler has its own workers")
+    try:
+        cluster.require_distributed()
+    except ImportError as exc:
+        raise CliError(f"--scheduler: {_one_line(exc)}") from None
+
+
+def _run_denoise_batch_cluster(args: argparse.Namespace, inputs: list[Path], n_unmatched: int, failed: list[int],
+                               model) -> int:
+    """``--output-dir`` with ``--scheduler``: one task per input on the cluster's workers, reported
+    as they complete; skips and failures as :func:`_run_denoise_batch`."""
+    from ..inference.cluster import connect, map_denoise_files
+
+    out_dir = Path(args.output_dir)
+    written = skipped = 0
+    claimed: dict[Path, Path] = {}
+    jobs = []
+    for src in inputs:
+        dst = out_dir / _batch_output_name(src)
+        try:
+            if dst in claimed:
+                raise CliError(f"its output {dst} is also the output of {claimed[dst]}; rename one")
+            claimed[dst] = src
+            if (dst.exists() or dst.is_symlink()) and not args.overwrite and not _is_input(src, dst):
+                _note(f"skipping {src}: {dst} exists (pass --overwrite to replace it)")
+                skipped += 1
+                continue
+            _check_output(src, dst, overwrite=args.overwrite)
+        except Exception as exc:  # one line, and the next file
+            failed.append(_file_failure(src, exc))
+            continue
+        jobs.append((src, dst))
+    if jobs:
+        # The core logs replaced NaN/Inf voxels; the CLI says it once itself, as a note.
+        logging.getLogger("napari_cryoden").addHandler(logging.NullHandler())
+        from ..inference.stream import is_image_stack_path
+
+        with connect(args.scheduler, args.workers) as client:
+            outcomes = map_denoise_files(
+                client, jobs, model, tile=args.tile, overlap=args.overlap, batch_size=args.batch, device=args.device,
+                precision=args.precision, nonfinite=args.nonfinite, overwrite=args.overwrite,
+                memory_bytes=int(args.max_memory * 2**30) if args.max_memory else None,
+            )
+            try:
+                for outcome in outcomes:
+                    src, result = outcome.input, outcome.result
+                    if outcome.error is not None:
+                        failed.append(_file_failure(src, outcome.error))
+                        continue
+                    written += 1
+                    info = result.info
+                    if info.get("nonfinite"):
+                        _note(f"replaced {info['nonfinite']} NaN/Inf voxels of {src.name} by the median "
+                              f"{info['nonfinite_value']:g} (use --nonfinite refuse to stop instead)")
+                    if args.quiet:
+                        continue
+                    note = _voxel_size_note(info.get("voxel_size", ()), info.get("voxel_size_known", True), model)
+                    if note:
+                        _note(f"{src.name}: {note}")
+                    if info.get("mode") == "stack" and not is_image_stack_path(src):
+                        _note(f"model {model.name!r} is a 2D model: {src.name} is denoised slice by slice along Z")
+                    print(_summary(result, info["device"], info["precision"], result.tiles, result.seconds),
+                          flush=True)
+            finally:
+                outcomes.close()  # on an interrupt: stops the running tasks, cancels the others
+    return _batch_summary(args, written, len(inputs) + n_unmatched, skipped, failed)
 
 
 def _is_input(a: Path, b: Path) -> bool:

@@ -21,6 +21,8 @@ from typing import Callable, Generator, Sequence
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from ..models.registry import DEFAULT_MODEL, LoadedModel, load_model
 from .normalize import robust_stats
@@ -28,7 +30,7 @@ from .tiling import Geometry, Tile, auto_geometry, plan_tiles, read_tile, releas
 
 __all__ = [
     "DEFAULT_OVERLAP", "DEFAULT_TILE", "NONFINITE_CHOICES", "Cancelled", "activation_bytes_per_voxel",
-    "count_nonfinite", "denoise", "input_mode", "iter_denoise", "memory_budget", "model_overlap",
+    "count_nonfinite", "denoise", "denoise_tiles", "input_mode", "iter_denoise", "memory_budget", "model_overlap",
     "plan_geometry", "receptive_margin", "resolve_device", "resolve_precision",
 ]
 
@@ -46,6 +48,11 @@ MAX_BATCH = {"cpu": 8, "cuda": 64}
 BATCH_VOXELS = {"cpu": 2**21, "cuda": 2**25}
 #: Fraction of the free memory (CPU: available RAM; CUDA: free GPU memory) one forward pass may use.
 MEMORY_FRACTION = {"cpu": 0.25, "cuda": 0.7}
+#: Most bytes one forward pass may use on the CPU, whatever the free RAM: with the process's
+#: ~0.3 GiB of Python, PyTorch and model, and the pages one tile touches, the peak RSS stays
+#: under 3 GiB beyond the data (``docs/performance.md``). Larger tiles would save little: the
+#: overlap waste of 2.5 GiB tiles is within 10-20 % of that of 5 GiB tiles.
+MEMORY_CAP_CPU = int(2.5 * 1024**3)
 
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -294,47 +301,90 @@ def model_overlap(model: LoadedModel) -> tuple[int, ...]:
     return tuple(-(-2 * m // s) * s // 2 for m in margins)
 
 
-def activation_bytes_per_voxel(model: LoadedModel, precision: str = "fp32") -> float:
-    """Estimated peak memory of a forward pass per input voxel, in bytes.
+class _PeakBytes(TorchDispatchMode):
+    """Counts the bytes of the tensors that ops create and that are alive, and their peak.
 
-    The elements of every leaf module's output are counted on a small probe input (forward
-    hooks), times 4 bytes, times 1.25 for the tensors made outside modules (concatenations,
-    upsampling); half that under bf16/fp16 autocast. On the CPU this matched the measured peak
-    RSS of UpsampleUnet48 (48 channels) within 15 % (about 1,500 bytes per voxel in fp32, 700 in
-    bf16). Not less than 32 bytes (input, output and their copies).
+    Every op's output storages are counted once from their creation until the last Python
+    tensor that views them is gone (in-place ops and views add nothing). Weights, which exist
+    before, are not counted; neither are an op's internal scratch buffers.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.refs: dict[int, int] = {}
+        self.nbytes: dict[int, int] = {}
+        self.seen: set[int] = set()
+        self.current = self.peak = 0
+
+    def _release(self, key: int, ident: int) -> None:
+        self.seen.discard(ident)
+        self.refs[key] -= 1
+        if not self.refs[key]:
+            del self.refs[key]
+            self.current -= self.nbytes.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or id(t) in self.seen:
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key not in self.refs:
+                self.refs[key], self.nbytes[key] = 0, storage.nbytes()
+                self.current += storage.nbytes()
+                self.peak = max(self.peak, self.current)
+            self.refs[key] += 1
+            self.seen.add(id(t))
+            weakref.finalize(t, self._release, key, id(t))
+        return out
+
+
+def activation_bytes_per_voxel(model: LoadedModel, precision: str = "fp32") -> float:
+    """Peak memory of a forward pass per input voxel, in bytes, measured on a small probe.
+
+    The model runs once on a probe input of ``4 * stride`` voxels per axis (3D models; 2D: ``8 *
+    stride`` pixels), the way inference runs it (autocast in `precision`, channels-last memory
+    format under bf16/fp16), while every tensor that ops create is counted from its creation to
+    its release (a ``TorchDispatchMode``); the peak of the live bytes, divided by the probe's
+    voxels and times 1.1 for the ops' scratch buffers, is the estimate. On the CPU it matched
+    the measured peak RSS increase of a 128³ forward pass within 10 % for UpsampleUnet48 (about
+    300 bytes per voxel in bf16) and FastUNet3D (about 55). Not less than 32 bytes (input,
+    output and their copies). Cached per module and precision.
     """
     module = model.module
     per = _BYTES.setdefault(module, {})
-    if "fp32" not in per:
+    if precision not in per:
         s = max(1, model.stride)
-        side = 2 * s if model.ndim == 3 else 4 * s
+        side = 4 * s if model.ndim == 3 else 8 * s
         try:
             device = next(module.parameters()).device
         except StopIteration:
             device = torch.device("cpu")
-        counted = []
-
-        def hook(_mod, _inp, out):
-            if torch.is_tensor(out):
-                counted.append(out.numel())
-
-        handles = [m.register_forward_hook(hook) for m in module.modules() if not list(m.children())]
+        dtype = _PRECISIONS.get(precision)
+        x = torch.zeros(1, 1, *([side] * model.ndim), device=device)
+        if dtype is not None and model.ndim == 3:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        counter = _PeakBytes()
+        was_training = module.training
+        module.eval()
         try:
-            with torch.inference_mode():
-                module(torch.zeros(1, 1, *([side] * model.ndim), device=device))
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
+                                                        enabled=dtype is not None):
+                with counter:
+                    module(x)
         finally:
-            for h in handles:
-                h.remove()
-        per["fp32"] = 4 * 1.25 * sum(counted) / side**model.ndim
-    estimate = per["fp32"] * (0.5 if precision in ("bf16", "fp16") else 1.0)
-    return max(32.0, estimate)
+            module.train(was_training)
+        per[precision] = 1.1 * counter.peak / side**model.ndim
+    return max(32.0, per[precision])
 
 
 def memory_budget(device: torch.device) -> int:
     """Bytes one forward pass may use: a fraction (:data:`MEMORY_FRACTION`) of the free memory.
 
     CUDA: free GPU memory (``torch.cuda.mem_get_info``) plus what PyTorch's caching allocator
-    holds unused. CPU: the available RAM (``psutil``, else ``/proc/meminfo``).
+    holds unused. CPU: the available RAM (``psutil``, else ``/proc/meminfo``), and at most
+    :data:`MEMORY_CAP_CPU`.
     """
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
@@ -355,7 +405,7 @@ def memory_budget(device: torch.device) -> int:
             pass
     if available is None:  # pragma: no cover
         available = 4 * 1024**3
-    return int(MEMORY_FRACTION["cpu"] * available)
+    return min(MEMORY_CAP_CPU, int(MEMORY_FRACTION["cpu"] * available))
 
 
 @dataclass(frozen=True)
@@ -566,6 +616,106 @@ class _Runner:
         return len(batch) if self.split_depth == 0 else 1
 
 
+def _make_runner(lm: LoadedModel, view, out_view, plan: Plan, dev: torch.device, prec: str,
+                 center: float, scale: float, n_bad: int) -> _Runner:
+    """The model on `dev` in the memory format and autocast of `prec`, wrapped in a :class:`_Runner`
+    (shared by :func:`iter_denoise` and :func:`denoise_tiles`, so both compute alike)."""
+    net = lm.module.to(dev).eval()
+    if dev.type == "cpu" and prec == "bf16":
+        memory_format = torch.channels_last_3d if plan.mode == "volume" else torch.channels_last
+    else:
+        memory_format = torch.contiguous_format
+    net = net.to(memory_format=memory_format)
+    autocast = (
+        torch.autocast(device_type=dev.type, dtype=_PRECISIONS[prec]) if _PRECISIONS[prec] is not None else _null()
+    )
+    return _Runner(net, view, out_view, plan, dev, autocast, memory_format, center, scale, n_bad)
+
+
+class _Cores:
+    """Stands in for the output array of a :class:`_Runner`: keeps each stitched core and its place."""
+
+    def __init__(self):
+        self.pieces: list[tuple[tuple[slice, ...], np.ndarray]] = []
+
+    def __setitem__(self, where: tuple[slice, ...], core: np.ndarray) -> None:
+        self.pieces.append((tuple(where), np.array(core, dtype=np.float32)))
+
+
+def denoise_tiles(
+    volume: np.ndarray,
+    model: str | LoadedModel | torch.nn.Module,
+    plan: Plan,
+    tiles: Sequence[Tile],
+    stats: tuple[float, float],
+    *,
+    device: str = "cpu",
+    precision: str = "fp32",
+    replace_nonfinite: bool = False,
+) -> list[tuple[tuple[slice, ...], np.ndarray]]:
+    """Denoise some of the tiles of a run of :func:`iter_denoise`: one part of a run split over
+    processes or machines (:mod:`napari_cryoden.inference.cluster`).
+
+    The caller makes the plan (:func:`plan_geometry`, then
+    :func:`~napari_cryoden.inference.tiling.plan_tiles` of ``plan.shape``) and the statistics
+    (:func:`~napari_cryoden.inference.normalize.robust_stats` of the whole input) once. Given a
+    run of consecutive tiles starting at a multiple of ``plan.geometry.batch``, the tiles are
+    passed through the network in the same batches as :func:`iter_denoise`, so with the same
+    device and precision the cores are bit-identical to that run's output there.
+
+    Parameters
+    ----------
+    volume : ndarray or memmap of real dtype
+        The whole input, as given to :func:`iter_denoise`; only the tiles' windows are read.
+    model : str, LoadedModel or torch.nn.Module
+    plan : Plan
+        The plan of the whole run.
+    tiles : sequence of Tile
+        The tiles to compute, in the order of the run.
+    stats : (float, float)
+        ``(center, scale)`` of the whole input.
+    device, precision : str
+        As resolved for the whole run (:func:`resolve_device`, :func:`resolve_precision`).
+    replace_nonfinite : bool, default=False
+        The input holds NaN/Inf voxels, which are replaced by `center` (``nonfinite="replace"``).
+
+    Returns
+    -------
+    list of (tuple of slice, ndarray of float32)
+        Each core and where it goes in the working view of ``plan.shape`` (a 2D image is seen as
+        ``(1, Y, X)``), in the input's intensity scale. A tile cut in pieces after running out of
+        memory gives one entry per piece.
+
+    Raises
+    ------
+    ValueError
+        For a data/model mismatch, a bad `stats`, `device` or `precision`, or a network output
+        that is not finite.
+    MemoryError
+        If even the smallest tile does not fit in memory.
+    """
+    vol = volume if isinstance(volume, np.ndarray) else np.asarray(volume)
+    lm = _as_model(model)
+    view = vol if plan.mode != "image" else vol[None]
+    if input_mode(vol.ndim, lm) != plan.mode or tuple(view.shape) != tuple(plan.shape):
+        raise ValueError(f"the plan is for {plan.mode} data of shape {plan.shape}, got shape {vol.shape}")
+    center, scale = (float(v) for v in stats)
+    if not (math.isfinite(center) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"stats must be a finite center and a positive scale, got {stats}")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    cores = _Cores()
+    runner = _make_runner(lm, view, cores, plan, dev, prec, center, scale, int(bool(replace_nonfinite)))
+    tiles = list(tiles)
+    done, batch = 0, plan.geometry.batch
+    while done < len(tiles):
+        chunk = tiles[done : done + batch]
+        batch = runner.run_batch(chunk)
+        done += len(chunk)
+        release_pages(vol)
+    return cores.pieces
+
+
 def iter_denoise(
     volume: np.ndarray,
     model: str | LoadedModel | torch.nn.Module = DEFAULT_MODEL,
@@ -637,16 +787,7 @@ def iter_denoise(
 
     view = vol if plan.mode != "image" else vol[None]
     out_view = out if plan.mode != "image" else out[None]
-    net = lm.module.to(dev).eval()
-    if dev.type == "cpu" and prec == "bf16":
-        memory_format = torch.channels_last_3d if plan.mode == "volume" else torch.channels_last
-    else:
-        memory_format = torch.contiguous_format
-    net = net.to(memory_format=memory_format)
-    autocast = (
-        torch.autocast(device_type=dev.type, dtype=_PRECISIONS[prec]) if _PRECISIONS[prec] is not None else _null()
-    )
-    runner = _Runner(net, view, out_view, plan, dev, autocast, memory_format, center, scale, n_bad)
+    runner = _make_runner(lm, view, out_view, plan, dev, prec, center, scale, n_bad)
     total = len(tiles)
     yield 0, total
     done, batch = 0, g.batch

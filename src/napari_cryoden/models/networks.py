@@ -63,12 +63,37 @@ def _final_activation(name: str) -> nn.Module:
 FINAL_ACTIVATIONS = {"softplus": nn.Softplus, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
 
 
+class _BatchNormAfterReLU(nn.BatchNorm3d):
+    """BatchNorm3d that, at inference, normalises in place.
+
+    Only for a batch norm whose input is a fresh tensor nobody else holds (the output of an
+    in-place ReLU after a convolution, as in :func:`_conv_block`): at inference (eval mode, no
+    autograd) it overwrites that tensor with ``x * scale + shift``, so the peak memory holds one
+    feature map where the stock module holds two. Under bf16 autocast, scale and shift are
+    rounded to bf16 (the result differs from the stock module's by about one bf16 step).
+    Training, and eval under autograd, are the stock module. Same parameters and state dict.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or torch.is_grad_enabled() or not self.track_running_stats or self.running_var is None:
+            return super().forward(x)
+        scale = torch.rsqrt(self.running_var.float() + self.eps)
+        if self.affine:
+            scale = scale * self.weight.float()
+        shift = -self.running_mean.float() * scale
+        if self.affine:
+            shift = shift + self.bias.float()
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        # in x's dtype: a float32 scale would make the kernel write a float32 temporary first
+        return torch.addcmul(shift.to(x.dtype).view(view), x, scale.to(x.dtype).view(view), out=x)
+
+
 def _conv_block(cin: int, cout: int, k: int, stride: int = 1) -> nn.Sequential:
     """Conv3d -> ReLU -> BatchNorm3d, the block of every thesis generator (appendix B)."""
     return nn.Sequential(
         nn.Conv3d(cin, cout, k, stride=stride, padding=k // 2),
         nn.ReLU(inplace=True),
-        nn.BatchNorm3d(cout),
+        _BatchNormAfterReLU(cout),
     )
 
 
@@ -77,8 +102,45 @@ def _up_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
         nn.ConvTranspose3d(cin, cout, 5, stride=2, padding=2, output_padding=1),
         nn.ReLU(inplace=True),
-        nn.BatchNorm3d(cout),
+        _BatchNormAfterReLU(cout),
     )
+
+
+def upsample_concat(low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """``cat((nearest_upsample_x2(low), skip), dim=1)`` with less memory at inference.
+
+    Under autograd this is exactly that expression. Without it (inference) the result is
+    allocated once and filled in place: the upsampled map is never a tensor of its own, so at
+    full resolution the peak holds the concatenation and the skip only, not the upsampled copy
+    as well. The values are the same, bit for bit.
+
+    Parameters
+    ----------
+    low : Tensor, shape (N, C1, D, H, W) or (N, C1, H, W)
+    skip : Tensor, shape (N, C2, 2D, 2H, 2W) or (N, C2, 2H, 2W)
+
+    Returns
+    -------
+    Tensor, shape (N, C1 + C2, 2D, 2H, 2W) (or 2D), in the memory format of `skip`.
+    """
+    if torch.is_grad_enabled() and (low.requires_grad or skip.requires_grad):
+        return torch.cat((F.interpolate(low, scale_factor=2, mode="nearest"), skip), 1)
+    if tuple(skip.shape[2:]) != tuple(2 * n for n in low.shape[2:]):
+        raise ValueError(f"skip shape {tuple(skip.shape)} is not twice low shape {tuple(low.shape)}")
+    fmt = torch.contiguous_format
+    if skip.dim() == 5 and skip.is_contiguous(memory_format=torch.channels_last_3d) and not skip.is_contiguous():
+        fmt = torch.channels_last_3d
+    elif skip.dim() == 4 and skip.is_contiguous(memory_format=torch.channels_last) and not skip.is_contiguous():
+        fmt = torch.channels_last
+    c = low.shape[1]
+    out = torch.empty((skip.shape[0], c + skip.shape[1], *skip.shape[2:]), dtype=torch.promote_types(low.dtype, skip.dtype),
+                      device=skip.device, memory_format=fmt)
+    out[:, c:] = skip
+    nd = low.dim() - 2
+    for k in range(2**nd):
+        phase = tuple(slice((k >> (nd - 1 - a)) & 1, None, 2) for a in range(nd))
+        out[(slice(None), slice(0, c), *phase)] = low
+    return out
 
 
 def _levels(make, n: int, shared: bool) -> nn.ModuleList:
@@ -201,13 +263,14 @@ class UpsampleUnet48(_Generator):
         self.output = nn.Sequential(nn.Conv3d(ch, 1, 3, padding=1), _final_activation(final_activation))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x64 = self.input(x)
-        x32 = self._pick(self.narrow, 0)(x64)
-        x16 = self._pick(self.narrow, 1)(x32)
-        out = self._pick(self.narrow, 2)(x16)
-        for i, skip in enumerate((x16, x32, x64)):
-            up = F.interpolate(out, scale_factor=2, mode="nearest")
-            out = self._pick(self.convolve, i)(torch.cat((up, skip), 1))
+        skips = [self.input(x)]
+        skips.append(self._pick(self.narrow, 0)(skips[-1]))
+        skips.append(self._pick(self.narrow, 1)(skips[-1]))
+        out = self._pick(self.narrow, 2)(skips[-1])
+        for i in range(3):
+            # nothing keeps the upsampled map or the skip alive once concatenated: at full
+            # resolution the peak of inference holds 3 maps of 48 channels instead of 5
+            out = self._pick(self.convolve, i)(upsample_concat(out, skips.pop()))
         return self.output(out)
 
 
