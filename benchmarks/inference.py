@@ -16,6 +16,12 @@ CPU, and CUDA when PyTorch sees a GPU), one subprocess per case (so memory peaks
   at the run's precision) as a fraction of the bf16 and the fp32 matmul peaks measured in the same
   process (``torch.mm`` of large square matrices, median of several).
 
+``--preview`` instead times the Denoise widget's Preview (:func:`napari_cryoden.inference.
+preview.iter_denoise_slab`: the 33 slices around the middle one of a ``--shape`` tomogram,
+held in memory as the widget holds a layer) against tiling the same slab like a volume, the
+median of ``--repeats`` runs after a warm-up, for every shipped 3D model, and compares both
+with the same slices of the full denoised tomogram.
+
 ``--huge`` instead writes a 512 x 1024 x 1024 float32 tomogram (2 GiB) in a temporary folder and
 runs ``cryoden denoise`` on it in a fresh process (the streaming path), reporting that process's
 peak RSS (``VmHWM``), its time and the output's size.
@@ -25,6 +31,11 @@ Usage::
     python benchmarks/inference.py                      # 128 x 256 x 256, 3 repeats
     python benchmarks/inference.py --shape 200 512 512  # the issue's target size
     python benchmarks/inference.py --huge [--models upsampleunet48-gan]
+    python benchmarks/inference.py --preview --shape 200 512 512 --models fast-3d
+    python benchmarks/inference.py --activations 128
+
+``--activations N`` measures the peak memory of one N³ forward pass per 3D model in a fresh
+process and prints it next to the estimate the tile plan uses.
 """
 
 from __future__ import annotations
@@ -277,6 +288,124 @@ def run_huge(args, models: list[str]) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+_ACTIVATION_CHILD = """
+import json, sys, torch
+from napari_cryoden.inference import resolve_device, resolve_precision
+from napari_cryoden.inference.engine import activation_bytes_per_voxel
+from napari_cryoden.models import load_model
+name, n = sys.argv[1], int(sys.argv[2])
+device = resolve_device("cpu"); precision = resolve_precision("auto", device)
+model = load_model(name); net = model.module.eval()
+dtype = {"bf16": torch.bfloat16}.get(precision)
+fmt = torch.channels_last_3d if dtype is not None else torch.contiguous_format
+net = net.to(memory_format=fmt)
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+def forward(side):
+    x = torch.randn(1, 1, side, side, side).contiguous(memory_format=fmt)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        return net(x)
+forward(32)  # warm-up: kernels, allocator
+estimate = activation_bytes_per_voxel(model, precision)
+base = status("VmRSS")
+forward(n)
+print(json.dumps({"model": name, "side": n, "precision": precision, "measured": (status("VmHWM") - base) / n**3,
+                  "estimate": estimate}))
+"""
+
+
+def run_activations(args, models: list[str]) -> None:
+    """Peak memory of one forward pass per input voxel, measured (``VmHWM`` of a fresh process
+    minus its RSS before) and as :func:`activation_bytes_per_voxel` estimates it."""
+    side = args.activations
+    print(f"one {side}^3 forward pass on the CPU, a fresh process per model")
+    print("| model | precision | measured peak, bytes per input voxel | estimate (probe) |")
+    print("|---|---|---|---|")
+    for name in models:
+        from napari_cryoden.models import load_model
+
+        if load_model(name).ndim != 3:
+            continue
+        proc = subprocess.run([sys.executable, "-c", _ACTIVATION_CHILD, name, str(side)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            print(f"| {name} | failed: {proc.stderr.strip().splitlines()[-1:]} | | |")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"| {name} | {r['precision']} | {r['measured']:.0f} | {r['estimate']:.0f} |", flush=True)
+
+
+def run_preview(args, models: list[str]) -> None:
+    """Time the widget's Preview (:func:`iter_denoise_slab` around the middle slice) against
+    tiling the same slab like a volume (the slab padded again by the margin, as before), and
+    check it against the same slices of the full denoised tomogram."""
+    import shutil
+
+    import mrcfile
+    import torch
+
+    from napari_cryoden.inference import denoise, iter_denoise, resolve_device, resolve_precision
+    from napari_cryoden.inference.engine import model_overlap
+    from napari_cryoden.inference.normalize import robust_stats
+    from napari_cryoden.inference.preview import PREVIEW_HALF_DEPTH, iter_denoise_slab
+    from napari_cryoden.models import load_model
+
+    folder = Path(tempfile.mkdtemp(prefix="cryoden-preview-", dir=args.tmp))
+    try:
+        src = write_synthetic(folder / "input.mrc", tuple(args.shape))
+        with mrcfile.open(src, permissive=True) as mrc:
+            volume = np.array(mrc.data, dtype=np.float32)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    device = resolve_device("auto")
+    precision = resolve_precision("auto", device)
+    centre = args.shape[0] // 2
+    opts = {"device": str(device), "precision": precision}
+    print(f"preview of {2 * PREVIEW_HALF_DEPTH + 1} slices around slice {centre} of a {tuple(args.shape)} "
+          f"synthetic float32 tomogram in memory; {device.type}, {precision}, {torch.get_num_threads()} threads; "
+          f"median of {args.repeats} after a warm-up")
+    print("| model | method | computed (tiles x core, overlap) | median s | runs | max abs difference from the full run |")
+    print("|---|---|---|---|---|---|")
+
+    def timed(make):
+        info: dict = {}
+        gen = make(info)
+        t = time.perf_counter()
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            return time.perf_counter() - t, info, stop.value
+
+    for name in models:
+        model = load_model(name)
+        if model.ndim != 3:
+            continue
+        full = denoise(volume, model, **opts)
+        z0, z1 = centre - PREVIEW_HALF_DEPTH, centre + PREVIEW_HALF_DEPTH + 1
+        m, s = model_overlap(model)[0], max(1, model.stride)
+        a, b = max(0, z0 - m) // s * s, min(args.shape[0], z1 + m)
+        stats = robust_stats(volume)
+        methods = {
+            "Preview (one Z tile, context as margin)":
+                lambda info: iter_denoise_slab(volume, model, centre, info=info, **opts),
+            "the slab tiled as a volume (padded again)":
+                lambda info: iter_denoise(volume[a:b], model, stats=stats, info=info, **opts),
+        }
+        for label, make in methods.items():
+            timed(make)  # warm-up
+            runs = [timed(make) for _ in range(args.repeats)]
+            times = [r[0] for r in runs]
+            info, value = runs[-1][1], runs[-1][2]
+            shown = value[1] if isinstance(value, tuple) else value[z0 - a : z1 - a]
+            diff = float(np.abs(shown - full[z0:z1]).max())
+            print(f"| {name} | {label} | {info['tiles']} x {'x'.join(map(str, info['tile']))}, "
+                  f"{'x'.join(map(str, info['overlap']))} | {statistics.median(times):.2f} | "
+                  f"{', '.join(f'{t:.2f}' for t in times)} | {diff:.2g} (output std {full.std():.3g}) |", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", nargs=3, type=int, default=(128, 256, 256), metavar=("Z", "Y", "X"))
@@ -284,6 +413,9 @@ def main(argv=None) -> int:
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
     parser.add_argument("--models", nargs="+", default=None, help="default: every shipped model")
     parser.add_argument("--huge", action="store_true", help="the 2 GiB streaming run instead of the table")
+    parser.add_argument("--preview", action="store_true", help="time the widget's Preview instead of the table")
+    parser.add_argument("--activations", type=int, default=None, metavar="N",
+                        help="measure the peak memory of one N^3 forward pass per model instead of the table")
     parser.add_argument("--huge-device", default=None, help="--device of the --huge run (default: auto)")
     parser.add_argument("--max-memory", type=float, default=None, metavar="GIB",
                         help="--max-memory of the --huge run (default: automatic)")
@@ -302,6 +434,12 @@ def main(argv=None) -> int:
     models = args.models or list(available_models())
     if args.huge:
         run_huge(args, models)
+        return 0
+    if args.preview:
+        run_preview(args, models)
+        return 0
+    if args.activations:
+        run_activations(args, models)
         return 0
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     cards = available_models()

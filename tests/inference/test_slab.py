@@ -50,3 +50,15 @@ def test_slab_of_a_stack_and_of_an_image(rng):
     np.testing.assert_allclose(slab[0], full[4], atol=1e-6)
     z0, image = drain(iter_denoise_slab(stack[1], model2d, 123, tile=8, **FP32))
     assert z0 == 0 and image.shape == (20, 22)
+
+
+def test_the_slab_is_one_tile_along_z_and_computes_less(full_run):
+    """One tile spans the slab along Z with its context slices as the only margin: fewer voxels
+    than tiling the slab like a volume (which pads it again), and still the full result."""
+    model, vol, full = full_run
+    info = {}
+    z0, slab = drain(iter_denoise_slab(vol, model, 32, half_depth=3, info=info, **FP32))
+    assert z0 == 29 and slab.shape == (7, 24, 24)
+    assert info["overlap"][0] == 0 and info["tiles"] == 1 and info["tile"][0] % 8 == 0
+    assert info["tile"][0] < 7 + 4 * 24  # not padded again by the margin
+    np.testing.assert_allclose(slab, full[29:36], rtol=0, atol=1e-5 * vol.std())

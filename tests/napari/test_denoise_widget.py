@@ -12,7 +12,7 @@ from napari.utils import progress
 import napari_cryoden._widgets.denoise as denoise_mod
 from napari_cryoden._sample_data import make_sample_tomogram
 from napari_cryoden._widgets.denoise import DenoiseWidget, denoise_kwargs, denoised_layer_kwargs
-from napari_cryoden.models import DEFAULT_MODEL, available_models
+from napari_cryoden.models import ARCHITECTURES, DEFAULT_MODEL, available_models
 
 pytestmark = [
     pytest.mark.qt,
@@ -217,7 +217,14 @@ def test_2d_image_gives_an_error_notification(viewer_model, qtbot, tiny_model_di
     _run_and_wait(widget, qtbot)
 
     assert len(error_notifications) == 1
-    assert "no 2D micrograph model is available yet" in error_notifications[0]
+    message = error_notifications[0]
+    assert "'tiny-test' is a 3D tomogram model and the input is a 2D image" in message
+    # The hint names the 2D models there are (a shipped one in models/, user ones), or says there is none.
+    two_d = [name for name, card in available_models().items() if ARCHITECTURES[card["architecture"]][2] == 2]
+    if two_d:
+        assert f"choose a 2D micrograph model ({', '.join(two_d)})" in message
+    else:
+        assert "no 2D micrograph model is available yet" in message
     assert [layer.name for layer in viewer.layers] == ["micrograph"]
     assert widget.run_button.enabled
 

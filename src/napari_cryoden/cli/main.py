@@ -460,16 +460,11 @@ def _run_denoise_batch(args: argparse.Namespace) -> int:
     claimed: dict[Path, Path] = {}
     for i, src in enumerate(inputs, 1):
         start = time.perf_counter()
-        dst = out_dir / _batch_output_name(src)
         try:
-            if dst in claimed:
-                raise CliError(f"its output {dst} is also the output of {claimed[dst]}; rename one")
-            claimed[dst] = src
-            if (dst.exists() or dst.is_symlink()) and not args.overwrite and not _is_input(src, dst):
-                _note(f"skipping {src}: {dst} exists (pass --overwrite to replace it)")
+            dst = _claim_output(src, out_dir, claimed, args)
+            if dst is None:
                 skipped += 1
                 continue
-            _check_output(src, dst, overwrite=args.overwrite)
             label = f"denoising {src.name}" + (f" ({i}/{len(inputs)})" if len(inputs) > 1 else "")
             result, total = _denoise_one(src, dst, model, device, precision, args, label)
         except Exception as exc:  # one line, and the next file
@@ -479,6 +474,21 @@ def _run_denoise_batch(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(_summary(result, device, precision, total, time.perf_counter() - start), flush=True)
     return _batch_summary(args, written, len(inputs) + len(unmatched), skipped, failed)
+
+
+def _claim_output(src: Path, out_dir: Path, claimed: dict[Path, Path], args: argparse.Namespace) -> Path | None:
+    """The output of batch input `src` in `out_dir`, or None when it exists and is skipped (said in
+    a note). Raises :class:`CliError` when another input claimed the same output, and what
+    :func:`_check_output` raises."""
+    dst = out_dir / _batch_output_name(src)
+    if dst in claimed:
+        raise CliError(f"its output {dst} is also the output of {claimed[dst]}; rename one")
+    claimed[dst] = src
+    if (dst.exists() or dst.is_symlink()) and not args.overwrite and not _is_input(src, dst):
+        _note(f"skipping {src}: {dst} exists (pass --overwrite to replace it)")
+        return None
+    _check_output(src, dst, overwrite=args.overwrite)
+    return dst
 
 
 def _file_failure(src: Path, exc: BaseException) -> int:
@@ -532,16 +542,11 @@ def _run_denoise_batch_cluster(args: argparse.Namespace, inputs: list[Path], n_u
     claimed: dict[Path, Path] = {}
     jobs = []
     for src in inputs:
-        dst = out_dir / _batch_output_name(src)
         try:
-            if dst in claimed:
-                raise CliError(f"its output {dst} is also the output of {claimed[dst]}; rename one")
-            claimed[dst] = src
-            if (dst.exists() or dst.is_symlink()) and not args.overwrite and not _is_input(src, dst):
-                _note(f"skipping {src}: {dst} exists (pass --overwrite to replace it)")
+            dst = _claim_output(src, out_dir, claimed, args)
+            if dst is None:
                 skipped += 1
                 continue
-            _check_output(src, dst, overwrite=args.overwrite)
         except Exception as exc:  # one line, and the next file
             failed.append(_file_failure(src, exc))
             continue

@@ -455,6 +455,7 @@ def plan_geometry(
     batch_size: int | None = None,
     memory_bytes: int | None = None,
     image_stack: bool = False,
+    whole_first_axis: bool = False,
 ) -> Plan:
     """Choose the tile geometry for data of `shape` (2D or 3D) and `model`.
 
@@ -466,6 +467,11 @@ def plan_geometry(
     in the same memory, at most :data:`MAX_BATCH`, and no more than reach :data:`BATCH_VOXELS`
     voxels per pass. A given `tile` is used as is (an axis shorter than it gets one tile
     spanning it).
+
+    `whole_first_axis` (3D models only) is for a slab read with its context slices: one tile
+    spans the first axis, with no margin along it (the slab's first and last slices are the
+    context; outputs within the margin of them are not exact), and the given or automatic
+    `tile` applies to Y and X.
 
     Raises
     ------
@@ -483,7 +489,9 @@ def plan_geometry(
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     view = shape if mode != "image" else (1, *shape)
-    if model.ndim == 3:
+    if model.ndim == 3 and whole_first_axis:
+        overlap3, stride3, fixed = (0, *margins[1:]), (s, s, s), (-(-view[0] // s) * s, None, None)
+    elif model.ndim == 3:
         overlap3, stride3, fixed = margins, (s, s, s), None
     else:  # slice by slice: the slice axis has cores of 1 and no context
         overlap3, stride3, fixed = (0, *margins), (1, s, s), (1, None, None)
@@ -492,6 +500,8 @@ def plan_geometry(
         if any(c < 1 for c in cores):
             raise ValueError(f"tile must be a positive multiple of the network stride {s}, got {tile}")
         cores3 = cores if model.ndim == 3 else (1, *cores)
+        if fixed is not None:
+            cores3 = tuple(f if f is not None else c for f, c in zip(fixed, cores3))
         geometry = Geometry(tile=cores3, overlap=overlap3, stride=stride3, batch=int(batch_size or 1))
         # checks the constraints (multiples of the stride) with messages naming the argument
         plan_tiles(view, geometry.tile, geometry.overlap, geometry.stride)
@@ -731,6 +741,7 @@ def iter_denoise(
     image_stack: bool = False,
     memory_bytes: int | None = None,
     stats: tuple[float, float] | None = None,
+    whole_first_axis: bool = False,
 ) -> Generator[tuple[int, int], None, np.ndarray]:
     """Denoise tile by tile, yielding ``(tiles_done, tiles_total)``; returns the output array.
 
@@ -738,7 +749,9 @@ def iter_denoise(
     input's shape to write into), `batch_size` (tiles per forward pass, default automatic),
     `memory_bytes` (budget of one forward pass for the automatic geometry, default a fraction
     of the free memory) and `stats` (``(center, scale)`` to normalise with instead of the
-    volume's own robust statistics, e.g. those of a whole tomogram when denoising a slab of it).
+    volume's own robust statistics, e.g. those of a whole tomogram when denoising a slab of it)
+    and `whole_first_axis` (one tile along the first axis and no margin on it: see
+    :func:`plan_geometry`).
     """
     vol = volume
     if not isinstance(vol, np.ndarray):
@@ -756,7 +769,7 @@ def iter_denoise(
     if out is not None and out.shape != vol.shape:
         raise ValueError(f"out has shape {out.shape}, expected {vol.shape}")
     plan = plan_geometry(lm, vol.shape, dev, prec, tile=tile, overlap=overlap, batch_size=batch_size,
-                         memory_bytes=memory_bytes, image_stack=image_stack)
+                         memory_bytes=memory_bytes, image_stack=image_stack, whole_first_axis=whole_first_axis)
     n_bad = count_nonfinite(vol)
     if info is not None:
         info["nonfinite"] = n_bad

@@ -1,9 +1,12 @@
 """Denoise a slab of a tomogram around one slice: a quick preview of the full result.
 
-The slab is read with the model's context on both sides (real data, not padding) and starts on
-the network's stride grid, and it is normalised with the statistics of the whole tomogram, so
-the preview equals the same slices of the full denoised tomogram (up to float rounding when the
-tile geometry differs).
+The slab is read with the model's context on both sides and starts on the network's stride grid,
+and it is normalised with the statistics of the whole tomogram. Inside the tomogram the context
+is real data; past its first or last slice it is the same reflection the full run pads with.
+One tile then spans the slab along Z with no further padding (its context slices are the
+margin), so the preview computes ``(33 + 2 * margin)`` slices for 33 shown, not ``33 + 4 *
+margin`` as tiling the slab like a volume would, and it equals the same slices of the full
+denoised tomogram (up to float rounding when the tile geometry in Y and X differs).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 from ..models.registry import LoadedModel
 from .engine import _as_model, input_mode, iter_denoise, model_overlap
 from .normalize import robust_stats
+from .tiling import reflect_indices
 
 __all__ = ["PREVIEW_HALF_DEPTH", "iter_denoise_slab", "slab_bounds"]
 
@@ -96,13 +100,22 @@ def iter_denoise_slab(
     if mode == "image":
         result = yield from iter_denoise(volume, lm, image_stack=image_stack, overlap=overlap, info=info, **kwargs)
         return 0, result
-    margin = 0
-    if mode == "volume":
-        margin = (model_overlap(lm) if overlap is None else np.broadcast_to(overlap, (3,)))[0]
-    z0, z1, a, b = slab_bounds(volume.shape[0], centre, mode=mode, half_depth=half_depth,
-                               margin=int(margin), stride=max(1, lm.stride))
     stats = robust_stats(volume)  # the whole tomogram's, as the full run uses
-    sub = volume[a:b]
+    if mode == "stack":
+        z0, z1, a, b = slab_bounds(volume.shape[0], centre, mode=mode)
+        result = yield from iter_denoise(volume[a:b], lm, image_stack=image_stack, overlap=overlap, info=info,
+                                         stats=stats, **kwargs)
+        return z0, np.ascontiguousarray(result)
+    n = volume.shape[0]
+    margin = int((model_overlap(lm) if overlap is None else np.broadcast_to(overlap, (3,)))[0])
+    z0, z1, _, _ = slab_bounds(n, centre, mode=mode, half_depth=half_depth)
+    s = max(1, lm.stride)
+    a = (z0 - margin) // s * s  # on the stride grid; below 0 inside the full run's reflected padding
+    b = z1 + margin
+    if a >= 0 and b <= n:
+        sub = volume[a:b]
+    else:  # the reflection the full run pads the tomogram with
+        sub = volume[reflect_indices(a, b - a, n)]
     result = yield from iter_denoise(sub, lm, image_stack=image_stack, overlap=overlap, info=info, stats=stats,
-                                     **kwargs)
+                                     whole_first_axis=True, **kwargs)
     return z0, np.ascontiguousarray(result[z0 - a : z1 - a])

@@ -19,9 +19,12 @@ optionally adversarial: a conditional GAN with
 voxels (`n2v_fraction`) is replaced by the value of a random other voxel of its neighbourhood
 (uniform pixel manipulation in a window of ``2 * n2v_radius + 1`` voxels per axis, the voxel
 itself excluded), and the loss is taken on those voxels only against their original values, so
-the network cannot learn the identity and learns to predict a voxel from its surroundings. This
-assumes noise independent from voxel to voxel; the noise of reconstructed tomograms is
-correlated (CTF, interpolation, back-projection), so prefer "n2n" when even/odd halves exist.
+the network cannot learn the identity and learns to predict a voxel from its surroundings. That
+assumes noise independent from voxel to voxel. The noise of a tomogram reconstructed by
+back-projection is correlated along Z and X over a few voxels, so by default (``n2v_mask=
+"auto"``) each blind spot also hides the neighbours whose noise is correlated with it, offsets
+estimated from the volume itself (:func:`noise_correlation_mask`; structured Noise2Void,
+Broaddus et al. 2020 [6]). Prefer "n2n" when even/odd halves exist (``docs/finetune.md``).
 
 Normalisation is the one of inference (:mod:`napari_cryoden.inference.normalize`): median and
 IQR / 1.349 of the whole *source* volume (the even half for "n2n", the noisy volume for
@@ -45,6 +48,8 @@ References
 .. [4] van Gijn, D. (2019). Denoising Cryo-Electron Tomograms Using Deep Learning. Master's
    thesis, Utrecht University, sections 3.7-3.8.
 .. [5] Gulrajani, I. et al. (2017). Improved Training of Wasserstein GANs. NeurIPS 30.
+.. [6] Broaddus, C. et al. (2020). Removing structured noise with self-supervised blind-spot
+   networks. ISBI, 159-163. doi:10.1109/ISBI45749.2020.9098336
 """
 
 from __future__ import annotations

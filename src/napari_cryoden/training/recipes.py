@@ -8,12 +8,32 @@ Each recipe is fixed: data, split, network, losses, steps and seed. Run one with
 It writes ``<name>.safetensors`` and the model card ``<name>.json`` (architecture, voxel size,
 normalisation, data and noise model, steps, seed, time, hardware, held-out metrics, sha256,
 licence). Training never runs in CI; tests run the same code for a handful of steps.
+
+The 2D recipe ``n2n-unet-2d`` trains the Noise2Noise U-Net (Lehtinen et al. 2018) on the even/odd
+frame sums of micrographs simulated on the fly at 5 Å/pixel (:func:`train_micrograph_n2n`) and
+scores it on a fixed held-out set of micrographs against an oracle best-σ Gaussian filter and
+BM3D (:func:`evaluate_micrographs`)::
+
+    python -m napari_cryoden.training.recipes n2n-unet-2d --maps ../shared/data/maps_5A --out models
+
+References
+----------
+.. [1] Lehtinen, J. et al. (2018). Noise2Noise: Learning image restoration without clean data.
+   ICML, PMLR 80, 2965-2974 (section 2: L2 loss against noisy targets; appendix A.1, table 2:
+   the network).
+.. [2] Tan, Z., Cui, L. & Luo, X. Denoising natural and cryo-EM images without clean data
+   (Noise2Noise on the sums of the even and the odd frames of cryo-EM movies; Adam with
+   β = (0.9, 0.99), ε = 1e-8, learning rate 0.001, section II.B).
+.. [3] Dabov, K. et al. (2007). Image denoising by sparse 3-D transform-domain collaborative
+   filtering. IEEE Trans. Image Process. 16(8), 2080-2095 (BM3D; the ``bm3d`` package of
+   Mäkinen, Azzari & Foi 2020).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -28,7 +48,10 @@ from ..simulate import load_particle_maps, thesis_pair
 from .data import MixedStream, RealisticStream, ThesisStream
 from .supervised import TrainConfig, train
 
-__all__ = ["HELD_OUT", "RECIPES", "evaluate_held_out", "run_recipe"]
+__all__ = [
+    "GAUSSIAN_SIGMAS", "HELD_OUT", "RECIPES", "evaluate_held_out", "evaluate_micrographs", "micrograph_held_out_set",
+    "run_recipe", "train_micrograph_n2n",
+]
 
 #: Proteins never used in training; the held-out test set is made from these alone.
 HELD_OUT = ("1u6g", "3h84")
@@ -68,7 +91,34 @@ RECIPES = {
                       "defocus_um": [1.5, 5.0], "dose_total": [40.0, 160.0], "tilt_range": [50.0, 65.0],
                       "max_membranes": 2},
     },
+    "n2n-unet-2d": {
+        "description": "Noise2Noise U-Net (Lehtinen et al. 2018, appendix A.1) trained on the even/odd frame sums of "
+                       "simulated micrographs, 2D micrographs at ~5 Å/pixel, the 2D default",
+        "ndim": 2,
+        "maps": "../shared/data/maps_5A",
+        "pixel_size": 5.0,
+        "architecture": "N2NUNet2D",
+        "arch_kwargs": {"ch": 48},
+        "mode": "ae",  # content loss only (SupervisedStep); the targets are noisy halves: Noise2Noise
+        "noise2noise": True,
+        "loss": "l2",
+        "patch": 128,
+        "batch_size": 8,
+        "steps": 2000,
+        "lr": 1e-3,
+        "betas": [0.9, 0.99],
+        "rampdown": 0.3,
+        "seed": 0,
+        "overlap": 128,
+        "micrographs": {"shape": [512, 512], "patches_per_micrograph": 32, "density": [0.05, 0.35],
+                        "defocus_um": [0.8, 3.0], "dose_total": [30.0, 120.0], "n_frames": 40,
+                        "ice_thickness": [300.0, 700.0]},
+        "held_out": {"n": 8, "shape": [512, 512], "seed": 24680},
+    },
 }
+
+#: Widths (pixels) searched for the oracle Gaussian baseline of :func:`evaluate_micrographs`.
+GAUSSIAN_SIGMAS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 
 
 def _hardware(device: torch.device) -> str:
@@ -163,9 +213,38 @@ def _realistic_text(r: dict) -> str:
     )
 
 
-def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: int | None = None, log=print) -> Path:
-    """Train recipe `name` on the maps in `maps_dir` and write the model into `out_dir`."""
+def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: int | None = None, log=print,
+               overrides: dict | None = None, bm3d: bool | None = None) -> Path:
+    """Train recipe `name` on the maps in `maps_dir` and write the model into `out_dir`.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`RECIPES`.
+    maps_dir, out_dir : path-like
+        Particle maps at the recipe's voxel size; output folder.
+    steps : int, optional
+        Override the recipe's steps (smoke tests).
+    log : callable
+        Called like :func:`print` with one JSON line per logged step.
+    overrides : dict, optional
+        2D recipes only: entries merged (recursively) into the recipe, e.g.
+        ``{"patch": 64, "micrographs": {"shape": [64, 64]}, "held_out": {"n": 2}}`` for smoke
+        tests; recorded in the card as ``training.overrides_not_in_command``.
+    bm3d : bool, optional
+        2D recipes only: score BM3D on the held-out set (default: when ``bm3d`` is installed).
+
+    Returns
+    -------
+    Path
+        The model card ``<out_dir>/<name>.json``.
+    """
     r = RECIPES[name]
+    if r.get("ndim", 3) == 2:
+        r = _deep_update(r, overrides or {})
+        return _run_recipe_2d(name, r, maps_dir, out_dir, steps=steps, log=log, overrides=overrides, bm3d=bm3d)
+    if overrides:
+        raise ValueError("overrides are for 2D recipes only")
     steps = r["steps"] if steps is None else steps
     maps = load_particle_maps(maps_dir)
     train_names = sorted(k for k in maps if k not in HELD_OUT)
@@ -245,14 +324,390 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
     return save_model(gen, out_dir, name, card)
 
 
+# --------------------------------------------------------------------------------------------
+# 2D: Noise2Noise on the even/odd frame sums of simulated micrographs
+
+
+def _deep_update(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _check_maps_pixel_size(folder: str | Path, expected: float) -> None:
+    """Refuse particle maps whose header voxel size is not `expected` Å (±10 %)."""
+    import mrcfile
+
+    for path in sorted(Path(folder).glob("*.mrc")):
+        with mrcfile.open(path, permissive=True, header_only=True) as mrc:
+            size = float(mrc.voxel_size.x)
+        if size > 0 and abs(size - expected) > 0.1 * expected:
+            raise ValueError(f"the particle maps in {folder} are at {size:g} Å/voxel ({path.name}); this recipe "
+                             f"simulates micrographs at {expected:g} Å/pixel: use maps at that voxel size")
+        return
+
+
+class _MicrographPairs:
+    """Endless Noise2Noise batches: patches of the even and odd frame sums of simulated micrographs.
+
+    Every `patches_per_micrograph` patches a new micrograph is simulated with
+    :func:`~napari_cryoden.simulate.simulate_micrograph`, its imaging parameters drawn from
+    `ranges` (uniform; the dose log-uniform). For each patch one half is drawn at random as the
+    input, the other is the target. Both are normalised with the robust statistics (median,
+    IQR / 1.349) of the whole *input half*, as :func:`~napari_cryoden.inference.denoise`
+    normalises the image it is given, so the network learns E[target] = the clean image in its
+    input's units. Augmentation: the same random rotation by a multiple of 90°, flip and contrast
+    sign for input and target (the 16 symmetries keep E[target | input] = clean).
+    """
+
+    def __init__(self, particles: dict[str, np.ndarray], rng: np.random.Generator, *, batch_size: int, patch: int,
+                 shape, patches_per_micrograph: int, density, defocus_um, dose_total, ice_thickness,
+                 n_frames: int, pixel_size: float):
+        shape = tuple(int(n) for n in shape)
+        if min(shape) < patch:
+            raise ValueError(f"patch {patch} does not fit in simulated micrographs of shape {shape}")
+        self.particles, self.rng = dict(particles), rng
+        self.batch_size, self.patch, self.shape = int(batch_size), int(patch), shape
+        self.per_micrograph, self.n_frames, self.pixel_size = int(patches_per_micrograph), int(n_frames), pixel_size
+        self.ranges = {"density": density, "defocus_um": defocus_um, "dose_total": dose_total,
+                       "ice_thickness": ice_thickness}
+        self.micrographs, self.simulation_seconds = 0, 0.0
+        self._halves: list[tuple[np.ndarray, float, float]] = []
+        self._left = 0
+
+    def parameters(self) -> dict:
+        """Draw the imaging parameters of the next micrograph."""
+        rng = self.rng
+        kw = {k: float(rng.uniform(*r)) for k, r in self.ranges.items() if k != "dose_total"}
+        lo, hi = np.log(self.ranges["dose_total"])
+        kw["dose_total"] = float(np.exp(rng.uniform(lo, hi)))
+        kw["seed"] = int(rng.integers(2**31))
+        return kw
+
+    def _new_micrograph(self) -> None:
+        from ..inference.normalize import robust_stats
+        from ..simulate import simulate_micrograph
+
+        t0 = time.perf_counter()
+        sim = simulate_micrograph(self.shape, pixel_size=self.pixel_size, particles=self.particles,
+                                  n_frames=self.n_frames, **self.parameters())
+        self._halves = [(h, *robust_stats(h)) for h in (sim.even, sim.odd)]
+        self._left = self.per_micrograph
+        self.micrographs += 1
+        self.simulation_seconds += time.perf_counter() - t0
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._left <= 0:
+            self._new_micrograph()
+        self._left -= 1
+        rng, p = self.rng, self.patch
+        y0, x0 = (int(rng.integers(0, n - p + 1)) for n in self.shape)
+        first = int(rng.integers(2))
+        (src, center, scale), (tgt, _, _) = self._halves[first], self._halves[1 - first]
+        x = (src[y0:y0 + p, x0:x0 + p] - np.float32(center)) / np.float32(scale)
+        y = (tgt[y0:y0 + p, x0:x0 + p] - np.float32(center)) / np.float32(scale)
+        k, flip, sign = int(rng.integers(4)), bool(rng.integers(2)), 1.0 if rng.random() < 0.5 else -1.0
+        out = []
+        for a in (x, y):
+            a = np.rot90(a, k)
+            a = a[:, ::-1] if flip else a
+            out.append(np.ascontiguousarray(sign * a, dtype=np.float32))
+        return out[0], out[1]
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self.sample() for _ in range(self.batch_size)]
+        return (torch.from_numpy(np.stack([a for a, _ in pairs])[:, None]),
+                torch.from_numpy(np.stack([b for _, b in pairs])[:, None]))
+
+
+def train_micrograph_n2n(r: dict, particles: dict[str, np.ndarray], *, steps: int | None = None,
+                         device: str = "auto", precision: str = "auto", log=print) -> dict:
+    """Train a 2D network by Noise2Noise on simulated even/odd frame sums (recipe `r`).
+
+    Input and target are the two halves of one movie, in random order (Lehtinen et al. 2018,
+    section 2: with an L2 loss the minimiser for noisy targets of zero-mean noise is the clean
+    signal; Tan et al.: the even and odd frame sums of cryo-EM movies). Adam with ``r["lr"]`` and
+    ``r["betas"]`` (ε = 1e-8), the learning rate brought smoothly (half cosine) to zero over the
+    last ``r["rampdown"]`` fraction of the steps; bf16 autocast where the CPU has native bf16.
+
+    Returns
+    -------
+    dict
+        ``module`` (trained, eval mode, CPU), ``steps``, ``seconds`` (simulation included),
+        ``simulation_seconds``, ``micrographs``, ``history`` (mean losses per logged step),
+        ``device``, ``precision``.
+    """
+    from ..inference.engine import resolve_device, resolve_precision
+    from .supervised import SupervisedStep
+
+    steps = int(r["steps"] if steps is None else steps)
+    m = r["micrographs"]
+    rng = np.random.default_rng(r["seed"])
+    stream = _MicrographPairs(particles, rng, batch_size=r["batch_size"], patch=r["patch"], shape=m["shape"],
+                              patches_per_micrograph=m["patches_per_micrograph"], density=m["density"],
+                              defocus_um=m["defocus_um"], dose_total=m["dose_total"],
+                              ice_thickness=m["ice_thickness"], n_frames=m["n_frames"], pixel_size=r["pixel_size"])
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(r["seed"])
+        net = build(r["architecture"], **r["arch_kwargs"])
+    stride = int(getattr(net, "stride", 1))
+    # channels-last bf16 backward misbehaves when the deepest feature map is 2 pixels wide (see fine_tune)
+    stepper = SupervisedStep(net, mode="ae", loss=r["loss"], lr=r["lr"], betas=tuple(r["betas"]), device=dev,
+                             precision=prec, ndim=2,
+                             channels_last=dev.type == "cpu" and prec != "fp32" and r["patch"] // stride >= 4)
+    ramp = max(1, int(round(r.get("rampdown", 0.0) * steps)))
+
+    def factor(done: int) -> float:  # multiplier of the learning rate after `done` updates
+        into = done - (steps - ramp)
+        return 1.0 if into <= 0 else 0.5 * (1.0 + math.cos(math.pi * min(into / ramp, 1.0)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(stepper.opt_g, factor)
+    history, sums, n = [], 0.0, 0
+    log_every = max(1, min(50, steps))
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        try:
+            losses = stepper(stream.batch)
+        except ValueError as exc:
+            raise ValueError(f"training stopped at step {step}: {exc}") from None
+        sched.step()
+        sums, n = sums + losses["content"], n + 1
+        if step % log_every == 0 or step == steps:
+            entry = {"step": step, "seconds": time.perf_counter() - t0, "content": sums / n,
+                     "lr": stepper.opt_g.param_groups[0]["lr"], "micrographs": stream.micrographs}
+            history.append(entry)
+            log(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in entry.items()}), flush=True)
+            sums, n = 0.0, 0
+    seconds = time.perf_counter() - t0
+    stepper.finish()
+    return {"module": stepper.generator.to("cpu").eval(), "steps": steps, "seconds": seconds,
+            "simulation_seconds": stream.simulation_seconds, "micrographs": stream.micrographs,
+            "history": history, "device": dev, "precision": prec}
+
+
+def micrograph_held_out_set(maps: dict[str, np.ndarray], *, n: int = 8, seed: int = 24680,
+                            shape: tuple[int, int] = (512, 512), pixel_size: float = 5.0):
+    """The fixed held-out set of micrographs: :data:`HELD_OUT` proteins only.
+
+    Micrograph i (of `n`): 512 x 512 pixels at 5 Å/pixel, dose 20, 30, 40, 60 e-/Å² (i mod 4) in
+    40 frames, defocus 1.0, 1.5, 2.0, 2.5 µm (i // 2 mod 4), particle area fraction 0.1, 0.2,
+    0.3 (i mod 3), ice 500 Å, seed 24680 + i; see :func:`~napari_cryoden.simulate.simulate_micrograph`.
+
+    Returns
+    -------
+    list of SimulatedMicrograph
+        With ``noisy`` (full frame sum), ``even``, ``odd`` and ``clean``.
+
+    Raises
+    ------
+    ValueError
+        If none of the held-out proteins is in `maps`.
+    """
+    from ..simulate import simulate_micrograph
+
+    parts = {k: maps[k] for k in HELD_OUT if k in maps}
+    if not parts:
+        raise ValueError(f"none of the held-out particles {HELD_OUT} is in the maps folder")
+    return [simulate_micrograph(tuple(shape), pixel_size=pixel_size, particles=parts, density=(0.1, 0.2, 0.3)[i % 3],
+                                defocus_um=(1.0, 1.5, 2.0, 2.5)[(i // 2) % 4], dose_total=(20.0, 30.0, 40.0, 60.0)[i % 4],
+                                n_frames=40, seed=seed + i)
+            for i in range(n)]
+
+
+def half_sum_noise_std(even: np.ndarray, odd: np.ndarray, n_even: int, n_odd: int) -> float:
+    """Noise standard deviation of the full frame sum, from its even and odd frame sums.
+
+    With half sums normalised per frame (``noisy = (n_even * even + n_odd * odd) / n``, as
+    :func:`~napari_cryoden.simulate.simulate_micrograph` writes them), the halves hold the same
+    signal and independent noise of variance c / n_even and c / n_odd, so
+    ``var(even - odd) = c n / (n_even n_odd)`` and the full sum's noise variance ``c / n`` is
+    ``var(even - odd) n_even n_odd / n²``: ``std(even - odd) / 2`` for equal halves.
+    """
+    n = n_even + n_odd
+    return float(np.std(np.asarray(even, np.float64) - np.asarray(odd, np.float64)) * math.sqrt(n_even * n_odd) / n)
+
+
+def evaluate_micrographs(model: LoadedModel, sims, *, precision: str = "fp32", bm3d: bool | None = None,
+                         sigmas=GAUSSIAN_SIGMAS) -> dict:
+    """Median (5th, 50th, 95th percentiles) SSIM/PSNR/MSE/NRMSE on micrographs, against baselines.
+
+    Every method denoises the full frame sum (``noisy``) and is scored against ``clean`` with
+    :func:`~napari_cryoden.metrics.image_metrics` (data range of the clean image):
+
+    - ``input``: the frame sum itself;
+    - ``gaussian``: a Gaussian filter with, per image, the width of `sigmas` (pixels) that gives
+      the highest PSNR against the clean image, an oracle no real data allows
+      (``gaussian_sigma`` lists the widths chosen);
+    - ``bm3d``: BM3D (Dabov et al. 2007; the ``bm3d`` package, profile "np") with ``sigma_psd``
+      the full sum's noise standard deviation estimated from the even/odd halves
+      (:func:`half_sum_noise_std`), not from the clean image; None when `bm3d` is False or the
+      package is missing (``bm3d_note`` says which);
+    - ``denoised``: `model` through :func:`~napari_cryoden.inference.denoise`.
+
+    ``median_psnr_gain_db`` gives the model's median PSNR minus that of each baseline.
+
+    Parameters
+    ----------
+    model : LoadedModel
+        A 2D model.
+    sims : list of SimulatedMicrograph
+        E.g. :func:`micrograph_held_out_set`.
+    precision : str, default="fp32"
+    bm3d : bool, optional
+        Run BM3D; default: when the ``bm3d`` package is installed. True with the package missing
+        raises ValueError.
+    sigmas : sequence of float
+    """
+    from scipy.ndimage import gaussian_filter
+
+    from ..inference import denoise
+
+    if bm3d is None or bm3d:
+        try:
+            import bm3d as bm3d_mod
+        except ImportError:
+            if bm3d:
+                raise ValueError("BM3D needs the bm3d package: pip install 'napari-cryoden[benchmark]'") from None
+            bm3d_mod = None
+    else:
+        bm3d_mod = None
+    rows: dict[str, list] = {"input": [], "gaussian": [], "bm3d": [], "denoised": []}
+    chosen, noise_std, seconds = [], [], {"denoised": 0.0, "bm3d": 0.0}
+    for sim in sims:
+        noisy, clean = sim.noisy, sim.clean
+        rows["input"].append(image_metrics(noisy, clean))
+        best = max(((image_metrics(gaussian_filter(noisy.astype(np.float64), s, mode="reflect"), clean), s)
+                    for s in sigmas), key=lambda ms: ms[0]["psnr"])
+        rows["gaussian"].append(best[0])
+        chosen.append(best[1])
+        if bm3d_mod is not None:
+            sd = half_sum_noise_std(sim.even, sim.odd, sim.params["n_even_frames"], sim.params["n_odd_frames"])
+            noise_std.append(sd)
+            t = time.perf_counter()
+            out = bm3d_mod.bm3d(noisy.astype(np.float64), sigma_psd=sd)
+            seconds["bm3d"] += time.perf_counter() - t
+            rows["bm3d"].append(image_metrics(out, clean))
+        t = time.perf_counter()
+        den = denoise(noisy, model, device="cpu", precision=precision)
+        seconds["denoised"] += time.perf_counter() - t
+        rows["denoised"].append(image_metrics(den, clean))
+    scores = {k: summarize(v) if v else None for k, v in rows.items()}
+    med = {k: (float(np.median([r["psnr"] for r in v])) if v else None) for k, v in rows.items()}
+    return {
+        **scores,
+        "gaussian_sigma": chosen,
+        "bm3d_sigma_psd": noise_std or None,
+        "bm3d_note": ("sigma_psd = noise std of the frame sum estimated from its even/odd halves, "
+                      "std(even - odd) sqrt(n_even n_odd) / n_frames; profile 'np'") if bm3d_mod is not None
+        else ("not run" if bm3d is False else "not run: the bm3d package is not installed"),
+        "median_psnr_gain_db": {f"vs_{k}": (med["denoised"] - med[k]) if med[k] is not None else None
+                                for k in ("input", "gaussian", "bm3d")},
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "precision": precision,
+        "n_images": len(sims),
+    }
+
+
+def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrides, bm3d) -> Path:
+    _check_maps_pixel_size(maps_dir, r["pixel_size"])
+    maps = load_particle_maps(maps_dir)
+    train_names = sorted(k for k in maps if k not in HELD_OUT)
+    if not train_names:
+        raise ValueError(f"{maps_dir} holds no particle maps outside the held-out set {HELD_OUT}")
+    res = train_micrograph_n2n(r, {k: maps[k] for k in train_names}, steps=steps, log=log)
+    net = res["module"]
+    lm = LoadedModel(name=name, module=net, card={"overlap": r["overlap"]}, stride=int(net.stride), ndim=2)
+    ho = r["held_out"]
+    t1 = time.time()
+    sims = micrograph_held_out_set(maps, n=ho["n"], seed=ho["seed"], shape=tuple(ho["shape"]), pixel_size=r["pixel_size"])
+    scores = evaluate_micrographs(lm, sims, bm3d=bm3d)
+    log(json.dumps(scores), flush=True)
+    m = r["micrographs"]
+    default_steps = RECIPES[name]["steps"]
+    maps_arg = r["maps"]
+    card = {
+        "description": r["description"],
+        "architecture": r["architecture"],
+        "arch_kwargs": r["arch_kwargs"],
+        "ndim": 2,
+        "voxel_size_A": r["pixel_size"],
+        "normalization": NORMALIZATION,
+        "overlap": r["overlap"],
+        "training": {
+            "command": f"python -m napari_cryoden.training.recipes {name} --maps {maps_arg} --out models"
+                       + (f" --steps {res['steps']}" if res["steps"] != default_steps else ""),
+            **({"overrides_not_in_command": overrides} if overrides else {}),
+            "data": (
+                f"{res['micrographs']} micrographs of {m['shape'][0]} x {m['shape'][1]} pixels at {r['pixel_size']:g} "
+                "Å/pixel simulated on the fly (napari_cryoden.simulate.simulate_micrograph) from SHREC protein maps "
+                f"at {r['pixel_size']:g} Å/voxel ({maps_arg}): {', '.join(train_names)}; projections in random orientations "
+                f"(Fourier slice), not overlapping, covering an area fraction uniform in {m['density']}, on projected "
+                f"ice fluctuations, ice thickness uniform in {m['ice_thickness']} Å; {m['patches_per_micrograph']} "
+                f"random {r['patch']}^2 patches of each"
+            ),
+            "noise_model": (
+                f"dose-fractionated movies of {m['n_frames']} frames, total dose log-uniform in {m['dose_total']} "
+                "e-/Å^2, 300 kV, Cs 2.7 mm, amplitude contrast 0.07, defocus uniform in "
+                f"{m['defocus_um']} µm (CTF), per-frame radiation damage (Grant & Grigorieff 2015), inelastic "
+                "attenuation, Poisson shot noise; the sums of the even and of the odd frames are the Noise2Noise "
+                f"pair (each carries the statistics of a full sum at half the dose, so the halves cover full sums "
+                f"of {m['dose_total'][0] / 2:g}-{m['dose_total'][1] / 2:g} e-/Å^2); augmentation: the 8 rotations/flips of the square and a random "
+                "contrast sign, the same for input and target; input and target normalised with the input half's "
+                "median and IQR/1.349"
+            ),
+            "losses": "Noise2Noise: L2 between the output for one half and the other half, which half is the "
+                      "input drawn at random per patch (Lehtinen et al. 2018, sec. 2)",
+            "optimizer": (f"Adam lr {r['lr']}, betas {tuple(r['betas'])}, eps 1e-8 (Lehtinen et al. 2018; Tan et al.), "
+                          f"half-cosine ramp-down to 0 over the last {r['rampdown']:.0%} of the steps"),
+            "batch_size": r["batch_size"],
+            "patch": r["patch"],
+            "steps": res["steps"],
+            "seed": r["seed"],
+            "precision": f"{res['precision']} autocast" if res["precision"] != "fp32" else "fp32",
+            "seconds": round(res["seconds"], 1),
+            "simulation_seconds": round(res["simulation_seconds"], 1),
+            "hardware": _hardware(res["device"]),
+            "torch": torch.__version__,
+            "final_losses": res["history"][-1] if res["history"] else {},
+        },
+        "held_out": {
+            "particles": list(HELD_OUT),
+            "set": " ".join(micrograph_held_out_set.__doc__.split("\n\n")[1].split())
+                   + (f" (here n={ho['n']}, shape {tuple(ho['shape'])}, seed {ho['seed']})"
+                      if ho != RECIPES[name]["held_out"] else ""),
+            "metrics": scores,
+            "evaluation_seconds": round(time.time() - t1, 1),
+            "command": f"python -m napari_cryoden.training.recipes {name} --evaluate-only --maps {maps_arg} --out models",
+        },
+        "deviations_from_paper": (
+            f"trained {res['steps']} steps of {r['batch_size']} patches of {r['patch']}^2 pixels to fit the CPU "
+            "budget (Lehtinen et al.: 256^2 crops, batch 4, far more iterations); on simulated micrographs instead "
+            "of recorded movies; the encoder width ch and the decoder widths follow table 2"
+        ),
+        "licence": "BSD-3-Clause (weights and code); training maps derived from PDB entries (CC0)",
+    }
+    return save_model(net, out_dir, name, card)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m napari_cryoden.training.recipes", description=__doc__.splitlines()[0])
     p.add_argument("name", choices=sorted(RECIPES))
-    p.add_argument("--maps", default="../shared/data/maps_10A", help="folder of particle maps (10 Å/voxel)")
+    p.add_argument("--maps", default=None, help="folder of particle maps at the recipe's voxel size (default: "
+                   "../shared/data/maps_10A for 3D recipes, ../shared/data/maps_5A for n2n-unet-2d)")
     p.add_argument("--out", default="models", help="output folder")
     p.add_argument("--steps", type=int, default=None, help="override the recipe's steps (smoke tests)")
     p.add_argument("--evaluate-only", action="store_true", help="re-measure the held-out scores of an existing model")
+    p.add_argument("--skip-bm3d", action="store_true",
+                   help="2D recipes: leave BM3D out of the held-out scores (otherwise the bm3d package is required)")
     a = p.parse_args(argv)
+    r = RECIPES[a.name]
+    if a.maps is None:
+        a.maps = r.get("maps", "../shared/data/maps_10A")
+    if r.get("ndim", 3) == 2:
+        return _main_2d(a)
     if a.evaluate_only:
         from ..models import load_model
 
@@ -264,6 +719,35 @@ def main(argv=None) -> int:
         print(json.dumps(scores, indent=1))
         return 0
     path = run_recipe(a.name, a.maps, a.out, steps=a.steps)
+    print(f"wrote {path}")
+    return 0
+
+
+def _main_2d(a) -> int:
+    r = RECIPES[a.name]
+    bm3d = not a.skip_bm3d
+    try:
+        _check_maps_pixel_size(a.maps, r["pixel_size"])
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if bm3d:
+        try:
+            import bm3d as _  # noqa: F401
+        except ImportError:
+            print("error: the held-out scores need the bm3d package (pip install 'napari-cryoden[benchmark]'), "
+                  "or pass --skip-bm3d", file=sys.stderr)
+            return 2
+    if a.evaluate_only:
+        from ..models import load_model
+
+        lm = load_model(Path(a.out) / f"{a.name}.json")
+        ho = r["held_out"]
+        sims = micrograph_held_out_set(load_particle_maps(a.maps), n=ho["n"], seed=ho["seed"], shape=tuple(ho["shape"]),
+                                       pixel_size=r["pixel_size"])
+        print(json.dumps(evaluate_micrographs(lm, sims, bm3d=bm3d), indent=1))
+        return 0
+    path = run_recipe(a.name, a.maps, a.out, steps=a.steps, bm3d=bm3d)
     print(f"wrote {path}")
     return 0
 

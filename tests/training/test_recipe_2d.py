@@ -1,0 +1,163 @@
+"""The 2D recipe n2n-unet-2d: training on simulated even/odd frame sums, held-out set, evaluation, card."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import napari_cryoden.simulate as simulate_pkg
+from napari_cryoden.inference import denoise
+from napari_cryoden.models import load_model
+from napari_cryoden.simulate import blob_particle
+from napari_cryoden.training import recipes
+from napari_cryoden.training.recipes import (
+    HELD_OUT, RECIPES, evaluate_micrographs, half_sum_noise_std, micrograph_held_out_set, run_recipe,
+)
+
+NAME = "n2n-unet-2d"
+TRAIN = ("aaa1", "bbb2")
+#: Smoke-test sizes: a 4-channel network, 64^2 patches of 64^2 micrographs, 2 held-out images.
+TINY = {"arch_kwargs": {"ch": 4}, "patch": 64, "batch_size": 2,
+        "micrographs": {"shape": [64, 64], "patches_per_micrograph": 2},
+        "held_out": {"n": 2, "shape": [64, 64]}}
+
+
+def _write_maps(folder, voxel_size=5.0):
+    import mrcfile
+
+    rng = np.random.default_rng(3)
+    folder.mkdir()
+    for name in (*TRAIN, *HELD_OUT):
+        with mrcfile.new(folder / f"{name}.mrc") as mrc:
+            mrc.set_data(blob_particle(rng, radius=3))
+            mrc.voxel_size = voxel_size
+    return folder
+
+
+@pytest.fixture
+def maps_dir(tmp_path):
+    return _write_maps(tmp_path / "maps")
+
+
+@pytest.fixture
+def tiny_maps(maps_dir):
+    return simulate_pkg.load_particle_maps(maps_dir)
+
+
+def _finite_percentiles(block):
+    """Each metric has finite 5th, 50th and 95th percentiles (int keys, or str keys after JSON)."""
+    rows = {k: {str(q): v for q, v in block[k].items()} for k in ("ssim", "psnr", "mse", "nrmse")}
+    return all(set(r) == {"5", "50", "95"} and all(math.isfinite(v) for v in r.values()) for r in rows.values())
+
+
+def test_recipe_trains_on_training_particles_only_and_writes_a_loadable_card(maps_dir, tmp_path, monkeypatch):
+    seen = []
+    real = simulate_pkg.simulate_micrograph
+
+    def recording(shape, **kw):
+        seen.append(sorted(kw["particles"]))
+        return real(shape, **kw)
+
+    monkeypatch.setattr(simulate_pkg, "simulate_micrograph", recording)
+    out = tmp_path / "models"
+    card_path = run_recipe(NAME, maps_dir, out, steps=3, overrides=TINY, bm3d=False, log=lambda *a, **k: None)
+
+    # 3 steps x 2 patches, 2 patches per micrograph: 3 training micrographs, then 2 held-out ones
+    assert seen == [sorted(TRAIN)] * 3 + [sorted(HELD_OUT)] * 2
+    lm = load_model(card_path)
+    assert lm.ndim == 2 and lm.stride == 32
+    card = lm.card
+    assert card["architecture"] == "N2NUNet2D" and card["arch_kwargs"] == {"ch": 4}
+    assert card["ndim"] == 2 and card["voxel_size_A"] == 5.0 and card["overlap"] == 128
+    t = card["training"]
+    assert t["steps"] == 3 and t["seed"] == 0 and t["patch"] == 64 and t["batch_size"] == 2
+    assert t["command"].startswith(f"python -m napari_cryoden.training.recipes {NAME} --maps ")
+    assert t["overrides_not_in_command"] == TINY
+    assert t["seconds"] > 0 and t["hardware"] and t["torch"]
+    assert "1u6g" not in t["data"] and "3h84" not in t["data"] and "aaa1, bbb2" in t["data"]
+    ho = card["held_out"]
+    assert ho["particles"] == list(HELD_OUT) and "--evaluate-only" in ho["command"]
+    assert ho["metrics"]["n_images"] == 2 and ho["metrics"]["bm3d"] is None
+    assert "licence" in card and "normalization" in card
+
+    image = np.random.default_rng(0).normal(size=(50, 70)).astype(np.float32)
+    den = denoise(image, lm, device="cpu", precision="fp32")
+    assert den.shape == image.shape and den.dtype == np.float32 and np.isfinite(den).all()
+
+
+def test_evaluate_only_re_measures_the_card(maps_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "models"
+    run_recipe(NAME, maps_dir, out, steps=1, overrides=TINY, bm3d=False, log=lambda *a, **k: None)
+    monkeypatch.setitem(RECIPES[NAME], "held_out", {"n": 1, "shape": [64, 64], "seed": 24680})
+    assert recipes.main([NAME, "--evaluate-only", "--maps", str(maps_dir), "--out", str(out), "--skip-bm3d"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["n_images"] == 1 and _finite_percentiles(scores["denoised"]) and scores["bm3d"] is None
+
+
+def test_maps_at_another_voxel_size_are_refused(tmp_path, capsys):
+    maps = _write_maps(tmp_path / "maps10", voxel_size=10.0)
+    with pytest.raises(ValueError, match="10 Å/voxel.*5 Å/pixel"):
+        run_recipe(NAME, maps, tmp_path / "out", steps=1, overrides=TINY, bm3d=False)
+    assert recipes.main([NAME, "--maps", str(maps), "--out", str(tmp_path / "out"), "--skip-bm3d"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the particle maps") and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_held_out_set_is_fixed_and_made_of_held_out_particles_only(tiny_maps):
+    a = micrograph_held_out_set(tiny_maps, n=2, shape=(48, 48))
+    b = micrograph_held_out_set(tiny_maps, n=2, shape=(48, 48))
+    for sa, sb in zip(a, b):
+        assert sa.params["particles"] == sorted(HELD_OUT)
+        np.testing.assert_array_equal(sa.noisy, sb.noisy)
+    assert [s.params["dose_total"] for s in a] == [20.0, 30.0]
+    with pytest.raises(ValueError, match="held-out particles"):
+        micrograph_held_out_set({k: tiny_maps[k] for k in TRAIN}, n=1, shape=(48, 48))
+
+
+def test_half_sum_noise_std_matches_the_full_sum_for_unequal_halves():
+    rng = np.random.default_rng(0)
+    clean = rng.normal(size=(256, 256))
+    n_even, n_odd, c = 3, 2, 4.0
+    even = clean + rng.normal(scale=math.sqrt(c / n_even), size=clean.shape)
+    odd = clean + rng.normal(scale=math.sqrt(c / n_odd), size=clean.shape)
+    full = (n_even * even + n_odd * odd) / (n_even + n_odd)
+    est = half_sum_noise_std(even, odd, n_even, n_odd)
+    assert est == pytest.approx(float(np.std(full - clean)), rel=0.02)
+    assert est == pytest.approx(math.sqrt(c / 5), rel=0.02)
+
+
+def test_evaluation_reports_every_method_with_finite_percentiles(tiny_maps, tiny_2d_model):
+    sims = micrograph_held_out_set(tiny_maps, n=2, shape=(48, 48))
+    scores = evaluate_micrographs(load_model(tiny_2d_model), sims, bm3d=False)
+    for key in ("input", "gaussian", "denoised"):
+        assert _finite_percentiles(scores[key])
+    assert scores["bm3d"] is None and "not run" in scores["bm3d_note"]
+    assert len(scores["gaussian_sigma"]) == 2 and scores["n_images"] == 2
+    # the oracle σ is at least as good as the smallest width searched
+    assert scores["gaussian"]["psnr"][50] > scores["input"]["psnr"][50]
+    gain = scores["median_psnr_gain_db"]
+    assert gain["vs_bm3d"] is None
+    assert gain["vs_gaussian"] == pytest.approx(scores["denoised"]["psnr"][50] - scores["gaussian"]["psnr"][50])
+
+
+def test_bm3d_row_uses_the_even_odd_noise_estimate(tiny_maps, tiny_2d_model):
+    pytest.importorskip("bm3d")
+    sims = micrograph_held_out_set(tiny_maps, n=1, shape=(48, 48))
+    scores = evaluate_micrographs(load_model(tiny_2d_model), sims, bm3d=True)
+    assert _finite_percentiles(scores["bm3d"])
+    true_std = float(np.std(sims[0].noisy - sims[0].clean))
+    assert scores["bm3d_sigma_psd"][0] == pytest.approx(true_std, rel=0.1)
+    assert scores["bm3d"]["psnr"][50] > scores["input"]["psnr"][50]
+
+
+def test_main_asks_for_bm3d_or_skip_bm3d(maps_dir, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bm3d", None)  # import bm3d raises ImportError
+    assert recipes.main([NAME, "--maps", str(maps_dir), "--out", str(tmp_path / "o")]) == 2
+    assert "--skip-bm3d" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
