@@ -182,7 +182,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[Any], Any], str | None, str]] = {
                      "N2NUNet2D for micrographs, ...; default for 2D data: N2NUNet2D)"),
     "arch_kwargs": ("--arch-kwargs", _arch_kwargs, "JSON",
                     "keyword arguments of --architecture as a JSON object, e.g. '{\"ch\": 16}'"),
-    "loss": ("--loss", _choice(("l1", "l2")), "{l1,l2}", "content loss (default: l2)"),
+    "loss": ("--loss", _choice(("l1", "l2", "graylevel")), "{l1,l2,graylevel}", "content loss (default: l2)"),
     "adversarial": ("--adversarial", _choice(("none", "gan", "wgangp")), "{none,gan,wgangp}",
                     "supervised only: add a GAN or WGAN-GP loss (default: none)"),
     "patch": ("--patch", _int(1), "N", "edge of the cubic (square for 2D) training patches, a multiple of the "

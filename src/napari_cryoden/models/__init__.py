@@ -1,14 +1,14 @@
 """Networks of van Gijn (2019) and the model registry (no Qt)."""
 
 from .fast import FastUNet3D
-from .networks import N2NUNet2D, Pix2PixDiscriminator, SimpleAutoEncoder, SimpleDiscriminator, Unet48, UpsampleUnet48
+from .networks import Critic2D, N2NUNet2D, Pix2PixDiscriminator, SimpleAutoEncoder, SimpleDiscriminator, Unet48, UpsampleUnet48
 from .registry import (
     ARCHITECTURES, DEFAULT_MODEL, NORMALIZATION, LoadedModel, ModelError, available_models, build,
     builtin_model_dir, load_model, model_card, save_model, user_model_dir,
 )
 
 __all__ = [
-    "ARCHITECTURES", "DEFAULT_MODEL", "NORMALIZATION", "FastUNet3D", "LoadedModel", "ModelError", "N2NUNet2D",
+    "ARCHITECTURES", "Critic2D", "DEFAULT_MODEL", "NORMALIZATION", "FastUNet3D", "LoadedModel", "ModelError", "N2NUNet2D",
     "Pix2PixDiscriminator",
     "SimpleAutoEncoder", "SimpleDiscriminator", "Unet48", "UpsampleUnet48", "available_models", "build",
     "builtin_model_dir", "load_model", "model_card", "save_model", "user_model_dir",

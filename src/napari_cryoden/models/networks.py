@@ -32,6 +32,9 @@ References
 .. [3] Gulrajani, I. et al. (2017). Improved Training of Wasserstein GANs. NeurIPS 30.
 .. [4] Lehtinen, J. et al. (2018). Noise2Noise: Learning image restoration without clean data.
    ICML, PMLR 80, 2965-2974, appendix A.1 (network architecture, table 2).
+.. [5] Ouyang, J., He, Y., Tang, H. & Fu, Z. (2020). Research on denoising of cryo-em images
+   based on deep learning (received 15 May 2020), section 3.1 (the 2D WGAN critic,
+   :class:`Critic2D`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ __all__ = [
     "SimpleDiscriminator",
     "Pix2PixDiscriminator",
     "N2NUNet2D",
+    "Critic2D",
     "FINAL_ACTIVATIONS",
 ]
 
@@ -418,3 +422,65 @@ class N2NUNet2D(nn.Module):
         out = F.interpolate(out, scale_factor=2, mode="nearest")
         out = torch.cat((out, skips.pop()), 1)
         return self.dec_conv1c(self.dec_conv1b(self.dec_conv1a(out)))
+
+
+class Critic2D(nn.Module):
+    """2D conditional Wasserstein critic for micrographs (Ouyang et al. 2020, section 3.1).
+
+    Section 3.1 of the paper describes the discriminator as "a convolutional neural network with
+    a similar structure to the generator", with 4x4 convolutions of stride 2 (against
+    checkerboard artefacts), residual learning, no final sigmoid (WGAN), taking a grayscale image
+    and returning "a result vector". It gives no layer counts or widths; chosen here: `depth`
+    stride-2 4x4 convolutions (LeakyReLU 0.2; channels ``base``, ``2 base``, ... at most
+    ``8 base``, as the pix2pix PatchGAN), each followed by a residual block of two 3x3
+    convolutions (``x + conv(lrelu(conv(x)))``, then LeakyReLU), and a 3x3 convolution to one
+    channel: one unbounded score per patch of the input, averaged per sample by the trainer.
+    No normalisation layers: the WGAN-GP gradient penalty is per sample (Gulrajani et al. 2017,
+    section 4).
+
+    The paper's critic sees the candidate only (its eq. 6, ``D(x)`` and ``D(G(y))``); like the
+    other discriminators here it is conditional by default (pix2pix, which the paper builds on):
+    the noisy image and the candidate enter as two channels. ``conditional=False`` ignores the
+    noisy image, as in the paper.
+
+    Parameters
+    ----------
+    base : int, default=64
+        Channels of the first block.
+    depth : int, default=4
+        Stride-2 blocks; the input's Y and X must be at least ``2**depth``.
+    conditional : bool, default=True
+
+    Notes
+    -----
+    Called as ``critic(noisy, candidate)`` with two ``(N, 1, Y, X)`` float tensors; returns
+    scores of shape ``(N, 1, Y / 2**depth, X / 2**depth)`` (rounded down).
+
+    Raises
+    ------
+    ValueError
+        For a `base` or `depth` that is not a positive integer.
+    """
+
+    def __init__(self, base: int = 64, *, depth: int = 4, conditional: bool = True):
+        super().__init__()
+        for name, v in (("base", base), ("depth", depth)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.conditional = bool(conditional)
+        chans = [2 if conditional else 1] + [base * 2 ** min(i, 3) for i in range(depth)]
+        self.down = nn.ModuleList(
+            nn.Conv2d(cin, cout, 4, stride=2, padding=1) for cin, cout in zip(chans[:-1], chans[1:])
+        )
+        self.res = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(c, c, 3, padding=1))
+            for c in chans[1:]
+        )
+        self.head = nn.Conv2d(chans[-1], 1, 3, padding=1)
+
+    def forward(self, noisy: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        x = torch.cat((noisy, candidate), 1) if self.conditional else candidate
+        for down, res in zip(self.down, self.res):
+            x = F.leaky_relu(down(x), 0.2)
+            x = F.leaky_relu(x + res(x), 0.2)
+        return self.head(x)

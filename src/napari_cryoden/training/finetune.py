@@ -77,7 +77,7 @@ from ..models.registry import (
     ARCHITECTURES, NORMALIZATION, LoadedModel, build, builtin_model_dir, load_model, model_card, save_model,
     user_model_dir,
 )
-from .supervised import SupervisedStep, content_loss
+from .supervised import LOSSES, SupervisedStep, content_loss
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -118,12 +118,18 @@ class FineTuneConfig:
     mode : {"n2n", "supervised", "n2v"}, default="n2n"
         "n2n": source = even half, target = odd half (swapped at random); "supervised": source =
         noisy, target = clean; "n2v": source only, target None.
-    loss : {"l1", "l2"}, default="l2"
+    loss : {"l1", "l2", "graylevel"}, default="l2"
+        Content loss. "graylevel" is the gray-level constraint of Ouyang et al. (2020, eq. 8):
+        the squared error summed per patch, averaged over the batch (see
+        :func:`~napari_cryoden.training.supervised.content_loss`); validation then reports the
+        mean squared error.
     adversarial : {"none", "gan", "wgangp"}, default="none"
-        Supervised mode only; 3D models only. "gan" needs a patch that is a multiple of 16 and
+        Supervised mode only. "gan" (3D models only) needs a patch that is a multiple of 16 and
         at least 32 (SimpleDiscriminator), "wgangp" a patch of at least 16 (Pix2PixDiscriminator
-        without normalisation as critic). The discriminator starts from random weights (none is
-        shipped with the models).
+        without normalisation as critic for 3D models, :class:`~napari_cryoden.models.Critic2D`
+        for 2D ones: the 2D WGAN of Ouyang et al. 2020, who use ``loss="graylevel"`` with
+        ``l1_weight=0.1``). The discriminator starts from random weights (none is shipped with
+        the models).
     patch : int, default=48
         Edge of the cubic (3D models) or square (2D models) training patches, in voxels; a
         multiple of the network stride (8 for UpsampleUnet48, 32 for N2NUNet2D).
@@ -184,7 +190,8 @@ class FineTuneConfig:
     gp_weight : float, default=10.0
         WGAN-GP gradient-penalty weight λ.
     disc_base : int, default=64
-        Channels of the first block of the WGAN-GP critic (Pix2PixDiscriminator).
+        Channels of the first block of the WGAN-GP critic (Pix2PixDiscriminator, or Critic2D
+        for 2D models).
     """
 
     mode: str = "n2n"
@@ -400,8 +407,8 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
         raise TypeError(f"config must be a FineTuneConfig, got {type(c).__name__}")
     if c.mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {c.mode!r}")
-    if c.loss not in ("l1", "l2"):
-        raise ValueError(f"loss must be 'l1' or 'l2', got {c.loss!r}")
+    if c.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {c.loss!r}")
     if c.adversarial not in ADVERSARIAL:
         raise ValueError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, got {c.adversarial!r}")
     if c.adversarial != "none" and c.mode != "supervised":
@@ -453,8 +460,9 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
         kind = {2: "2D (micrograph)", 3: "3D (tomogram)"}
         raise ValueError(f"{net.architecture} is a {kind[net.ndim]} network and the data is "
                          f"{kind.get(source.ndim, f'{source.ndim}D')}, shape {shape}")
-    if c.adversarial != "none" and net.ndim != 3:
-        raise ValueError("adversarial training needs a 3D network (the discriminators are 3D)")
+    if c.adversarial == "gan" and net.ndim != 3:
+        raise ValueError("GAN training needs a 3D network (SimpleDiscriminator is 3D); use adversarial 'wgangp' "
+                         "for 2D networks")
     p = int(c.patch)
     if p % net.stride:
         lo, hi = max(net.stride, p // net.stride * net.stride), -(-p // net.stride) * net.stride
@@ -948,6 +956,8 @@ def fine_tune(
         disc = None
         if config.adversarial == "gan":
             disc = networks.SimpleDiscriminator(int(config.patch))
+        elif config.adversarial == "wgangp" and net.ndim == 2:
+            disc = networks.Critic2D(base=int(config.disc_base))
         elif config.adversarial == "wgangp":
             disc = networks.Pix2PixDiscriminator(norm=None, base=int(config.disc_base))
     betas = config.betas or {"none": (0.9, 0.999), "gan": (0.5, 0.999), "wgangp": (0.0, 0.9)}[config.adversarial]
@@ -963,7 +973,8 @@ def fine_tune(
     g = stepper.generator
     patches = _Patches(source, target, config, plan)
     val_batches = patches.validation()
-    content = content_loss(config.loss)
+    # validation loss per voxel: the gray-level constraint is the L2 loss summed per patch
+    content = content_loss("l2" if config.loss == "graylevel" else config.loss)
     rng = np.random.default_rng(int(config.seed))
 
     def autocast():

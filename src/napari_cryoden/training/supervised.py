@@ -12,6 +12,12 @@ without batch normalisation (:class:`~napari_cryoden.models.Pix2PixDiscriminator
 real and generated volumes (Gulrajani et al. 2017, algorithm 1): `n_critic` critic updates per
 generator update, penalty weight λ = 10, Adam with lr 1e-4 and betas (0, 0.9).
 
+The gray-level constraint of Ouyang et al. (2020, section 3.1, eqs. 5 and 8) is the content loss
+``"graylevel"``: the squared error summed over the pixels (voxels) of each image and averaged over
+the batch, weighted by ``l1_weight`` (λ = 0.1 in the paper) next to the Wasserstein term of their
+2D WGAN. Their critic was clipped to [-0.001, 0.001] (WGAN, Arjovsky et al. 2017) rather than
+penalised: ``weight_clip=0.001, gp_weight=0`` gives that; the gradient penalty stays the default.
+
 :class:`SupervisedStep` does one generator update (with the discriminator or critic updates that
 precede it); :func:`train` loops it over a stream of batches, and
 :func:`napari_cryoden.training.finetune.fine_tune` uses it on patches of the user's data.
@@ -25,6 +31,10 @@ References
    networks. CVPR, 1125-1134. doi:10.1109/CVPR.2017.632
 .. [3] Gulrajani, I. et al. (2017). Improved Training of Wasserstein GANs. NeurIPS 30,
    5767-5777, algorithm 1 and section 4.
+.. [4] Ouyang, J., He, Y., Tang, H. & Fu, Z. (2020). Research on denoising of cryo-em images
+   based on deep learning (received 15 May 2020), section 3.1, eqs. 5, 6 and 8.
+.. [5] Arjovsky, M., Chintala, S. & Bottou, L. (2017). Wasserstein generative adversarial
+   networks. ICML, PMLR 70, 214-223, algorithm 1 (weight clipping).
 """
 
 from __future__ import annotations
@@ -40,10 +50,12 @@ from torch.nn import functional as F
 
 from ..inference.engine import resolve_device, resolve_precision
 
-__all__ = ["MODES", "SupervisedStep", "TrainConfig", "TrainResult", "content_loss", "train"]
+__all__ = ["LOSSES", "MODES", "SupervisedStep", "TrainConfig", "TrainResult", "content_loss", "train"]
 
 #: Training modes of :func:`train` / :class:`SupervisedStep`.
 MODES = ("ae", "gan", "wgangp")
+#: Content losses of :func:`content_loss`.
+LOSSES = ("l1", "l2", "graylevel")
 
 #: Adam (lr, betas) per mode when not set: GAN recommendations (Chintala et al. 2016) for "ae" and
 #: "gan", the WGAN-GP paper's (Gulrajani et al. 2017, algorithm 1) for "wgangp".
@@ -62,8 +74,8 @@ class TrainConfig:
         "ae": content loss only; "gan": adversarial loss plus `l1_weight` x content loss;
         "wgangp": Wasserstein critic loss with gradient penalty, generator loss
         ``-critic + l1_weight x content``.
-    loss : {"l1", "l2"}
-        Content loss.
+    loss : {"l1", "l2", "graylevel"}
+        Content loss (see :func:`content_loss`).
     lr, lr_d : float, optional
         Adam learning rates of the generator and the discriminator/critic. Default: 2e-4 for
         "ae" and "gan", 1e-4 for "wgangp" (Gulrajani et al. 2017, algorithm 1).
@@ -76,6 +88,9 @@ class TrainConfig:
         Critic updates per generator update in "wgangp" mode (5 in the paper).
     gp_weight : float
         Weight λ of the gradient penalty in "wgangp" mode (10 in the paper).
+    weight_clip : float, optional
+        In "wgangp" mode, clip every critic parameter to ``[-weight_clip, weight_clip]`` after
+        each critic update (WGAN, Arjovsky et al. 2017; 0.001 in Ouyang et al. 2020).
     device, precision : str
         As in :func:`napari_cryoden.denoise`; bf16 autocast on CPUs with native bf16.
     seed : int
@@ -96,6 +111,7 @@ class TrainConfig:
     n_critic: int = 5
     gp_weight: float = 10.0
     betas: tuple[float, float] | None = None
+    weight_clip: float | None = None
 
 
 @dataclass
@@ -109,19 +125,38 @@ class TrainResult:
 
 
 def content_loss(kind: str) -> Callable[..., torch.Tensor]:
-    """The content loss ``f(pred, target, mask=None)``: mean L1 or L2 error, over `mask` if given.
+    """The content loss ``f(pred, target, mask=None)``.
+
+    Parameters
+    ----------
+    kind : {"l1", "l2", "graylevel"}
+        "l1", "l2": mean absolute or squared error, over the non-zero voxels of `mask` if given.
+        "graylevel": the gray-level constraint of Ouyang et al. (2020, section 3.1, eq. 8),
+        ``(1/N) Σ_n Σ_{pixels} (target - pred)^2``: the squared error summed over the pixels (or
+        voxels) of each of the N samples, averaged over the batch (only the voxels of `mask`
+        count when given). It is the L2 loss times the pixels per sample, so its weight in the
+        generator loss depends on the patch size (the paper: λ = 0.1 on 256x256 images).
+
+    Returns
+    -------
+    callable(pred, target, mask=None) -> scalar tensor (float32)
+        `pred` and `target` of shape (N, C, ...) alike; `mask` broadcastable to them.
 
     Raises
     ------
     ValueError
-        If `kind` is not "l1" or "l2".
+        If `kind` is not one of :data:`LOSSES`.
     """
-    if kind not in ("l1", "l2"):
-        raise ValueError(f"loss must be 'l1' or 'l2', got {kind!r}")
+    if kind not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {kind!r}")
 
     def loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         diff = pred.float() - target.float()
         err = diff.abs() if kind == "l1" else diff * diff
+        if kind == "graylevel":
+            if mask is not None:
+                err = err * mask
+            return err.flatten(1).sum(1).mean()
         if mask is None:
             return err.mean()
         return (err * mask).sum() / mask.sum().clamp_min(1)
@@ -146,8 +181,8 @@ class SupervisedStep:
         Maps (N, 1, Z, Y, X) (or (N, 1, Y, X) with ``ndim=2``) noisy patches to denoised ones;
         moved to the device and trained in place.
     mode : {"ae", "gan", "wgangp"}
-    loss : {"l1", "l2"}
-        Content loss.
+    loss : {"l1", "l2", "graylevel"}
+        Content loss (see :func:`content_loss`).
     discriminator : torch.nn.Module, optional
         Required for "gan" and "wgangp"; called as ``discriminator(noisy, candidate)``, returns
         logits (GAN) or critic scores (WGAN-GP, averaged per sample). A WGAN-GP critic must not
@@ -157,6 +192,10 @@ class SupervisedStep:
         See :class:`TrainConfig` for the defaults per mode.
     l1_weight, n_critic, gp_weight : float, int, float
         See :class:`TrainConfig`.
+    weight_clip : float, optional
+        "wgangp" mode: clip the critic's parameters to ``[-weight_clip, weight_clip]`` after every
+        critic update (WGAN weight clipping, Arjovsky et al. 2017, algorithm 1; Ouyang et al.
+        2020, section 3.1, use 0.001). Combine with ``gp_weight=0`` for the original WGAN.
     device : torch.device
     precision : {"fp32", "bf16", "fp16"}
         Resolved precision (see :func:`~napari_cryoden.inference.resolve_precision`). The
@@ -189,7 +228,8 @@ class SupervisedStep:
     ------
     ValueError
         For an unknown mode or loss, a missing discriminator, a WGAN-GP critic with batch
-        normalisation, or (when called) a non-finite loss.
+        normalisation, a `weight_clip` that is not a positive number, or (when called) a
+        non-finite loss.
     """
 
     def __init__(
@@ -205,6 +245,7 @@ class SupervisedStep:
         l1_weight: float = 100.0,
         n_critic: int = 5,
         gp_weight: float = 10.0,
+        weight_clip: float | None = None,
         device: torch.device | str = "cpu",
         precision: str = "fp32",
         ndim: int = 3,
@@ -223,6 +264,9 @@ class SupervisedStep:
             )
         if mode == "wgangp" and (not isinstance(n_critic, int) or n_critic < 1):
             raise ValueError(f"n_critic must be a positive integer, got {n_critic!r}")
+        if weight_clip is not None and not (isinstance(weight_clip, (int, float)) and 0 < weight_clip < math.inf):
+            raise ValueError(f"weight_clip must be a positive number, got {weight_clip!r}")
+        self.weight_clip = None if weight_clip is None else float(weight_clip)
         self.mode, self.content = mode, content_loss(loss)
         self.l1_weight, self.n_critic, self.gp_weight = float(l1_weight), int(n_critic), float(gp_weight)
         self.dev = torch.device(device)
@@ -336,6 +380,10 @@ class SupervisedStep:
                 gp = self.gradient_penalty(x, y, fake)
                 loss_d = fake_score - real_score + self.gp_weight * gp
                 self._step_opt(loss_d, self.opt_d)
+                if self.weight_clip is not None:  # WGAN (Arjovsky et al. 2017, algorithm 1, line 7)
+                    with torch.no_grad():
+                        for p in self.discriminator.parameters():
+                            p.clamp_(-self.weight_clip, self.weight_clip)
                 values = {"d": loss_d.item(), "gp": gp.item(), "wdist": (real_score - fake_score).item()}
                 if not _finite(values):
                     raise ValueError(f"critic loss is not finite ({values}); check the data for NaN/Inf")
@@ -413,7 +461,7 @@ def train(
     stepper = SupervisedStep(
         generator, mode=config.mode, loss=config.loss, discriminator=discriminator, lr=config.lr,
         lr_d=config.lr_d, betas=config.betas, l1_weight=config.l1_weight, n_critic=config.n_critic,
-        gp_weight=config.gp_weight, device=dev, precision=prec,
+        gp_weight=config.gp_weight, weight_clip=config.weight_clip, device=dev, precision=prec,
     )
     result = TrainResult()
     sums: dict[str, float] = {}
