@@ -41,10 +41,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from ..io.atomic import atomic_path, remove_stale_parts, same_file
+from ..io.atomic import remove_stale_parts
 from ..io.mrc import DEFAULT_MMAP_THRESHOLD
 from ..models.registry import DEFAULT_MODEL
-from .stream import FileResult, header_stats, is_image_stack_path
+from .stream import FileResult, check_output, is_image_stack_path, streams, write_denoised
 from .tiling import release_pages
 
 __all__ = [
@@ -68,7 +68,6 @@ CANCEL_POLL_S = 0.5
 CANCEL_WAIT_S = 10.0
 
 _ADDRESS = re.compile(r"^([a-z][a-z0-9+.-]*://\S+|[A-Za-z0-9_.-]+:\d+)$")
-_COMPRESSED = (".gz", ".bz2")
 
 
 def require_distributed():
@@ -395,34 +394,17 @@ def _plan_task(path: str, model, options: dict, share: int) -> dict:
     """Worker side of :func:`iter_split_denoise_file`: what :func:`iter_denoise` decides before
     its first tile (checks, plan, NaN/Inf count, normalisation statistics), for the whole file."""
     from .. import io
-    from .engine import NONFINITE_CHOICES, count_nonfinite, plan_geometry, resolve_device, resolve_precision
-    from .normalize import robust_stats
+    from .engine import _as_model, prepare_run, resolve_device
 
     volume = io.read_mrc(path, mmap_threshold=options["mmap_threshold"])  # as the single-file path reads it
     data = volume.data
-    if not (np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_) or np.iscomplexobj(data):
-        raise ValueError(f"volume must hold real numbers, got dtype {data.dtype}")
-    if min(data.shape) < 1:
-        raise ValueError(f"volume is empty: shape {data.shape}")
-    nonfinite = options["nonfinite"]
-    if nonfinite not in NONFINITE_CHOICES:
-        raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_CHOICES)}, got {nonfinite!r}")
-    dev = resolve_device(options["device"])
-    prec = resolve_precision(options["precision"], dev)
     memory_bytes = options["memory_bytes"]
     if memory_bytes is None and options["tile"] is None:
-        memory_bytes = _memory_share(str(dev), share)
-    plan = plan_geometry(model, data.shape, dev, prec, tile=options["tile"], overlap=options["overlap"],
-                         batch_size=options["batch_size"], memory_bytes=memory_bytes,
-                         image_stack=options["image_stack"])
-    n_bad = count_nonfinite(data)
-    if n_bad and nonfinite == "refuse":
-        raise ValueError(
-            f"the input holds {n_bad} NaN/Inf voxels; fix the data or let them be replaced by the median "
-            "(nonfinite='replace')"
-        )
-    center, scale = robust_stats(data)
-    release_pages(data)
+        memory_bytes = _memory_share(str(resolve_device(options["device"])), share)
+    run = prepare_run(data, _as_model(model), tile=options["tile"], overlap=options["overlap"],
+                      device=options["device"], precision=options["precision"], batch_size=options["batch_size"],
+                      nonfinite=options["nonfinite"], image_stack=options["image_stack"], memory_bytes=memory_bytes)
+    plan, dev, prec, n_bad, center, scale = run.plan, run.device, run.precision, run.n_bad, run.center, run.scale
     return dict(plan=plan, stats=(center, scale), nonfinite=n_bad, device=str(dev), precision=prec,
                 shape=tuple(data.shape), voxel_size=tuple(volume.voxel_size),
                 voxel_size_known=volume.metadata.get("voxel_size_known", True))
@@ -491,14 +473,10 @@ def iter_split_denoise_file(
     """
     start = time.perf_counter()
     distributed = require_distributed()
-    from .. import io
     from .tiling import plan_tiles
 
     src, dst = Path(input_path), Path(output_path)
-    if dst.exists() and same_file(src, dst):
-        raise ValueError(f"{dst}: refusing to write the output over the input file")
-    if (dst.exists() or dst.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{dst}: exists; pass overwrite to replace it")
+    check_output(src, dst, overwrite=overwrite)
     lm, model_ref = _scatter_model(client, model)
     share, threads = _cluster_shape(client)
     stack = is_image_stack_path(src) if image_stack is None else bool(image_stack)
@@ -512,8 +490,7 @@ def iter_split_denoise_file(
     plan, (center, scale), n_bad = made["plan"], made["stats"], made["nonfinite"]
     shape, g = made["shape"], made["plan"].geometry
     tiles = plan_tiles(plan.shape, g.tile, g.overlap, g.stride)
-    compressed = any(s.lower() in _COMPRESSED for s in dst.suffixes[-1:])
-    streamed = not compressed and math.prod(shape) * 4 >= mmap_threshold
+    streamed = streams(dst, math.prod(shape), mmap_threshold)
     info = {} if info is None else info
     info.update(voxel_size=made["voxel_size"], voxel_size_known=made["voxel_size_known"], shape=shape,
                 streamed=streamed, model=lm.name, nonfinite=n_bad, nonfinite_action=nonfinite if n_bad else None)
@@ -527,7 +504,9 @@ def iter_split_denoise_file(
     groups = _task_groups(len(tiles), g.batch, threads * max(1, int(tasks_per_thread)),
                           max(1, MAX_TASK_BYTES // max(1, core_bytes)))
 
-    def gather(out: np.ndarray) -> Generator[tuple[int, int], None, None]:
+    def gather(out: np.ndarray | None) -> Generator[tuple[int, int], None, np.ndarray]:
+        if out is None:
+            out = np.empty(shape, dtype=np.float32)
         out_view = out if plan.mode != "image" else out[None]
         pending = {}
         for group in groups:
@@ -547,27 +526,10 @@ def iter_split_denoise_file(
         finally:
             if pending:
                 client.cancel(list(pending))
+        return out
 
-    if not streamed:
-        out = np.empty(shape, dtype=np.float32)
-        yield from gather(out)
-        io.write_mrc(dst, out, made["voxel_size"], overwrite=overwrite, protect=(src,), label=label)
-    else:
-        import mrcfile
-
-        with atomic_path(dst, overwrite=overwrite) as tmp:
-            mrc = mrcfile.new_mmap(tmp, shape=shape, mrc_mode=2, overwrite=True)
-            try:
-                yield from gather(mrc.data)
-                vs = np.broadcast_to(np.asarray(made["voxel_size"], dtype=float), (len(shape),)).tolist()
-                vs_zyx = ([vs[0]] if len(shape) == 2 else []) + vs  # 2D: z = y, as write_mrc
-                mrc.voxel_size = (vs_zyx[2], vs_zyx[1], vs_zyx[0])
-                mrc.add_label(label[:80])
-                h = mrc.header
-                h.dmin, h.dmax, h.dmean, h.rms = header_stats(mrc.data)
-                mrc.flush()
-            finally:
-                mrc.close()
+    yield from write_denoised(src, dst, shape, made["voxel_size"], label, gather, overwrite=overwrite,
+                              streamed=streamed)
     return FileResult(
         output=dst, shape=shape, voxel_size=made["voxel_size"], model=lm.name, tiles=len(tiles), streamed=streamed,
         seconds=time.perf_counter() - start, info=info,

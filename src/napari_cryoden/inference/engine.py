@@ -726,6 +726,76 @@ def denoise_tiles(
     return cores.pieces
 
 
+@dataclass(frozen=True)
+class RunSetup:
+    """What :func:`prepare_run` decided before the first tile of a run."""
+
+    plan: Plan
+    device: torch.device
+    precision: str
+    n_bad: int
+    center: float
+    scale: float
+
+
+def prepare_run(
+    vol: np.ndarray,
+    lm: LoadedModel,
+    *,
+    tile=None,
+    overlap=None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int | None = None,
+    nonfinite: str = "replace",
+    image_stack: bool = False,
+    memory_bytes: int | None = None,
+    stats: tuple[float, float] | None = None,
+    whole_first_axis: bool = False,
+    info: dict | None = None,
+) -> RunSetup:
+    """The checks and decisions of a run before its first tile, shared by :func:`iter_denoise`
+    and the cluster's planning task: the input must be real and non-empty data the model takes,
+    the device and precision are resolved, the tile plan is made (:func:`plan_geometry`), the
+    NaN/Inf voxels are counted (and refused when `nonfinite` is "refuse") and the normalisation
+    statistics are taken (the volume's robust statistics unless `stats` is given). `info` gets
+    ``nonfinite`` and ``nonfinite_action``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`iter_denoise`.
+    """
+    if not (np.issubdtype(vol.dtype, np.number) or vol.dtype == np.bool_) or np.iscomplexobj(vol):
+        raise ValueError(f"volume must hold real numbers, got dtype {vol.dtype}")
+    input_mode(vol.ndim, lm, image_stack=image_stack)
+    if min(vol.shape) < 1:
+        raise ValueError(f"volume is empty: shape {vol.shape}")
+    if nonfinite not in NONFINITE_CHOICES:
+        raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_CHOICES)}, got {nonfinite!r}")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    plan = plan_geometry(lm, vol.shape, dev, prec, tile=tile, overlap=overlap, batch_size=batch_size,
+                         memory_bytes=memory_bytes, image_stack=image_stack, whole_first_axis=whole_first_axis)
+    n_bad = count_nonfinite(vol)
+    if info is not None:
+        info["nonfinite"] = n_bad
+        info["nonfinite_action"] = nonfinite if n_bad else None
+    if n_bad and nonfinite == "refuse":
+        raise ValueError(
+            f"the input holds {n_bad} NaN/Inf voxels; fix the data or let them be replaced by the median "
+            "(nonfinite='replace')"
+        )
+    if stats is None:
+        center, scale = robust_stats(vol)
+        release_pages(vol)
+    else:
+        center, scale = (float(v) for v in stats)
+        if not (math.isfinite(center) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"stats must be a finite center and a positive scale, got {stats}")
+    return RunSetup(plan, dev, prec, n_bad, center, scale)
+
+
 def iter_denoise(
     volume: np.ndarray,
     model: str | LoadedModel | torch.nn.Module = DEFAULT_MODEL,
@@ -756,38 +826,15 @@ def iter_denoise(
     vol = volume
     if not isinstance(vol, np.ndarray):
         vol = np.asarray(vol)
-    if not (np.issubdtype(vol.dtype, np.number) or vol.dtype == np.bool_) or np.iscomplexobj(vol):
-        raise ValueError(f"volume must hold real numbers, got dtype {vol.dtype}")
     lm = _as_model(model)
-    input_mode(vol.ndim, lm, image_stack=image_stack)
-    if min(vol.shape) < 1:
-        raise ValueError(f"volume is empty: shape {vol.shape}")
-    if nonfinite not in NONFINITE_CHOICES:
-        raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_CHOICES)}, got {nonfinite!r}")
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
     if out is not None and out.shape != vol.shape:
         raise ValueError(f"out has shape {out.shape}, expected {vol.shape}")
-    plan = plan_geometry(lm, vol.shape, dev, prec, tile=tile, overlap=overlap, batch_size=batch_size,
-                         memory_bytes=memory_bytes, image_stack=image_stack, whole_first_axis=whole_first_axis)
-    n_bad = count_nonfinite(vol)
-    if info is not None:
-        info["nonfinite"] = n_bad
-        info["nonfinite_action"] = nonfinite if n_bad else None
-    if n_bad and nonfinite == "refuse":
-        raise ValueError(
-            f"the input holds {n_bad} NaN/Inf voxels; fix the data or let them be replaced by the median "
-            "(nonfinite='replace')"
-        )
+    run = prepare_run(vol, lm, tile=tile, overlap=overlap, device=device, precision=precision,
+                      batch_size=batch_size, nonfinite=nonfinite, image_stack=image_stack,
+                      memory_bytes=memory_bytes, stats=stats, whole_first_axis=whole_first_axis, info=info)
+    plan, dev, prec, n_bad, center, scale = run.plan, run.device, run.precision, run.n_bad, run.center, run.scale
     g = plan.geometry
     tiles = plan_tiles(plan.shape, g.tile, g.overlap, g.stride)
-    if stats is None:
-        center, scale = robust_stats(vol)
-        release_pages(vol)
-    else:
-        center, scale = (float(v) for v in stats)
-        if not (math.isfinite(center) and math.isfinite(scale) and scale > 0):
-            raise ValueError(f"stats must be a finite center and a positive scale, got {stats}")
     if n_bad:
         if info is not None:
             info["nonfinite_value"] = center

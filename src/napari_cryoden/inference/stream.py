@@ -111,6 +111,57 @@ def _packages():
     return io, inference
 
 
+def check_output(src: Path, dst: Path, *, overwrite: bool) -> None:
+    """Refuse an output that is the input (ValueError) or that exists without `overwrite`
+    (FileExistsError)."""
+    if dst.exists() and same_file(src, dst):
+        raise ValueError(f"{dst}: refusing to write the output over the input file")
+    if (dst.exists() or dst.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{dst}: exists; pass overwrite to replace it")
+
+
+def streams(dst: Path, n_voxels: int, mmap_threshold: int) -> bool:
+    """Whether an output of `n_voxels` float32 voxels is written tile by tile into a memory map
+    (not for compressed outputs, which are written whole)."""
+    compressed = any(s.lower() in _COMPRESSED for s in dst.suffixes[-1:])
+    return not compressed and n_voxels * 4 >= mmap_threshold
+
+
+def write_denoised(
+    src: Path, dst: Path, shape: tuple[int, ...], voxel_size, label: str, fill, *, overwrite: bool, streamed: bool,
+) -> Generator[tuple[int, int], None, None]:
+    """Write the float32 output `dst` atomically while `fill(out)` computes it, yielding its
+    progress.
+
+    `fill(out)` is a generator that writes the denoised volume into `out` and returns it; given
+    None (in-memory outputs) it allocates the array itself. Streamed outputs are memory-mapped
+    MRC files in the temporary file of :func:`~napari_cryoden.io.atomic_path`, finished with the
+    voxel size, the label and the header statistics; others go through
+    :func:`~napari_cryoden.io.write_mrc`, which never writes over `src`.
+    """
+    if not streamed:
+        from ..io import write_mrc
+
+        result = yield from fill(None)
+        write_mrc(dst, result, voxel_size, overwrite=overwrite, protect=(src,), label=label)
+        return
+    import mrcfile
+
+    with atomic_path(dst, overwrite=overwrite) as tmp:
+        mrc = mrcfile.new_mmap(tmp, shape=tuple(shape), mrc_mode=2, overwrite=True)
+        try:
+            yield from fill(mrc.data)
+            vs = np.broadcast_to(np.asarray(voxel_size, dtype=float), (len(shape),)).tolist()
+            vs_zyx = ([vs[0]] if len(shape) == 2 else []) + vs  # 2D: z = y, as write_mrc
+            mrc.voxel_size = (vs_zyx[2], vs_zyx[1], vs_zyx[0])
+            mrc.add_label(label[:80])
+            h = mrc.header
+            h.dmin, h.dmax, h.dmean, h.rms = header_stats(mrc.data)
+            mrc.flush()
+        finally:
+            mrc.close()
+
+
 def iter_denoise_file(
     input_path,
     output_path,
@@ -170,41 +221,21 @@ def iter_denoise_file(
     from .engine import _as_model
 
     src, dst = Path(input_path), Path(output_path)
-    if dst.exists() and same_file(src, dst):
-        raise ValueError(f"{dst}: refusing to write the output over the input file")
-    if (dst.exists() or dst.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{dst}: exists; pass overwrite to replace it")
+    check_output(src, dst, overwrite=overwrite)
     volume = io.read_mrc(src, mmap_threshold=mmap_threshold)
     lm = _as_model(model)
     data = volume.data
     stack = is_image_stack_path(src) if image_stack is None else bool(image_stack)
-    compressed = any(s.lower() in _COMPRESSED for s in dst.suffixes[-1:])
-    streamed = not compressed and data.size * 4 >= mmap_threshold
+    streamed = streams(dst, data.size, mmap_threshold)
     info = {} if info is None else info
     info.update(voxel_size=tuple(volume.voxel_size), voxel_size_known=volume.metadata.get("voxel_size_known", True),
                 shape=tuple(data.shape), streamed=streamed, model=lm.name)
     label = label if label is not None else f"cryoden {lm.name}"
     kwargs = dict(tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision,
                   nonfinite=nonfinite, info=info, image_stack=stack, memory_bytes=memory_bytes)
-    if not streamed:
-        result = yield from inference.iter_denoise(data, lm, **kwargs)
-        io.write_mrc(dst, result, volume.voxel_size, overwrite=overwrite, protect=(src,), label=label)
-    else:
-        import mrcfile
-
-        with atomic_path(dst, overwrite=overwrite) as tmp:
-            mrc = mrcfile.new_mmap(tmp, shape=tuple(data.shape), mrc_mode=2, overwrite=True)
-            try:
-                yield from inference.iter_denoise(data, lm, out=mrc.data, **kwargs)
-                vs = np.broadcast_to(np.asarray(volume.voxel_size, dtype=float), (data.ndim,)).tolist()
-                vs_zyx = ([vs[0]] if data.ndim == 2 else []) + vs  # 2D: z = y, as write_mrc
-                mrc.voxel_size = (vs_zyx[2], vs_zyx[1], vs_zyx[0])
-                mrc.add_label(label[:80])
-                h = mrc.header
-                h.dmin, h.dmax, h.dmean, h.rms = header_stats(mrc.data)
-                mrc.flush()
-            finally:
-                mrc.close()
+    yield from write_denoised(src, dst, data.shape, volume.voxel_size, label,
+                              lambda out: inference.iter_denoise(data, lm, out=out, **kwargs),
+                              overwrite=overwrite, streamed=streamed)
     return FileResult(
         output=dst, shape=tuple(data.shape), voxel_size=tuple(volume.voxel_size), model=lm.name,
         tiles=int(info.get("tiles", 0)), streamed=streamed, seconds=time.perf_counter() - start, info=info,
