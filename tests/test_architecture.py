@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-CORE = ["io", "models", "inference", "training", "simulate", "metrics"]
+CORE = ["io", "models", "inference", "training", "simulate", "metrics", "evaluation"]
 
 
 def test_core_imports_without_qt():

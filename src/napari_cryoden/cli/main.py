@@ -36,6 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
+from . import benchmark as _benchmark_cmd  # stdlib-only at import time
 from . import simulate as _simulate_cmd  # stdlib-only at import time
 from . import train as _train_cmd  # stdlib-only at import time
 from ._common import format_seconds as _format_seconds
@@ -823,6 +824,10 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "train": Subcommand(
         help=_train_cmd.HELP, add_arguments=_train_cmd.add_arguments, run=_train_cmd.run,
         description=_train_cmd.DESCRIPTION, epilog=_train_cmd.EPILOG,
+    ),
+    "benchmark": Subcommand(
+        help=_benchmark_cmd.HELP, add_arguments=_benchmark_cmd.add_arguments, run=_benchmark_cmd.run,
+        description=_benchmark_cmd.DESCRIPTION, epilog=_benchmark_cmd.EPILOG,
     ),
 }
 

@@ -42,8 +42,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..evaluation.baselines import GAUSSIAN_SIGMAS
+from ..evaluation.experiments import (
+    HELD_OUT, half_sum_noise_std, micrograph_held_out_set, realistic_held_out_set,
+)
 from ..metrics import image_metrics, summarize
-from ..models import NORMALIZATION, LoadedModel, SimpleDiscriminator, build, save_model
+from ..models import NORMALIZATION, LoadedModel, Pix2PixDiscriminator, SimpleDiscriminator, build, save_model
 from ..simulate import load_particle_maps, thesis_pair
 from .data import MixedStream, RealisticStream, ThesisStream
 from .supervised import TrainConfig, train
@@ -53,24 +57,89 @@ __all__ = [
     "run_recipe", "train_micrograph_n2n",
 ]
 
-#: Proteins never used in training; the held-out test set is made from these alone.
-HELD_OUT = ("1u6g", "3h84")
+#: The thesis training stream (van Gijn 2019, sec. 3.1) shared by the 3D recipes.
+_THESIS_STREAM = {"p_single": 0.3, "max_particles": 40, "snr_range": [0.1, 2.0], "tilt_range": [50.0, 70.0]}
+#: Realistic crowded tomograms mixed into the thesis stream with probability `weight`.
+_REALISTIC = {"weight": 0.5, "shape": [64, 128, 128], "patches_per_volume": 32, "density": [0.05, 0.25],
+              "defocus_um": [1.5, 5.0], "dose_total": [40.0, 160.0], "tilt_range": [50.0, 65.0], "max_membranes": 2}
+_UU48 = {"ch": 48, "shared_weights": True, "final_activation": "identity"}
+_THESIS_DEVIATIONS = (
+    "final activation is identity instead of softplus, because inputs are normalised to zero median; "
+    "training patches are 32^3 instead of 64^3 and the runs are far shorter than the thesis's 100 epochs, "
+    "to fit a one-hour CPU budget"
+)
 
 RECIPES = {
     "upsampleunet48-gan": {
         "description": "UpsampleUnet48 GAN (van Gijn 2019, sec. 3.7), 3D tomograms at ~10 Å/voxel, default",
         "architecture": "UpsampleUnet48",
-        "arch_kwargs": {"ch": 48, "shared_weights": True, "final_activation": "identity"},
+        "arch_kwargs": _UU48,
         "mode": "gan",
         "discriminator": "SimpleDiscriminator",
         "patch": 32,
         "batch_size": 8,
-        "steps": 1600,
+        "steps": 1200,
         "lr": 2e-4,
         "l1_weight": 100.0,
         "seed": 0,
         "overlap": 24,
-        "stream": {"p_single": 0.3, "max_particles": 40, "snr_range": [0.1, 2.0], "tilt_range": [50.0, 70.0]},
+        "deviations": _THESIS_DEVIATIONS + "; the SimpleDiscriminator head is at least 8 wide and runs in fp32",
+        "stream": _THESIS_STREAM,
+        "realistic": _REALISTIC,
+    },
+    "upsampleunet48-ae": {
+        "description": "UpsampleUnet48 auto-encoder (van Gijn 2019, sec. 3.6), L1, 3D tomograms at ~10 Å/voxel",
+        "architecture": "UpsampleUnet48",
+        "arch_kwargs": _UU48,
+        "mode": "ae",
+        "loss": "l1",
+        "patch": 32,
+        "batch_size": 8,
+        "steps": 700,
+        "lr": 2e-4,
+        "seed": 0,
+        "overlap": 24,
+        "deviations": _THESIS_DEVIATIONS,
+        "stream": _THESIS_STREAM,
+        "realistic": _REALISTIC,
+    },
+    "unet48-ae": {
+        "description": "Unet48 auto-encoder (van Gijn 2019, sec. 3.5), L1, 3D tomograms at ~10 Å/voxel",
+        "architecture": "Unet48",
+        "arch_kwargs": _UU48,
+        "mode": "ae",
+        "loss": "l1",
+        "patch": 32,
+        "batch_size": 8,
+        "steps": 1000,
+        "lr": 2e-4,
+        "seed": 0,
+        "overlap": 24,
+        "deviations": _THESIS_DEVIATIONS,
+        "stream": _THESIS_STREAM,
+        "realistic": _REALISTIC,
+    },
+    "upsampleunet48-wgangp": {
+        "description": "UpsampleUnet48 WGAN-GP with a Pix2PixDiscriminator critic (van Gijn 2019, sec. 3.8; "
+                       "Gulrajani et al. 2017), 3D tomograms at ~10 Å/voxel",
+        "architecture": "UpsampleUnet48",
+        "arch_kwargs": _UU48,
+        "mode": "wgangp",
+        "discriminator": "Pix2PixDiscriminator",
+        "patch": 32,
+        "batch_size": 8,
+        "steps": 450,
+        "lr": 1e-4,
+        "betas": [0.0, 0.9],
+        "n_critic": 2,
+        "gp_weight": 10.0,
+        "l1_weight": 100.0,
+        "seed": 0,
+        "overlap": 24,
+        "deviations": _THESIS_DEVIATIONS + "; 2 critic updates per generator update instead of 5 (Gulrajani et "
+                      "al. 2017), for the same reason; the critic has no batch norm and runs in fp32",
+        "stream": _THESIS_STREAM,
+        "realistic": _REALISTIC,
     },
     "fast-3d": {
         "description": "FastUNet3D (half-resolution U-Net, ~10x less arithmetic than the default), 3D tomograms "
@@ -86,10 +155,8 @@ RECIPES = {
         "seed": 0,
         "overlap": 32,
         "deviations": "not a thesis network: designed here for throughput (see napari_cryoden.models.fast)",
-        "stream": {"p_single": 0.3, "max_particles": 40, "snr_range": [0.1, 2.0], "tilt_range": [50.0, 70.0]},
-        "realistic": {"weight": 0.75, "shape": [64, 128, 128], "patches_per_volume": 32, "density": [0.05, 0.25],
-                      "defocus_um": [1.5, 5.0], "dose_total": [40.0, 160.0], "tilt_range": [50.0, 65.0],
-                      "max_membranes": 2},
+        "stream": _THESIS_STREAM,
+        "realistic": {**_REALISTIC, "weight": 0.75},
     },
     "n2n-unet-2d": {
         "description": "Noise2Noise U-Net (Lehtinen et al. 2018, appendix A.1) trained on the even/odd frame sums of "
@@ -116,10 +183,6 @@ RECIPES = {
         "held_out": {"n": 8, "shape": [512, 512], "seed": 24680},
     },
 }
-
-#: Widths (pixels) searched for the oracle Gaussian baseline of :func:`evaluate_micrographs`.
-GAUSSIAN_SIGMAS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
-
 
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
@@ -152,26 +215,6 @@ def held_out_set(maps: dict[str, np.ndarray], *, n: int = 40, seed: int = 12345,
     return out
 
 
-def realistic_held_out_set(maps: dict[str, np.ndarray], *, n: int = 4, seed: int = 54321,
-                           shape: tuple[int, int, int] = (64, 128, 128)):
-    """The fixed realistic held-out set: crowded tomograms of :data:`HELD_OUT` proteins only.
-
-    Volume fraction 0.15, one vesicle, ice, ±60° in 3° steps, defocus 2, 3, 4, 5 µm and dose
-    120, 100, 80, 60 e-/Å² (cycled), 10 Å/voxel; see :func:`~napari_cryoden.simulate.simulate_tomogram`.
-    """
-    from ..simulate.tomogram import simulate_tomogram
-
-    parts = {k: maps[k] for k in HELD_OUT if k in maps}
-    if not parts:
-        raise ValueError(f"none of the held-out particles {HELD_OUT} is in the maps folder")
-    out = []
-    for i in range(n):
-        sim = simulate_tomogram(shape, particles=parts, density=0.15, membranes=1, defocus_um=2.0 + i % 4,
-                                dose_total=120.0 - 20 * (i % 4), seed=seed + i)
-        out.append((sim.noisy, sim.clean))
-    return out
-
-
 def evaluate_held_out(model: LoadedModel, pairs, *, precision: str = "fp32") -> dict:
     """Median (5th, 50th, 95th percentiles) of SSIM/PSNR/MSE/NRMSE for input and output."""
     from ..inference import denoise
@@ -199,6 +242,29 @@ def _stream(r: dict, maps: dict[str, np.ndarray], train_names: list[str], rng: n
         dose_total=tuple(re_["dose_total"]), tilt_range=tuple(re_["tilt_range"]), max_membranes=re_["max_membranes"],
     )
     return MixedStream([realistic, thesis], [re_["weight"], 1 - re_["weight"]], rng, batch_size=r["batch_size"])
+
+
+def _discriminator(r: dict) -> torch.nn.Module | None:
+    """The recipe's discriminator (GAN) or critic (WGAN-GP, no batch norm); None for auto-encoders."""
+    kind = r.get("discriminator")
+    if r["mode"] == "ae":
+        return None
+    if kind == "SimpleDiscriminator":
+        return SimpleDiscriminator(r["patch"])
+    if kind == "Pix2PixDiscriminator":
+        return Pix2PixDiscriminator(norm=None if r["mode"] == "wgangp" else "batch")
+    raise ValueError(f"recipe mode {r['mode']!r} needs a discriminator, got {kind!r}")
+
+
+def _losses_text(r: dict) -> str:
+    content = f"{r.get('loss', 'l1').upper()} content"
+    if r["mode"] == "gan":
+        return f"GAN: BCE adversarial ({r['discriminator']}, conditional) + {r['l1_weight']} x {content}"
+    if r["mode"] == "wgangp":
+        return (f"WGAN-GP (Gulrajani et al. 2017, algorithm 1): Wasserstein critic loss with gradient penalty "
+                f"lambda = {r['gp_weight']}, {r['n_critic']} critic updates per generator update "
+                f"({r['discriminator']} without batch norm, conditional); generator: -critic + {r['l1_weight']} x {content}")
+    return f"supervised {r.get('loss', 'l1').upper()} to the clean target"
 
 
 def _realistic_text(r: dict) -> str:
@@ -252,9 +318,11 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
     torch.manual_seed(r["seed"])
     stream = _stream(r, maps, train_names, rng)
     gen = build(r["architecture"], **r["arch_kwargs"])
-    disc = SimpleDiscriminator(r["patch"]) if r["mode"] == "gan" else None
-    cfg = TrainConfig(steps=steps, mode=r["mode"], loss=r.get("loss", "l1"), lr=r["lr"], lr_d=r["lr"],
-                      l1_weight=r.get("l1_weight", 100.0), seed=r["seed"], log_every=20)
+    disc = _discriminator(r)
+    betas = tuple(r.get("betas", (0.5, 0.999)))
+    cfg = TrainConfig(steps=steps, mode=r["mode"], loss=r.get("loss", "l1"), lr=r["lr"], lr_d=r["lr"], betas=betas,
+                      l1_weight=r.get("l1_weight", 100.0), n_critic=r.get("n_critic", 5),
+                      gp_weight=r.get("gp_weight", 10.0), seed=r["seed"], log_every=20)
     t0 = time.time()
 
     def progress(step, total, entry):
@@ -292,14 +360,13 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
                 f"plus white Gaussian noise, SNR = var(clean)/var(noise) log-uniform in {r['stream']['snr_range']}; "
                 "augmentation: flips along Z, Y, X and random contrast sign"
             ),
-            "losses": (f"GAN: BCE adversarial (SimpleDiscriminator, conditional) + {r['l1_weight']} x L1 content"
-                       if r["mode"] == "gan" else f"supervised {r.get('loss', 'l1').upper()} to the clean target"),
-            "optimizer": f"Adam lr {r['lr']}, betas (0.5, 0.999)",
+            "losses": _losses_text(r),
+            "optimizer": f"Adam lr {r['lr']}, betas {betas}",
             "batch_size": r["batch_size"],
             "patch": r["patch"],
             "steps": result.steps_done,
             "seed": r["seed"],
-            "precision": "bf16 autocast" + (" (generator), fp32 (discriminator)" if r["mode"] == "gan" else ""),
+            "precision": "bf16 autocast" + (" (generator), fp32 (discriminator)" if disc is not None else ""),
             "seconds": round(train_seconds, 1),
             "hardware": _hardware(dev),
             "torch": torch.__version__,
@@ -314,11 +381,7 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
             **({"realistic_set": realistic_held_out_set.__doc__.split("\n\n")[1].strip().replace("\n", " "),
                 "realistic_metrics": realistic_scores} if realistic_scores is not None else {}),
         },
-        "deviations_from_thesis": r.get("deviations", (
-            "final activation is identity instead of softplus, because inputs are normalised to zero median; "
-            "training patches are 32^3 instead of 64^3 to fit a one-hour CPU budget; "
-            "the SimpleDiscriminator head is at least 8 wide and runs in fp32"
-        )),
+        "deviations_from_thesis": r["deviations"],
         "licence": "BSD-3-Clause (weights and code); training maps derived from PDB entries (CC0)",
     }
     return save_model(gen, out_dir, name, card)
@@ -486,48 +549,6 @@ def train_micrograph_n2n(r: dict, particles: dict[str, np.ndarray], *, steps: in
     return {"module": stepper.generator.to("cpu").eval(), "steps": steps, "seconds": seconds,
             "simulation_seconds": stream.simulation_seconds, "micrographs": stream.micrographs,
             "history": history, "device": dev, "precision": prec}
-
-
-def micrograph_held_out_set(maps: dict[str, np.ndarray], *, n: int = 8, seed: int = 24680,
-                            shape: tuple[int, int] = (512, 512), pixel_size: float = 5.0):
-    """The fixed held-out set of micrographs: :data:`HELD_OUT` proteins only.
-
-    Micrograph i (of `n`): 512 x 512 pixels at 5 Å/pixel, dose 20, 30, 40, 60 e-/Å² (i mod 4) in
-    40 frames, defocus 1.0, 1.5, 2.0, 2.5 µm (i // 2 mod 4), particle area fraction 0.1, 0.2,
-    0.3 (i mod 3), ice 500 Å, seed 24680 + i; see :func:`~napari_cryoden.simulate.simulate_micrograph`.
-
-    Returns
-    -------
-    list of SimulatedMicrograph
-        With ``noisy`` (full frame sum), ``even``, ``odd`` and ``clean``.
-
-    Raises
-    ------
-    ValueError
-        If none of the held-out proteins is in `maps`.
-    """
-    from ..simulate import simulate_micrograph
-
-    parts = {k: maps[k] for k in HELD_OUT if k in maps}
-    if not parts:
-        raise ValueError(f"none of the held-out particles {HELD_OUT} is in the maps folder")
-    return [simulate_micrograph(tuple(shape), pixel_size=pixel_size, particles=parts, density=(0.1, 0.2, 0.3)[i % 3],
-                                defocus_um=(1.0, 1.5, 2.0, 2.5)[(i // 2) % 4], dose_total=(20.0, 30.0, 40.0, 60.0)[i % 4],
-                                n_frames=40, seed=seed + i)
-            for i in range(n)]
-
-
-def half_sum_noise_std(even: np.ndarray, odd: np.ndarray, n_even: int, n_odd: int) -> float:
-    """Noise standard deviation of the full frame sum, from its even and odd frame sums.
-
-    With half sums normalised per frame (``noisy = (n_even * even + n_odd * odd) / n``, as
-    :func:`~napari_cryoden.simulate.simulate_micrograph` writes them), the halves hold the same
-    signal and independent noise of variance c / n_even and c / n_odd, so
-    ``var(even - odd) = c n / (n_even n_odd)`` and the full sum's noise variance ``c / n`` is
-    ``var(even - odd) n_even n_odd / n²``: ``std(even - odd) / 2`` for equal halves.
-    """
-    n = n_even + n_odd
-    return float(np.std(np.asarray(even, np.float64) - np.asarray(odd, np.float64)) * math.sqrt(n_even * n_odd) / n)
 
 
 def evaluate_micrographs(model: LoadedModel, sims, *, precision: str = "fp32", bm3d: bool | None = None,

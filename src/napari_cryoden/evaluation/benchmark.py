@@ -1,0 +1,429 @@
+"""``cryoden benchmark``: every shipped model against classical baselines, in the layout of the
+thesis tables.
+
+For each experiment of :data:`~napari_cryoden.evaluation.experiments.EXPERIMENTS`, every test
+item is scored against its clean target with :func:`~napari_cryoden.metrics.image_metrics`
+(SSIM, PSNR, MSE and NRMSE as in van Gijn 2019, section 4.1, with the data range of the clean
+volume). The rows are:
+
+- the noisy input;
+- a Gaussian filter with the best σ per item (:func:`~.baselines.best_gaussian`, an oracle);
+- BM4D for tomograms, BM3D for micrographs (:func:`~.baselines.block_matching`), on the first
+  `bm_n` items only, because they are slow;
+- every model whose dimensionality matches the experiment.
+
+:func:`run_benchmark` returns plain data (JSON-safe); :func:`report_markdown` turns it into the
+tables of the thesis (5th, 50th and 95th percentiles per metric) with a summary, the targets of
+the project and, when given, PNG panels of one example slice per experiment
+(:func:`write_panels`).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..metrics import image_metrics, summarize
+from .baselines import best_gaussian, block_matching
+from .experiments import EXPERIMENTS, HELD_OUT
+
+__all__ = ["DEFAULT_2D_MODEL", "THESIS_BEST", "report_markdown", "run_benchmark", "targets", "write_panels"]
+
+#: The 2D default model (issue targets refer to it).
+DEFAULT_2D_MODEL = "n2n-unet-2d"
+
+#: Best median SSIM and PSNR of any network in the thesis tables (van Gijn 2019, tables 2-5),
+#: with the row that reached it; published figures, for comparison only.
+THESIS_BEST = {
+    "control": {"ssim": (0.9934, "UpsampleUnet48 GAN"), "psnr": (35.72, "Unet48 AE")},
+    "saltpepper": {"ssim": (0.9484, "UpsampleUnet48 WGAN-GP"), "psnr": (24.09, "UpsampleUnet48 AE")},
+    "unseen": {"ssim": (0.9959, "UpsampleUnet48 GAN"), "psnr": (37.56, "UpsampleUnet48 GAN")},
+    "multiple": {"ssim": (0.5569, "UpsampleUnet48 GAN"), "psnr": (22.42, "UpsampleUnet48 GAN")},
+}
+
+INPUT, GAUSSIAN = "noisy input", "Gaussian, best σ (oracle)"
+
+
+def _slice(a: np.ndarray) -> np.ndarray:
+    """The central Z slice of a volume, or the image itself."""
+    return np.asarray(a[a.shape[0] // 2] if a.ndim == 3 else a, np.float32)
+
+
+def run_benchmark(
+    experiments: Sequence[str] | None = None,
+    models: Sequence[str] | None = None,
+    *,
+    maps: dict[float, str | Path],
+    n: int | None = None,
+    bm_n: int = 3,
+    seed: int = 0,
+    precision: str = "auto",
+    log: Callable[[str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> dict:
+    """Run the benchmark.
+
+    Parameters
+    ----------
+    experiments : sequence of str, optional
+        Keys of :data:`~napari_cryoden.evaluation.experiments.EXPERIMENTS` (default: all).
+    models : sequence of str, optional
+        Registry names or card paths (default: every available model). Each runs on the
+        experiments of its dimensionality.
+    maps : dict
+        Voxel size in Å -> folder of particle maps at that size (10 Å for tomograms, 5 Å for
+        micrographs); experiments whose voxel size has no folder raise.
+    n : int, optional
+        Test items per experiment (default: each experiment's ``default_n``).
+    bm_n : int, default=3
+        Items per experiment that BM4D/BM3D denoise (the first ones); 0 leaves them out.
+    seed : int, default=0
+        Offset added to every experiment's base seed (0 reproduces the published tables).
+    precision : str, default="auto"
+        Inference precision of the models (see :func:`napari_cryoden.denoise`).
+    log : callable(str), optional
+        Progress messages.
+    cancel : callable() -> bool, optional
+        Polled between items; True raises KeyboardInterrupt.
+
+    Returns
+    -------
+    dict
+        ``settings`` and, per experiment, ``methods``: per method the per-item metric rows
+        (None where a method did not run), its seconds, and ``panel`` slices (central Z slice of
+        the first item) under ``_panels`` (ndarrays, not JSON; :func:`write_panels` uses them).
+
+    Raises
+    ------
+    ValueError
+        For an unknown experiment or model, a missing maps folder, ``n < 1`` or ``bm_n < 0``,
+        or, when ``bm_n > 0``, a missing ``bm4d``/``bm3d`` package.
+    """
+    from ..inference import denoise
+    from ..models import available_models, load_model
+    from ..simulate import load_particle_maps
+
+    log = log or (lambda msg: None)
+    names = list(experiments or EXPERIMENTS)
+    unknown = [e for e in names if e not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"unknown experiment {unknown[0]!r}; choose from {', '.join(EXPERIMENTS)}")
+    if n is not None and n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if bm_n < 0:
+        raise ValueError(f"bm_n must be at least 0, got {bm_n}")
+    loaded = {m: load_model(m) for m in (models if models is not None else available_models())}
+    bm = {d: block_matching(d) for d in {EXPERIMENTS[e].ndim for e in names}} if bm_n else {}
+    map_cache: dict[float, dict] = {}
+
+    def check_cancel():
+        if cancel is not None and cancel():
+            raise KeyboardInterrupt
+
+    out = {
+        "settings": {
+            "experiments": names, "models": list(loaded), "n": n, "bm_n": bm_n, "seed": seed, "precision": precision,
+            "held_out_particles": list(HELD_OUT), "maps": {str(k): str(v) for k, v in maps.items()},
+            "hardware": _hardware(), "torch_threads": _threads(),
+        },
+        "experiments": {},
+    }
+    for name in names:
+        exp = EXPERIMENTS[name]
+        if exp.voxel_size not in maps:
+            raise ValueError(f"experiment {name!r} needs particle maps at {exp.voxel_size:g} Å/voxel")
+        if exp.voxel_size not in map_cache:
+            map_cache[exp.voxel_size] = load_particle_maps(maps[exp.voxel_size])
+        t0 = time.perf_counter()
+        items = exp.make(map_cache[exp.voxel_size], n or exp.default_n, exp.seed + seed)
+        log(f"{name}: {len(items)} items of shape {items[0].noisy.shape} made in {time.perf_counter() - t0:.1f} s")
+        methods: dict[str, dict] = {}
+        panels = {INPUT: _slice(items[0].noisy)}
+
+        def add(method, i, metrics, seconds):
+            entry = methods.setdefault(method, {"rows": [None] * len(items), "seconds": 0.0})
+            entry["rows"][i] = metrics
+            entry["seconds"] += seconds
+
+        sigmas = []
+        for i, it in enumerate(items):
+            check_cancel()
+            add(INPUT, i, image_metrics(it.noisy, it.clean), 0.0)
+            t = time.perf_counter()
+            filtered, sigma, m = best_gaussian(it.noisy, it.clean)
+            add(GAUSSIAN, i, m, time.perf_counter() - t)
+            sigmas.append(sigma)
+            if i == 0:
+                panels[GAUSSIAN] = _slice(filtered)
+        if bm_n:
+            bm_name, bm_run = bm[exp.ndim]
+            for i, it in enumerate(items[:bm_n]):
+                check_cancel()
+                t = time.perf_counter()
+                den = bm_run(it.noisy, it.noise_std)
+                add(bm_name, i, image_metrics(den, it.clean), time.perf_counter() - t)
+                if i == 0:
+                    panels[bm_name] = _slice(den)
+            log(f"{name}: {bm_name} on {min(bm_n, len(items))} items in {methods[bm_name]['seconds']:.1f} s")
+        for mname, lm in loaded.items():
+            if lm.ndim != exp.ndim:
+                continue
+            for i, it in enumerate(items):
+                check_cancel()
+                t = time.perf_counter()
+                den = denoise(it.noisy, lm, device="cpu", precision=precision)
+                add(mname, i, image_metrics(den, it.clean), time.perf_counter() - t)
+                if i == 0:
+                    panels[mname] = _slice(den)
+            log(f"{name}: {mname} median PSNR {_median(methods[mname]['rows'], 'psnr'):.2f} dB "
+                f"in {methods[mname]['seconds']:.1f} s")
+        panels["clean"] = _slice(items[0].clean)
+        out["experiments"][name] = {
+            "title": exp.title, "ndim": exp.ndim, "n": len(items), "shape": list(items[0].noisy.shape),
+            "seed": exp.seed + seed, "gaussian_sigma": sigmas,
+            "methods": {k: {**v, "seconds": round(v["seconds"], 2)} for k, v in methods.items()},
+            "_panels": panels,
+        }
+    return out
+
+
+def _hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return cpu
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _median(rows, key: str, only=None) -> float:
+    vals = [r[key] for i, r in enumerate(rows) if r is not None and (only is None or i in only)]
+    return float(np.median(vals)) if vals else math.nan
+
+
+def targets(result: dict, default_3d: str | None = None, default_2d: str = DEFAULT_2D_MODEL) -> list[dict]:
+    """The project's targets, checked on a :func:`run_benchmark` result.
+
+    - multiple particles and realistic tomograms: the default 3D model beats the best-σ
+      Gaussian by at least 2 dB median PSNR, and BM4D (median PSNR on the items BM4D ran on);
+    - control and unseen particle: the best model's median SSIM is within 0.01 of the thesis's
+      best (:data:`THESIS_BEST`) or better;
+    - micrographs: the 2D default beats the best-σ Gaussian and BM3D by at least 1.5 dB median
+      PSNR (BM3D: on the items it ran on).
+
+    Returns one dict per check: ``target`` (text), ``value`` (text) and ``met`` (bool, or None
+    when a method needed did not run).
+    """
+    from ..models import DEFAULT_MODEL
+
+    default_3d = default_3d or DEFAULT_MODEL
+    exps = result["experiments"]
+    rows = []
+    for name in ("multiple", "realistic"):
+        e = exps.get(name)
+        if e is None:
+            continue
+        m = e["methods"]
+        model = m.get(default_3d)
+        if model is None:
+            rows.append({"target": f"{name}: {default_3d} runs", "value": "not run", "met": None})
+            continue
+        gain = _median(model["rows"], "psnr") - _median(m[GAUSSIAN]["rows"], "psnr")
+        rows.append({"target": f"{name}: {default_3d} ≥ best-σ Gaussian + 2 dB (median PSNR)",
+                     "value": f"{gain:+.2f} dB", "met": bool(gain >= 2.0)})
+        if "BM4D" in m:
+            sub = {i for i, r in enumerate(m["BM4D"]["rows"]) if r is not None}
+            d = _median(model["rows"], "psnr", sub) - _median(m["BM4D"]["rows"], "psnr")
+            rows.append({"target": f"{name}: {default_3d} beats BM4D (median PSNR on the {len(sub)} BM4D items)",
+                         "value": f"{d:+.2f} dB", "met": bool(d > 0)})
+    for name in ("control", "unseen"):
+        e = exps.get(name)
+        if e is None:
+            continue
+        best_ssim, best_row = THESIS_BEST[name]["ssim"]
+        ours = {k: _median(v["rows"], "ssim") for k, v in e["methods"].items() if k not in (INPUT, GAUSSIAN, "BM4D")}
+        if not ours:
+            continue
+        k = max(ours, key=ours.get)
+        rows.append({"target": f"{name}: best model's median SSIM ≥ thesis best {best_ssim:.4f} ({best_row}) - 0.01",
+                     "value": f"{k} {ours[k]:.4f} ({ours[k] - best_ssim:+.4f})", "met": bool(ours[k] >= best_ssim - 0.01)})
+    e = exps.get("micrographs")
+    if e is not None and default_2d in e["methods"]:
+        m = e["methods"]
+        model = m[default_2d]
+        for base in (GAUSSIAN, "BM3D"):
+            if base not in m:
+                continue
+            sub = {i for i, r in enumerate(m[base]["rows"]) if r is not None}
+            d = _median(model["rows"], "psnr", sub) - _median(m[base]["rows"], "psnr")
+            rows.append({"target": f"micrographs: {default_2d} ≥ {base.split(',')[0]} + 1.5 dB (median PSNR"
+                                   + (f" on the {len(sub)} BM3D items)" if base == "BM3D" else ")"),
+                         "value": f"{d:+.2f} dB", "met": bool(d >= 1.5)})
+    return rows
+
+
+def _fmt_table(methods: dict) -> list[str]:
+    lines = ["| Method | P % | SSIM | PSNR dB | MSE ×1000 | NRMSE | n | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    meds = {k: {key: _median(v["rows"], key) for key in ("ssim", "psnr", "mse", "nrmse")}
+            for k, v in methods.items() if k != INPUT}
+    best = {}
+    for key, better in (("ssim", max), ("psnr", max), ("mse", min), ("nrmse", min)):
+        vals = {k: v[key] for k, v in meds.items() if not math.isnan(v[key])}
+        best[key] = better(vals, key=vals.get) if vals else None
+    for k, v in methods.items():
+        done = [r for r in v["rows"] if r is not None]
+        s = summarize(done)
+        for p in (5, 50, 95):
+            def cell(key, fmt, scale=1.0):
+                text = format(s[key][p] * scale, fmt)
+                return f"**{text}**" if p == 50 and best.get(key) == k else text
+            lines.append(
+                f"| {k if p == 5 else ''} | {p} | {cell('ssim', '.4f')} | {cell('psnr', '.2f')} | "
+                f"{cell('mse', '.3f', 1000)} | {cell('nrmse', '.4f')} | {len(done) if p == 5 else ''} | "
+                f"{format(v['seconds'], '.1f') if p == 5 and k != INPUT else ''} |"
+            )
+    return lines
+
+
+def report_markdown(result: dict, *, command: str, panels: dict[str, str] | None = None,
+                    seconds: float | None = None) -> str:
+    """The benchmark report: settings, summary, targets, then one thesis-layout table per experiment.
+
+    Parameters
+    ----------
+    result : dict
+        From :func:`run_benchmark`.
+    command : str
+        The command line that produced it (printed in the report).
+    panels : dict, optional
+        Experiment -> relative path of its PNG panel (:func:`write_panels`).
+    seconds : float, optional
+        Wall time of the whole run.
+    """
+    st = result["settings"]
+    exps = result["experiments"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Made by `cryoden benchmark`; rerun it to reproduce every number here:",
+        "",
+        f"```bash\n{command}\n```",
+        "",
+        f"Hardware: {st['hardware']}, {st['torch_threads']} torch threads, precision {st['precision']}"
+        + (f"; the whole run took {seconds / 60:.1f} min." if seconds is not None else "."),
+        f"Test sets: made only from the held-out proteins {', '.join(st['held_out_particles'])}, which no shipped "
+        "model was trained on (see `napari_cryoden.evaluation.experiments`). Scores: `skimage.metrics` against the "
+        "clean target with the data range of the clean volume (van Gijn 2019, section 4.1); NRMSE is "
+        "‖x − ref‖ / ‖ref‖. The Gaussian row picks, per item, the σ with the best PSNR against the clean target "
+        "(an oracle). BM4D (tomograms) and BM3D (micrographs) run on the first "
+        f"{st['bm_n']} items of each experiment, with `sigma_psd` the noise standard deviation "
+        "(thesis sets: std of noisy − clean, an oracle; simulated tomograms and micrographs: from the even/odd "
+        "halves). Seconds are the total for the items each method ran on.",
+        "",
+        "## Summary: median PSNR (dB) / SSIM",
+        "",
+    ]
+    methods = []
+    for e in exps.values():
+        for k in e["methods"]:
+            if k not in methods:
+                methods.append(k)
+    lines.append("| Method | " + " | ".join(exps) + " |")
+    lines.append("|---|" + "---|" * len(exps))
+    for k in methods:
+        cells = []
+        for e in exps.values():
+            v = e["methods"].get(k)
+            if v is None:
+                cells.append("")
+                continue
+            n_done = sum(r is not None for r in v["rows"])
+            tag = f" (n={n_done})" if n_done != e["n"] else ""
+            cells.append(f"{_median(v['rows'], 'psnr'):.2f} / {_median(v['rows'], 'ssim'):.3f}{tag}")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    tg = targets(result)
+    if tg:
+        lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        for t in tg:
+            met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
+            lines.append(f"| {t['target']} | {t['value']} | {met} |")
+    for name, e in exps.items():
+        lines += ["", f"## {e['title']}", "",
+                  f"{e['n']} items of {' × '.join(map(str, e['shape']))}, seed {e['seed']}; Gaussian σ chosen: "
+                  f"median {np.median(e['gaussian_sigma']):g}."]
+        if name in THESIS_BEST:
+            tb = THESIS_BEST[name]
+            lines.append(f"Thesis best medians (different data, 6 Å/voxel, trained and tested on the same proteins): "
+                         f"SSIM {tb['ssim'][0]:.4f} ({tb['ssim'][1]}), PSNR {tb['psnr'][0]:.2f} dB ({tb['psnr'][1]}).")
+        bm_name = next((k for k in ("BM4D", "BM3D") if k in e["methods"]), None)
+        if bm_name:
+            sub = {i for i, r in enumerate(e["methods"][bm_name]["rows"]) if r is not None}
+            paired = ", ".join(f"{k} {_median(v['rows'], 'psnr', sub):.2f}" for k, v in e["methods"].items())
+            lines.append(f"Median PSNR (dB) on the {len(sub)} items {bm_name} ran on: {paired}.")
+        lines += [""] + _fmt_table(e["methods"])
+        if panels and name in panels:
+            order = [k for k in e["_panels"]]
+            lines += ["", f"![{name}]({panels[name]})", "",
+                      f"Central Z slice of item 0, left to right: {', '.join(order)}; one grey scale for all "
+                      "(0.5-99.5th percentile of the clean slice)." if e["ndim"] == 3 else
+                      f"Item 0, left to right: {', '.join(order)}; one grey scale for all (0.5-99.5th percentile "
+                      "of the clean image)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_panels(result: dict, folder: str | Path, *, prefix: str = "benchmark_") -> dict[str, Path]:
+    """Write one PNG per experiment: the example slice of every method, side by side, titled.
+
+    Needs matplotlib (in ``napari-cryoden[benchmark]``). Files are written atomically as
+    ``<folder>/<prefix><experiment>.png``; returns experiment -> path.
+
+    Raises
+    ------
+    ValueError
+        If matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ValueError("the panels need matplotlib: pip install 'napari-cryoden[benchmark]'") from None
+    from ..io.atomic import atomic_path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, e in result["experiments"].items():
+        panels = e["_panels"]
+        lo, hi = np.percentile(panels["clean"], (0.5, 99.5))
+        if not hi > lo:
+            lo, hi = float(panels["clean"].min()), float(panels["clean"].max()) + 1e-6
+        h, w = panels["clean"].shape
+        fig = Figure(figsize=(2.2 * len(panels), 2.2 * h / w + 0.4), dpi=100)
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (label, img) in zip(axes, panels.items()):
+            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            ax.set_title(label if len(label) < 22 else label.replace(", ", ",\n", 1), fontsize=8)
+            ax.set_axis_off()
+        fig.tight_layout()
+        path = folder / f"{prefix}{name}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+        written[name] = path
+    return written

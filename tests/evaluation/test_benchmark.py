@@ -1,0 +1,217 @@
+"""cryoden benchmark: held-out test sets, baselines, the run, the report and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from napari_cryoden.cli import main as cli_main
+from napari_cryoden.evaluation import (
+    EXPERIMENTS, GAUSSIAN_SIGMAS, HELD_OUT, best_gaussian, block_matching, report_markdown, run_benchmark, targets,
+    write_panels,
+)
+from napari_cryoden.evaluation.benchmark import GAUSSIAN, INPUT
+from napari_cryoden.metrics import image_metrics
+from napari_cryoden.simulate import blob_particle, load_particle_maps
+
+TRAIN = ("aaa1",)
+
+
+def _write_maps(folder, voxel_size, names=(*TRAIN, *HELD_OUT)):
+    import mrcfile
+
+    rng = np.random.default_rng(3)
+    folder.mkdir()
+    for name in names:
+        with mrcfile.new(folder / f"{name}.mrc") as mrc:
+            mrc.set_data(blob_particle(rng, radius=3))
+            mrc.voxel_size = voxel_size
+    return folder
+
+
+@pytest.fixture
+def maps10(tmp_path):
+    return _write_maps(tmp_path / "maps10", 10.0)
+
+
+@pytest.fixture
+def maps5(tmp_path):
+    return _write_maps(tmp_path / "maps5", 5.0)
+
+
+@pytest.mark.parametrize("name", ["control", "saltpepper", "unseen", "multiple"])
+def test_thesis_experiments_are_seeded_64_cubes_with_a_noise_level(name, maps10):
+    maps = load_particle_maps(maps10)
+    exp = EXPERIMENTS[name]
+    a, b = exp.make(maps, 3, exp.seed), exp.make(maps, 3, exp.seed)
+    other = exp.make(maps, 3, exp.seed + 7)
+    assert len(a) == 3 and exp.ndim == 3
+    for x, y, z in zip(a, b, other):
+        assert x.noisy.shape == x.clean.shape == (64, 64, 64)
+        np.testing.assert_array_equal(x.noisy, y.noisy)
+        assert not np.array_equal(x.noisy, z.noisy)
+        assert x.noise_std == pytest.approx(float(np.std(x.noisy.astype(np.float64) - x.clean)), rel=1e-6)
+        assert x.noise_std > 0
+
+
+def test_salt_and_pepper_sets_up_to_a_tenth_of_the_voxels_to_the_extremes(maps10):
+    item = EXPERIMENTS["saltpepper"].make(load_particle_maps(maps10), 1, 5)[0]
+    changed = item.noisy != item.clean
+    # hits on voxels already at the extreme (the empty background is the minimum) change nothing
+    assert np.isin(item.noisy[changed], [item.clean.min(), item.clean.max()]).all()
+    assert 0.04 < changed.mean() <= 0.11
+
+
+def test_test_sets_refuse_maps_without_the_held_out_proteins(tmp_path):
+    maps = load_particle_maps(_write_maps(tmp_path / "train_only", 10.0, names=TRAIN))
+    for name in ("control", "multiple", "realistic"):
+        with pytest.raises(ValueError, match="held-out particles"):
+            EXPERIMENTS[name].make(maps, 1, 0)
+    # the unseen-particle set is one protein, 3h84
+    maps = load_particle_maps(_write_maps(tmp_path / "no_3h84", 10.0, names=(*TRAIN, "1u6g")))
+    with pytest.raises(ValueError, match="3h84"):
+        EXPERIMENTS["unseen"].make(maps, 1, 0)
+
+
+def test_multiple_particles_hold_more_protein_than_single_ones(maps10):
+    maps = load_particle_maps(maps10)
+    single = EXPERIMENTS["unseen"].make(maps, 2, 1)
+    multi = EXPERIMENTS["multiple"].make(maps, 2, 1)
+    assert min(i.clean.sum() for i in multi) > 5 * max(i.clean.sum() for i in single)
+
+
+def test_best_gaussian_is_the_psnr_optimum_over_the_grid(rng):
+    clean = gaussian_filter(rng.normal(size=(24, 24, 24)), 2).astype(np.float32)
+    noisy = (clean + 0.5 * clean.std() * rng.normal(size=clean.shape)).astype(np.float32)
+    out, sigma, m = best_gaussian(noisy, clean)
+    brute = {s: image_metrics(gaussian_filter(noisy.astype(np.float64), s, mode="reflect"), clean)["psnr"]
+             for s in GAUSSIAN_SIGMAS}
+    assert sigma == max(brute, key=brute.get) and m["psnr"] == pytest.approx(brute[sigma])
+    assert out.dtype == np.float32 and m["psnr"] == pytest.approx(image_metrics(out, clean)["psnr"], abs=1e-3)
+
+
+def test_block_matching_denoises_or_says_what_to_install(rng, monkeypatch):
+    clean = gaussian_filter(rng.normal(size=(16, 32, 32)), 2)
+    noisy = clean + 0.1 * rng.normal(size=clean.shape)
+    for ndim, x, ref in ((3, noisy, clean), (2, noisy[8], clean[8])):
+        pytest.importorskip("bm4d" if ndim == 3 else "bm3d")
+        name, run = block_matching(ndim)
+        out = run(x, 0.1)
+        assert name == ("BM4D" if ndim == 3 else "BM3D") and out.shape == x.shape and out.dtype == np.float32
+        assert image_metrics(out, ref)["psnr"] > image_metrics(x, ref)["psnr"] + 3
+    monkeypatch.setitem(__import__("sys").modules, "bm4d", None)
+    with pytest.raises(ValueError, match=r"pip install 'napari-cryoden\[benchmark\]'"):
+        block_matching(3)
+    with pytest.raises(ValueError, match="ndim must be 2 or 3"):
+        block_matching(4)
+
+
+def test_run_benchmark_scores_every_method_and_reports_in_the_thesis_layout(maps10, maps5, tiny_2d_model, tmp_path):
+    logs = []
+    result = run_benchmark(["unseen", "micrographs"], ["tiny-test", tiny_2d_model], maps={10.0: maps10, 5.0: maps5},
+                           n=2, bm_n=0, precision="fp32", log=logs.append)
+    unseen, mic = result["experiments"]["unseen"], result["experiments"]["micrographs"]
+    # 3D models on volumes, 2D models on micrographs, never the other way round
+    assert list(unseen["methods"]) == [INPUT, GAUSSIAN, "tiny-test"]
+    assert list(mic["methods"]) == [INPUT, GAUSSIAN, tiny_2d_model]
+    for e in (unseen, mic):
+        for m in e["methods"].values():
+            assert len(m["rows"]) == 2 and all(set(r) == {"ssim", "psnr", "mse", "nrmse"} for r in m["rows"])
+        assert list(e["_panels"])[-1] == "clean" and len(e["_panels"]) == len(e["methods"]) + 1
+    # the rows are the scores of that method on that item: the input row is image_metrics(noisy, clean)
+    item = EXPERIMENTS["unseen"].make(load_particle_maps(maps10), 2, EXPERIMENTS["unseen"].seed)[1]
+    assert unseen["methods"][INPUT]["rows"][1] == image_metrics(item.noisy, item.clean)
+    assert any("tiny-test median PSNR" in line for line in logs)
+
+    json.dumps({k: {kk: vv for kk, vv in e.items() if kk != "_panels"} for k, e in result["experiments"].items()})
+    pngs = write_panels(result, tmp_path / "img")
+    assert sorted(pngs) == ["micrographs", "unseen"] and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs.values())
+    text = report_markdown(result, command="cryoden benchmark X", panels={"unseen": "img/benchmark_unseen.png"})
+    assert "| Method | P % | SSIM | PSNR dB | MSE ×1000 | NRMSE | n | seconds |" in text
+    assert text.count("| tiny-test | 5 |") == 1 and "|  | 95 |" in text
+    assert "cryoden benchmark X" in text and "![unseen](img/benchmark_unseen.png)" in text
+    assert "Thesis best medians" in text  # unseen mirrors thesis Table 4
+
+
+def test_run_benchmark_runs_block_matching_on_the_first_items_only(maps10, tiny_model_dir, monkeypatch):
+    from napari_cryoden.evaluation import benchmark
+
+    calls = []
+
+    def fake(ndim):  # BM4D itself takes ~30 s per 64^3 volume; it is tested on a small one above
+        def run(x, sigma):
+            calls.append(sigma)
+            return gaussian_filter(x, 1.0)
+        return "BM4D", run
+
+    monkeypatch.setattr(benchmark, "block_matching", fake)
+    result = run_benchmark(["unseen"], ["tiny-test"], maps={10.0: maps10}, n=2, bm_n=1, precision="fp32")
+    rows = result["experiments"]["unseen"]["methods"]["BM4D"]["rows"]
+    assert rows[0] is not None and rows[1] is None and len(calls) == 1
+    assert calls[0] == pytest.approx(result["experiments"]["unseen"]["methods"][INPUT]["rows"][0]["mse"] ** 0.5, rel=1e-2)
+    text = report_markdown(result, command="c")
+    assert "(n=1)" in text and "on the 1 items BM4D ran on" in text
+
+
+def test_run_benchmark_refuses_bad_requests(maps10, tiny_model_dir):
+    with pytest.raises(ValueError, match="unknown experiment 'tables'"):
+        run_benchmark(["tables"], ["tiny-test"], maps={10.0: maps10})
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        run_benchmark(["unseen"], ["tiny-test"], maps={10.0: maps10}, n=0)
+    with pytest.raises(ValueError, match="5 Å/voxel"):
+        run_benchmark(["micrographs"], ["tiny-test"], maps={10.0: maps10}, bm_n=0)
+    with pytest.raises(ValueError, match="no-such-model"):
+        run_benchmark(["unseen"], ["no-such-model"], maps={10.0: maps10}, bm_n=0)
+
+
+def _result(gan_psnr, gauss_psnr, bm4d_psnr, ssim):
+    def rows(psnr, s=0.5):
+        return [{"psnr": psnr, "ssim": s, "mse": 1.0, "nrmse": 1.0}] * 3
+
+    exp = {"methods": {INPUT: {"rows": rows(10)}, GAUSSIAN: {"rows": rows(gauss_psnr)},
+                       "BM4D": {"rows": rows(bm4d_psnr)[:1] + [None, None]}, "gan": {"rows": rows(gan_psnr, ssim)}}}
+    return {"experiments": {"multiple": exp, "control": exp}}
+
+
+def test_targets_compare_the_default_with_the_baselines_and_the_thesis():
+    met = targets(_result(gan_psnr=25.0, gauss_psnr=22.9, bm4d_psnr=24.0, ssim=0.99), default_3d="gan")
+    assert [t["met"] for t in met] == [True, True, True]
+    assert met[0]["value"] == "+2.10 dB" and "0.9934" in met[2]["target"]
+    missed = targets(_result(gan_psnr=24.0, gauss_psnr=22.9, bm4d_psnr=24.5, ssim=0.98), default_3d="gan")
+    assert [t["met"] for t in missed] == [False, False, False]
+    absent = targets(_result(24, 22, 23, 0.9), default_3d="other")
+    assert absent[0]["met"] is None and absent[0]["value"] == "not run"
+
+
+def test_cli_benchmark_writes_report_json_and_panels_and_never_overwrites(maps10, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "report.md"
+    argv = ["benchmark", "--experiments", "unseen", "--models", "tiny-test", "--n", "1", "--bm-n", "0",
+            "--maps", str(maps10), "--out", str(out), "--precision", "fp32"]
+    assert cli_main(argv) == 0
+    text = out.read_text()
+    assert text.startswith("# Benchmarks") and "## Unseen particle" in text
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["experiments"]["unseen"]["n"] == 1 and "_panels" not in data["experiments"]["unseen"]
+    assert (tmp_path / "img" / "benchmark_unseen.png").exists()
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    assert "exists" in capsys.readouterr().err and out.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if ".part" in p.name]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--experiments", "unseen"], "--maps is needed for unseen"),
+    (["--experiments", "micrographs"], "--maps-2d is needed for micrographs"),
+    (["--experiments", "nope", "--maps", "."], "unknown experiment 'nope'"),
+    (["--experiments", "unseen", "--maps", "no/such/dir"], "is not a folder"),
+    (["--n", "0"], "expected a positive integer"),
+])
+def test_cli_benchmark_bad_options_exit_2_with_one_line(extra, message, tmp_path, capsys):
+    assert cli_main(["benchmark", "--out", str(tmp_path / "r.md"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.iterdir())
