@@ -42,7 +42,7 @@ from typing import Callable
 import numpy as np
 
 __all__ = [
-    "EXPERIMENTS", "HELD_OUT", "Experiment", "TestItem", "half_sum_noise_std", "micrograph_held_out_set",
+    "EXPERIMENTS", "HELD_OUT", "REALISTIC_SET", "Experiment", "TestItem", "half_sum_noise_std", "micrograph_held_out_set",
     "realistic_held_out_set",
 ]
 
@@ -137,12 +137,18 @@ def half_sum_noise_std(even: np.ndarray, odd: np.ndarray, n_even: int, n_odd: in
     return float(np.std(np.asarray(even, np.float64) - np.asarray(odd, np.float64)) * math.sqrt(n_even * n_odd) / n)
 
 
+#: The realistic held-out set in words (model cards).
+REALISTIC_SET = ("Volume fraction 0.15, one vesicle, ice, ±60° in 3° steps, defocus 2, 3, 4, 5 µm and dose "
+                 "120, 100, 80, 60 e-/Å² (cycled), 10 Å/voxel; see :func:`~napari_cryoden.simulate.simulate_tomogram`.")
+
+
 def realistic_held_out_set(maps: dict[str, np.ndarray], *, n: int = 4, seed: int = 54321,
                            shape: tuple[int, int, int] = (64, 128, 128), items: bool = False):
     """The fixed realistic held-out set: crowded tomograms of :data:`HELD_OUT` proteins only.
 
     Volume fraction 0.15, one vesicle, ice, ±60° in 3° steps, defocus 2, 3, 4, 5 µm and dose
-    120, 100, 80, 60 e-/Å² (cycled), 10 Å/voxel; see :func:`~napari_cryoden.simulate.simulate_tomogram`.
+    120, 100, 80, 60 e-/Å² (cycled), 10 Å/voxel (:data:`REALISTIC_SET`); see
+    :func:`~napari_cryoden.simulate.simulate_tomogram`.
 
     Returns a list of (noisy, clean) pairs, or of :class:`TestItem` with ``items=True`` (noise
     standard deviation from the even/odd half tomograms).

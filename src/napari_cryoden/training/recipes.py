@@ -44,7 +44,7 @@ import torch
 
 from ..evaluation.baselines import GAUSSIAN_SIGMAS
 from ..evaluation.experiments import (
-    HELD_OUT, half_sum_noise_std, micrograph_held_out_set, realistic_held_out_set,
+    HELD_OUT, REALISTIC_SET, half_sum_noise_std, micrograph_held_out_set, realistic_held_out_set,
 )
 from ..metrics import image_metrics, summarize
 from ..models import NORMALIZATION, LoadedModel, Pix2PixDiscriminator, SimpleDiscriminator, build, save_model
@@ -378,7 +378,7 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
             "metrics": scores,
             "evaluation_seconds": round(time.time() - t1, 1),
             "command": f"python -m napari_cryoden.training.recipes {name} --evaluate-only --maps ../shared/data/maps_10A --out models",
-            **({"realistic_set": realistic_held_out_set.__doc__.split("\n\n")[1].strip().replace("\n", " "),
+            **({"realistic_set": REALISTIC_SET,
                 "realistic_metrics": realistic_scores} if realistic_scores is not None else {}),
         },
         "deviations_from_thesis": r["deviations"],
