@@ -24,6 +24,21 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+def write_particle_maps(folder: Path, names: Sequence[str], voxel_size: float) -> Path:
+    """Write one small procedural particle map (``<name>.mrc``, radius 3 voxels) per name into a new folder."""
+    import mrcfile
+
+    from napari_cryoden.simulate import blob_particle
+
+    rng = np.random.default_rng(3)
+    folder.mkdir()
+    for name in names:
+        with mrcfile.new(folder / f"{name}.mrc") as mrc:
+            mrc.set_data(blob_particle(rng, radius=3))
+            mrc.voxel_size = voxel_size
+    return folder
+
+
 def corr(a, b) -> float:
     """Pearson correlation of two arrays (flattened)."""
     return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])

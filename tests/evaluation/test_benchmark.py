@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_particle_maps  # tests/conftest.py (tests/ is on sys.path)
 from scipy.ndimage import gaussian_filter
 
 from napari_cryoden.cli import main as cli_main
@@ -15,21 +16,13 @@ from napari_cryoden.evaluation import (
 )
 from napari_cryoden.evaluation.benchmark import GAUSSIAN, INPUT
 from napari_cryoden.metrics import image_metrics
-from napari_cryoden.simulate import blob_particle, load_particle_maps
+from napari_cryoden.simulate import load_particle_maps
 
 TRAIN = ("aaa1",)
 
 
 def _write_maps(folder, voxel_size, names=(*TRAIN, *HELD_OUT)):
-    import mrcfile
-
-    rng = np.random.default_rng(3)
-    folder.mkdir()
-    for name in names:
-        with mrcfile.new(folder / f"{name}.mrc") as mrc:
-            mrc.set_data(blob_particle(rng, radius=3))
-            mrc.voxel_size = voxel_size
-    return folder
+    return write_particle_maps(folder, names, voxel_size)
 
 
 @pytest.fixture

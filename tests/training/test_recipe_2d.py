@@ -7,11 +7,11 @@ import math
 
 import numpy as np
 import pytest
+from conftest import write_particle_maps  # tests/conftest.py (tests/ is on sys.path)
 
 import napari_cryoden.simulate as simulate_pkg
 from napari_cryoden.inference import denoise
 from napari_cryoden.models import load_model
-from napari_cryoden.simulate import blob_particle
 from napari_cryoden.training import recipes
 from napari_cryoden.training.recipes import (
     HELD_OUT, RECIPES, evaluate_micrographs, half_sum_noise_std, micrograph_held_out_set, run_recipe,
@@ -26,15 +26,7 @@ TINY = {"arch_kwargs": {"ch": 4}, "patch": 64, "batch_size": 2,
 
 
 def _write_maps(folder, voxel_size=5.0):
-    import mrcfile
-
-    rng = np.random.default_rng(3)
-    folder.mkdir()
-    for name in (*TRAIN, *HELD_OUT):
-        with mrcfile.new(folder / f"{name}.mrc") as mrc:
-            mrc.set_data(blob_particle(rng, radius=3))
-            mrc.voxel_size = voxel_size
-    return folder
+    return write_particle_maps(folder, (*TRAIN, *HELD_OUT), voxel_size)
 
 
 @pytest.fixture

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
+from conftest import write_particle_maps  # tests/conftest.py (tests/ is on sys.path)
 
 from napari_cryoden.models import load_model
-from napari_cryoden.simulate import blob_particle
 from napari_cryoden.training import recipes
 from napari_cryoden.training.recipes import HELD_OUT, RECIPES, run_recipe
 
@@ -17,16 +16,7 @@ TRAIN = ("aaa1", "bbb2")
 
 @pytest.fixture
 def maps_dir(tmp_path):
-    import mrcfile
-
-    rng = np.random.default_rng(3)
-    folder = tmp_path / "maps"
-    folder.mkdir()
-    for name in (*TRAIN, *HELD_OUT):
-        with mrcfile.new(folder / f"{name}.mrc") as mrc:
-            mrc.set_data(blob_particle(rng, radius=3))
-            mrc.voxel_size = 10.0
-    return folder
+    return write_particle_maps(tmp_path / "maps", (*TRAIN, *HELD_OUT), 10.0)
 
 
 @pytest.mark.parametrize("name", ["upsampleunet48-wgangp", "unet48-ae"])

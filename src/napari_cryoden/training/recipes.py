@@ -69,6 +69,10 @@ _THESIS_DEVIATIONS = (
     "to fit a one-hour CPU budget"
 )
 
+#: What the thesis auto-encoder recipes share.
+_THESIS_AE = {"arch_kwargs": _UU48, "mode": "ae", "loss": "l1", "patch": 32, "batch_size": 8, "lr": 2e-4, "seed": 0,
+              "overlap": 24, "deviations": _THESIS_DEVIATIONS, "stream": _THESIS_STREAM, "realistic": _REALISTIC}
+
 RECIPES = {
     "upsampleunet48-gan": {
         "description": "UpsampleUnet48 GAN (van Gijn 2019, sec. 3.7), 3D tomograms at ~10 Å/voxel, default",
@@ -90,34 +94,14 @@ RECIPES = {
     "upsampleunet48-ae": {
         "description": "UpsampleUnet48 auto-encoder (van Gijn 2019, sec. 3.6), L1, 3D tomograms at ~10 Å/voxel",
         "architecture": "UpsampleUnet48",
-        "arch_kwargs": _UU48,
-        "mode": "ae",
-        "loss": "l1",
-        "patch": 32,
-        "batch_size": 8,
         "steps": 700,
-        "lr": 2e-4,
-        "seed": 0,
-        "overlap": 24,
-        "deviations": _THESIS_DEVIATIONS,
-        "stream": _THESIS_STREAM,
-        "realistic": _REALISTIC,
+        **_THESIS_AE,
     },
     "unet48-ae": {
         "description": "Unet48 auto-encoder (van Gijn 2019, sec. 3.5), L1, 3D tomograms at ~10 Å/voxel",
         "architecture": "Unet48",
-        "arch_kwargs": _UU48,
-        "mode": "ae",
-        "loss": "l1",
-        "patch": 32,
-        "batch_size": 8,
         "steps": 1000,
-        "lr": 2e-4,
-        "seed": 0,
-        "overlap": 24,
-        "deviations": _THESIS_DEVIATIONS,
-        "stream": _THESIS_STREAM,
-        "realistic": _REALISTIC,
+        **_THESIS_AE,
     },
     "upsampleunet48-wgangp": {
         "description": "UpsampleUnet48 WGAN-GP with a Pix2PixDiscriminator critic (van Gijn 2019, sec. 3.8; "
