@@ -71,8 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", metavar="N", type=int_at_least(1, "a positive integer"), default=None,
                    help="items per experiment (default: 20 per thesis experiment, 4 realistic tomograms, "
                         "8 micrographs)")
-    p.add_argument("--bm-n", metavar="K", type=int_at_least(0, "a non-negative integer"), default=3,
-                   help="items per experiment that BM4D/BM3D denoise, the first K (default: 3; 0 leaves them out)")
+    p.add_argument("--bm-n", metavar="K", type=int_at_least(0, "a non-negative integer"), default=2,
+                   help="items per experiment that BM4D/BM3D denoise, the first K (default: 2; 0 leaves them out)")
     p.add_argument("--seed", metavar="S", type=int_at_least(0, "a non-negative integer"), default=0,
                    help="offset added to every test set's seed (default: 0, the published tables)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",

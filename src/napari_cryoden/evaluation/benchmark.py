@@ -60,7 +60,7 @@ def run_benchmark(
     *,
     maps: dict[float, str | Path],
     n: int | None = None,
-    bm_n: int = 3,
+    bm_n: int = 2,
     seed: int = 0,
     precision: str = "auto",
     log: Callable[[str], None] | None = None,
@@ -80,7 +80,7 @@ def run_benchmark(
         micrographs); experiments whose voxel size has no folder raise.
     n : int, optional
         Test items per experiment (default: each experiment's ``default_n``).
-    bm_n : int, default=3
+    bm_n : int, default=2
         Items per experiment that BM4D/BM3D denoise (the first ones); 0 leaves them out.
     seed : int, default=0
         Offset added to every experiment's base seed (0 reproduces the published tables).
