@@ -317,9 +317,9 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
     dev = torch.device("cpu")
     lm = LoadedModel.from_module(gen.eval(), name=name)
     t1 = time.time()
-    scores = evaluate_held_out(lm, held_out_set(maps))
+    scores = evaluate_held_out(lm, held_out_set(maps), precision="auto")
     log(json.dumps(scores), flush=True)
-    realistic_scores = evaluate_held_out(lm, realistic_held_out_set(maps)) if "realistic" in r else None
+    realistic_scores = evaluate_held_out(lm, realistic_held_out_set(maps), precision="auto") if "realistic" in r else None
     if realistic_scores is not None:
         log(json.dumps(realistic_scores), flush=True)
     card = {
@@ -361,6 +361,7 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
             "set": "40 volumes of 64^3: 20 single centred particles, 20 with 10-40 particles; SNR 0.5, ±60° wedge, seed 12345",
             "metrics": scores,
             "evaluation_seconds": round(time.time() - t1, 1),
+            "evaluation_precision": "auto (bf16 autocast where the CPU has it, as cryoden denoise)",
             "command": f"python -m napari_cryoden.training.recipes {name} --evaluate-only --maps ../shared/data/maps_10A --out models",
             **({"realistic_set": REALISTIC_SET,
                 "realistic_metrics": realistic_scores} if realistic_scores is not None else {}),
@@ -685,6 +686,7 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
                       if ho != RECIPES[name]["held_out"] else ""),
             "metrics": scores,
             "evaluation_seconds": round(time.time() - t1, 1),
+            "evaluation_precision": "auto (bf16 autocast where the CPU has it, as cryoden denoise)",
             "command": f"python -m napari_cryoden.training.recipes {name} --evaluate-only --maps {maps_arg} --out models",
         },
         "deviations_from_paper": (
@@ -718,9 +720,9 @@ def main(argv=None) -> int:
 
         lm = load_model(Path(a.out) / f"{a.name}.json")
         maps = load_particle_maps(a.maps)
-        scores = {"thesis": evaluate_held_out(lm, held_out_set(maps))}
+        scores = {"thesis": evaluate_held_out(lm, held_out_set(maps), precision="auto")}
         if "realistic" in RECIPES[a.name]:
-            scores["realistic"] = evaluate_held_out(lm, realistic_held_out_set(maps))
+            scores["realistic"] = evaluate_held_out(lm, realistic_held_out_set(maps), precision="auto")
         print(json.dumps(scores, indent=1))
         return 0
     path = run_recipe(a.name, a.maps, a.out, steps=a.steps)
