@@ -94,7 +94,7 @@ RECIPES = {
     "upsampleunet48-ae": {
         "description": "UpsampleUnet48 auto-encoder (van Gijn 2019, sec. 3.6), L1, 3D tomograms at ~10 Å/voxel",
         "architecture": "UpsampleUnet48",
-        "steps": 700,
+        "steps": 500,
         **_THESIS_AE,
     },
     "unet48-ae": {
