@@ -53,7 +53,7 @@ from .data import MixedStream, RealisticStream, ThesisStream
 from .supervised import TrainConfig, train
 
 __all__ = [
-    "GAUSSIAN_SIGMAS", "HELD_OUT", "RECIPES", "evaluate_held_out", "evaluate_micrographs", "micrograph_held_out_set",
+    "GAUSSIAN_SIGMAS", "HELD_OUT", "RECIPES", "evaluate_held_out", "save_recipe_model", "evaluate_micrographs", "micrograph_held_out_set",
     "run_recipe", "train_micrograph_n2n",
 ]
 
@@ -314,6 +314,26 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
 
     result = train(gen, stream, cfg, discriminator=disc, progress=progress)
     train_seconds = time.time() - t0
+    return save_recipe_model(name, gen, result, maps, out_dir, train_seconds=train_seconds, steps=steps, log=log)
+
+
+def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, np.ndarray], out_dir: str | Path, *,
+                      train_seconds: float, steps: int, log=print) -> Path:
+    """Score a network trained by 3D recipe `name` on the held-out sets and save it with its card.
+
+    The second half of :func:`run_recipe`. `result` is the :class:`~.supervised.TrainResult` of
+    the run (its ``steps_done`` and last history entry go into the card), `maps` the particle maps
+    it was trained from (all of them; the held-out proteins are left out of the card's training
+    list) and `steps` the steps the run was asked for.
+
+    Returns
+    -------
+    Path
+        The model card ``<out_dir>/<name>.json``.
+    """
+    r = RECIPES[name]
+    train_names = sorted(k for k in maps if k not in HELD_OUT)
+    betas = tuple(r.get("betas", (0.5, 0.999)))
     dev = torch.device("cpu")
     lm = LoadedModel.from_module(gen.eval(), name=name)
     t1 = time.time()
@@ -350,7 +370,7 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
             "patch": r["patch"],
             "steps": result.steps_done,
             "seed": r["seed"],
-            "precision": "bf16 autocast" + (" (generator), fp32 (discriminator)" if disc is not None else ""),
+            "precision": "bf16 autocast" + (" (generator), fp32 (discriminator)" if r["mode"] != "ae" else ""),
             "seconds": round(train_seconds, 1),
             "hardware": _hardware(dev),
             "torch": torch.__version__,
