@@ -112,7 +112,7 @@ RECIPES = {
         "discriminator": "Pix2PixDiscriminator",
         "patch": 32,
         "batch_size": 8,
-        "steps": 360,
+        "steps": 200,
         "lr": 1e-4,
         "betas": [0.0, 0.9],
         "n_critic": 2,
