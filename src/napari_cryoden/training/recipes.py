@@ -336,6 +336,7 @@ def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, n
     betas = tuple(r.get("betas", (0.5, 0.999)))
     dev = torch.device("cpu")
     lm = LoadedModel.from_module(gen.eval(), name=name)
+    lm.card["overlap"] = r["overlap"]  # the tiles of the shipped card (else: the measured receptive field)
     t1 = time.time()
     scores = evaluate_held_out(lm, held_out_set(maps), precision="auto")
     log(json.dumps(scores), flush=True)
