@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--maps-2d", metavar="DIR", default=None,
                    help="particle maps at 5 Å/voxel for the micrograph experiment (e.g. shared/data/maps_5A)")
     p.add_argument("--n", metavar="N", type=int_at_least(1, "a positive integer"), default=None,
-                   help="items per experiment (default: 20 per thesis experiment, 4 realistic tomograms, "
+                   help="items per experiment (default: 12 per thesis experiment, 4 realistic tomograms, "
                         "8 micrographs)")
     p.add_argument("--bm-n", metavar="K", type=int_at_least(0, "a non-negative integer"), default=2,
                    help="items per experiment that BM4D/BM3D denoise, the first K (default: 2; 0 leaves them out)")

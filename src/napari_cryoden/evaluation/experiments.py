@@ -207,13 +207,13 @@ def _micrograph_items(maps, n, seed):
 #: adds an offset). The realistic and micrograph sets at offset 0 are the held-out sets of the
 #: model cards.
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
-    Experiment("control", "Control: single particles (thesis Table 2)", 3, 10.0, 20, 1000,
+    Experiment("control", "Control: single particles (thesis Table 2)", 3, 10.0, 12, 1000,
                lambda maps, n, seed: _thesis_set(maps, n, seed, snr=(0.1, 2.0), tilt=(50.0, 70.0))),
-    Experiment("saltpepper", "Salt-and-pepper noise (thesis Table 3)", 3, 10.0, 20, 1001,
+    Experiment("saltpepper", "Salt-and-pepper noise (thesis Table 3)", 3, 10.0, 12, 1001,
                lambda maps, n, seed: _thesis_set(maps, n, seed, noise="salt-and-pepper")),
-    Experiment("unseen", "Unseen particle, one protein (thesis Table 4)", 3, 10.0, 20, 1002,
+    Experiment("unseen", "Unseen particle, one protein (thesis Table 4)", 3, 10.0, 12, 1002,
                lambda maps, n, seed: _thesis_set(maps, n, seed, names=("3h84",), snr=0.5, tilt=60.0)),
-    Experiment("multiple", "Multiple particles (thesis Table 5)", 3, 10.0, 20, 1003,
+    Experiment("multiple", "Multiple particles (thesis Table 5)", 3, 10.0, 12, 1003,
                lambda maps, n, seed: _thesis_set(maps, n, seed, n_particles=(10, 40), snr=0.5, tilt=60.0)),
     Experiment("realistic", "Realistic crowded tomograms (tilt series, CTF, dose, WBP)", 3, 10.0, 4, 54321,
                lambda maps, n, seed: realistic_held_out_set(maps, n=n, seed=seed, items=True)),
