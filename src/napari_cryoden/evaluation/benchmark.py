@@ -380,8 +380,8 @@ def report_markdown(result: dict, *, command: str, panels: dict[str, str] | None
             order = [k for k in e["_panels"]]
             lines += ["", f"![{name}]({panels[name]})", "",
                       f"Central Z slice of item 0, left to right: {', '.join(order)}; one grey scale for all "
-                      "(0.5-99.5th percentile of the clean slice)." if e["ndim"] == 3 else
-                      f"Item 0, left to right: {', '.join(order)}; one grey scale for all (0.5-99.5th percentile "
+                      "(minimum to maximum of the clean slice)." if e["ndim"] == 3 else
+                      f"Item 0, left to right: {', '.join(order)}; one grey scale for all (minimum to maximum "
                       "of the clean image)."]
     return "\n".join(lines) + "\n"
 
@@ -411,9 +411,8 @@ def write_panels(result: dict, folder: str | Path, *, prefix: str = "benchmark_"
     written = {}
     for name, e in result["experiments"].items():
         panels = e["_panels"]
-        lo, hi = np.percentile(panels["clean"], (0.5, 99.5))
-        if not hi > lo:
-            lo, hi = float(panels["clean"].min()), float(panels["clean"].max()) + 1e-6
+        lo, hi = float(panels["clean"].min()), float(panels["clean"].max())  # sparse slices: no percentiles
+        hi = hi if hi > lo else lo + 1e-6
         h, w = panels["clean"].shape
         fig = Figure(figsize=(2.2 * len(panels), 2.2 * h / w + 0.4), dpi=100)
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
