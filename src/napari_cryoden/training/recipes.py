@@ -588,33 +588,29 @@ def evaluate_micrographs(model: LoadedModel, sims, *, precision: str = "fp32", b
         raises ValueError.
     sigmas : sequence of float
     """
-    from scipy.ndimage import gaussian_filter
-
+    from ..evaluation.baselines import best_gaussian, block_matching
     from ..inference import denoise
 
+    run_bm3d = None
     if bm3d is None or bm3d:
         try:
-            import bm3d as bm3d_mod
-        except ImportError:
+            run_bm3d = block_matching(2)[1]
+        except ValueError:
             if bm3d:
-                raise ValueError("BM3D needs the bm3d package: pip install 'napari-cryoden[benchmark]'") from None
-            bm3d_mod = None
-    else:
-        bm3d_mod = None
+                raise
     rows: dict[str, list] = {"input": [], "gaussian": [], "bm3d": [], "denoised": []}
     chosen, noise_std, seconds = [], [], {"denoised": 0.0, "bm3d": 0.0}
     for sim in sims:
         noisy, clean = sim.noisy, sim.clean
         rows["input"].append(image_metrics(noisy, clean))
-        best = max(((image_metrics(gaussian_filter(noisy.astype(np.float64), s, mode="reflect"), clean), s)
-                    for s in sigmas), key=lambda ms: ms[0]["psnr"])
-        rows["gaussian"].append(best[0])
-        chosen.append(best[1])
-        if bm3d_mod is not None:
+        _, sigma, best = best_gaussian(noisy, clean, sigmas)
+        rows["gaussian"].append(best)
+        chosen.append(sigma)
+        if run_bm3d is not None:
             sd = half_sum_noise_std(sim.even, sim.odd, sim.params["n_even_frames"], sim.params["n_odd_frames"])
             noise_std.append(sd)
             t = time.perf_counter()
-            out = bm3d_mod.bm3d(noisy.astype(np.float64), sigma_psd=sd)
+            out = run_bm3d(noisy, sd)
             seconds["bm3d"] += time.perf_counter() - t
             rows["bm3d"].append(image_metrics(out, clean))
         t = time.perf_counter()
@@ -628,7 +624,7 @@ def evaluate_micrographs(model: LoadedModel, sims, *, precision: str = "fp32", b
         "gaussian_sigma": chosen,
         "bm3d_sigma_psd": noise_std or None,
         "bm3d_note": ("sigma_psd = noise std of the frame sum estimated from its even/odd halves, "
-                      "std(even - odd) sqrt(n_even n_odd) / n_frames; profile 'np'") if bm3d_mod is not None
+                      "std(even - odd) sqrt(n_even n_odd) / n_frames; profile 'np'") if run_bm3d is not None
         else ("not run" if bm3d is False else "not run: the bm3d package is not installed"),
         "median_psnr_gain_db": {f"vs_{k}": (med["denoised"] - med[k]) if med[k] is not None else None
                                 for k in ("input", "gaussian", "bm3d")},
