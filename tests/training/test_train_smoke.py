@@ -6,6 +6,7 @@ from napari_cryoden.inference import denoise
 from napari_cryoden.models import LoadedModel, SimpleDiscriminator, UpsampleUnet48, load_model, save_model
 from napari_cryoden.simulate import blob_particle
 from napari_cryoden.training import ThesisStream, TrainConfig, train
+from napari_cryoden.training.supervised import rampdown_factor
 
 
 @pytest.fixture
@@ -57,3 +58,30 @@ def test_nan_data_stops_with_message():
 def test_gan_needs_discriminator(stream):
     with pytest.raises(ValueError, match="discriminator"):
         train(UpsampleUnet48(ch=4), stream, TrainConfig(steps=1, mode="gan"))
+
+
+def test_rampdown_factor_is_flat_then_half_cosine():
+    f = rampdown_factor(10, 0.4)
+    assert [f(d) for d in range(7)] == [1.0] * 7
+    assert f(8) == pytest.approx(0.5) and f(10) == pytest.approx(0.0)
+    assert rampdown_factor(10, 0.0)(10) == 1.0
+    with pytest.raises(ValueError, match="fraction"):
+        rampdown_factor(10, 1.5)
+
+
+def test_rampdown_brings_both_learning_rates_to_zero(stream):
+    net, disc = UpsampleUnet48(ch=4, final_activation="identity"), SimpleDiscriminator(32)
+    seen = []
+    orig = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return orig(self, *a, **k)
+
+    torch.optim.Adam.step = spy
+    try:
+        train(net, stream, TrainConfig(steps=4, mode="gan", lr=1e-3, rampdown=0.5, device="cpu"), discriminator=disc)
+    finally:
+        torch.optim.Adam.step = orig
+    # per step one discriminator and one generator update; the last step runs at half the rate
+    assert seen[:4] == [1e-3] * 4 and seen[-2:] == [pytest.approx(5e-4)] * 2

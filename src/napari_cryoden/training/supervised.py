@@ -50,7 +50,8 @@ from torch.nn import functional as F
 
 from ..inference.engine import resolve_device, resolve_precision
 
-__all__ = ["LOSSES", "MODES", "SupervisedStep", "TrainConfig", "TrainResult", "content_loss", "train"]
+__all__ = ["LOSSES", "MODES", "SupervisedStep", "TrainConfig", "TrainResult", "content_loss", "rampdown_factor",
+           "train"]
 
 #: Training modes of :func:`train` / :class:`SupervisedStep`.
 MODES = ("ae", "gan", "wgangp")
@@ -91,6 +92,9 @@ class TrainConfig:
     weight_clip : float, optional
         In "wgangp" mode, clip every critic parameter to ``[-weight_clip, weight_clip]`` after
         each critic update (WGAN, Arjovsky et al. 2017; 0.001 in Ouyang et al. 2020).
+    rampdown : float
+        Fraction of the steps, at the end, over which both learning rates fall to zero along a
+        half cosine (see :func:`rampdown_factor`); 0 keeps them constant.
     device, precision : str
         As in :func:`napari_cryoden.denoise`; bf16 autocast on CPUs with native bf16.
     seed : int
@@ -112,6 +116,29 @@ class TrainConfig:
     gp_weight: float = 10.0
     betas: tuple[float, float] | None = None
     weight_clip: float | None = None
+    rampdown: float = 0.0
+
+
+def rampdown_factor(steps: int, fraction: float) -> Callable[[int], float]:
+    """Learning-rate multiplier after `done` of `steps` updates: 1, then a half cosine to 0.
+
+    The ramp-down covers the last ``round(fraction * steps)`` updates, as in Noise2Noise
+    (Lehtinen et al. 2018, appendix A.1). For :class:`torch.optim.lr_scheduler.LambdaLR`.
+
+    Raises
+    ------
+    ValueError
+        If `fraction` is outside [0, 1].
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"rampdown must be a fraction in [0, 1], got {fraction}")
+    ramp = int(round(fraction * steps))
+
+    def factor(done: int) -> float:
+        into = done - (steps - ramp)
+        return 1.0 if ramp == 0 or into <= 0 else 0.5 * (1.0 + math.cos(math.pi * min(into / ramp, 1.0)))
+
+    return factor
 
 
 @dataclass
@@ -463,6 +490,8 @@ def train(
         lr_d=config.lr_d, betas=config.betas, l1_weight=config.l1_weight, n_critic=config.n_critic,
         gp_weight=config.gp_weight, weight_clip=config.weight_clip, device=dev, precision=prec,
     )
+    factor = rampdown_factor(config.steps, config.rampdown)
+    scheds = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in (stepper.opt_g, stepper.opt_d) if opt]
     result = TrainResult()
     sums: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -475,6 +504,8 @@ def train(
             losses = stepper(lambda: next(it))
         except ValueError as exc:
             raise ValueError(f"training stopped at step {step}: {exc}") from None
+        for sched in scheds:
+            sched.step()
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v
         result.steps_done = step
