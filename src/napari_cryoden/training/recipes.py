@@ -52,8 +52,8 @@ from .data import MixedStream, RealisticStream, ThesisStream
 from .supervised import TrainConfig, rampdown_factor, train
 
 __all__ = [
-    "GAUSSIAN_SIGMAS", "HELD_OUT", "RECIPES", "evaluate_held_out", "save_recipe_model", "evaluate_micrographs", "micrograph_held_out_set",
-    "run_recipe", "train_micrograph_n2n",
+    "GAUSSIAN_SIGMAS", "HELD_OUT", "RECIPES", "evaluate_held_out", "evaluate_micrographs", "micrograph_held_out_set",
+    "run_recipe", "save_recipe_model", "train_micrograph_n2n",
 ]
 
 #: The thesis training stream (van Gijn 2019, sec. 3.1) shared by the 3D recipes.
@@ -252,6 +252,10 @@ def _losses_text(r: dict) -> str:
     return f"supervised {r.get('loss', 'l1').upper()} to the clean target"
 
 
+def _rampdown_text(r: dict) -> str:
+    return f"half-cosine ramp-down to 0 over the last {r['rampdown']:.0%} of the steps"
+
+
 def _realistic_text(r: dict) -> str:
     re_ = r["realistic"]
     return (
@@ -367,8 +371,7 @@ def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, n
                 "augmentation: flips along Z, Y, X and random contrast sign"
             ),
             "losses": _losses_text(r),
-            "optimizer": f"Adam lr {r['lr']}, betas {betas}" + (
-                f", half-cosine ramp-down to 0 over the last {r['rampdown']:.0%} of the steps" if r.get("rampdown") else ""),
+            "optimizer": f"Adam lr {r['lr']}, betas {betas}" + (f", {_rampdown_text(r)}" if r.get("rampdown") else ""),
             "batch_size": r["batch_size"],
             "patch": r["patch"],
             "steps": result.steps_done,
@@ -680,7 +683,7 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
             "losses": "Noise2Noise: L2 between the output for one half and the other half, which half is the "
                       "input drawn at random per patch (Lehtinen et al. 2018, sec. 2)",
             "optimizer": (f"Adam lr {r['lr']}, betas {tuple(r['betas'])}, eps 1e-8 (Lehtinen et al. 2018; Tan et al.), "
-                          f"half-cosine ramp-down to 0 over the last {r['rampdown']:.0%} of the steps"),
+                          + _rampdown_text(r)),
             "batch_size": r["batch_size"],
             "patch": r["patch"],
             "steps": res["steps"],
