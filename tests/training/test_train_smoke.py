@@ -85,3 +85,25 @@ def test_rampdown_brings_both_learning_rates_to_zero(stream):
         torch.optim.Adam.step = orig
     # per step one discriminator and one generator update; the last step runs at half the rate
     assert seen[:4] == [1e-3] * 4 and seen[-2:] == [pytest.approx(5e-4)] * 2
+
+
+def test_max_grad_norm_clips_the_generator_update_and_keeps_the_norm_before(stream):
+    from napari_cryoden.training.supervised import SupervisedStep
+
+    x, y = next(iter(stream))
+
+    def batch():  # a target far from the output gives gradients far above the limit
+        return x, y * 100
+
+    step = SupervisedStep(UpsampleUnet48(ch=4, final_activation="identity"), mode="ae", loss="l2",
+                          device="cpu", precision="fp32", max_grad_norm=1e-3)
+    step(batch)
+    grads = [p.grad for p in step.generator.parameters() if p.grad is not None]
+    after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    assert step.grad_norm > 1e-2 and float(after) == pytest.approx(1e-3, rel=1e-3)
+    free = SupervisedStep(UpsampleUnet48(ch=4, final_activation="identity"), mode="ae", device="cpu", precision="fp32")
+    free(batch)
+    assert free.grad_norm > 1e-3  # no clipping by default, the norm is still recorded
+    for bad in (0, -1.0, float("inf"), "1"):
+        with pytest.raises(ValueError, match="max_grad_norm must be a positive number"):
+            SupervisedStep(UpsampleUnet48(ch=4), mode="ae", max_grad_norm=bad)

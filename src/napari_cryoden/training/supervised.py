@@ -242,6 +242,11 @@ class SupervisedStep:
     max_skipped : int, default=20
         An update whose gradients are not finite is skipped (as a gradient scaler does);
         this many skipped updates in a row raise ValueError.
+    max_grad_norm : float, optional
+        Rescale the generator's gradients so that their global L2 norm is at most this before
+        each generator update (Pascanu et al. 2013, "On the difficulty of training recurrent
+        neural networks", ICML, algorithm 2). Default: no clipping. The norm before clipping of
+        the last generator update is kept in ``grad_norm``.
 
     Calling the object with ``next_batch`` (a callable returning ``(noisy, target)`` or
     ``(noisy, target, mask)`` tensors) does one generator update and returns the losses as
@@ -255,8 +260,8 @@ class SupervisedStep:
     ------
     ValueError
         For an unknown mode or loss, a missing discriminator, a WGAN-GP critic with batch
-        normalisation, a `weight_clip` that is not a positive number, or (when called) a
-        non-finite loss.
+        normalisation, a `weight_clip` or `max_grad_norm` that is not a positive number, or
+        (when called) a non-finite loss.
     """
 
     def __init__(
@@ -279,6 +284,7 @@ class SupervisedStep:
         generator_rng: torch.Generator | None = None,
         channels_last: bool | None = None,
         max_skipped: int = 20,
+        max_grad_norm: float | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -294,6 +300,10 @@ class SupervisedStep:
         if weight_clip is not None and not (isinstance(weight_clip, (int, float)) and 0 < weight_clip < math.inf):
             raise ValueError(f"weight_clip must be a positive number, got {weight_clip!r}")
         self.weight_clip = None if weight_clip is None else float(weight_clip)
+        if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and 0 < max_grad_norm < math.inf):
+            raise ValueError(f"max_grad_norm must be a positive number, got {max_grad_norm!r}")
+        self.max_grad_norm = math.inf if max_grad_norm is None else float(max_grad_norm)
+        self.grad_norm = math.nan
         self.mode, self.content = mode, content_loss(loss)
         self.l1_weight, self.n_critic, self.gp_weight = float(l1_weight), int(n_critic), float(gp_weight)
         self.dev = torch.device(device)
@@ -339,7 +349,10 @@ class SupervisedStep:
             return
         loss.backward()
         params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, float("inf")) if params else torch.zeros(())
+        limit = self.max_grad_norm if opt is self.opt_g else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, limit) if params else torch.zeros(())
+        if opt is self.opt_g:
+            self.grad_norm = float(norm)
         if torch.isfinite(norm):
             opt.step()
             self._skipped_in_row = 0
