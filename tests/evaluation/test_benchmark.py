@@ -105,7 +105,7 @@ def test_block_matching_denoises_or_says_what_to_install(rng, monkeypatch):
 def test_run_benchmark_scores_every_method_and_reports_in_the_thesis_layout(maps10, maps5, tiny_2d_model, tmp_path):
     logs = []
     result = run_benchmark(["unseen", "micrographs"], ["tiny-test", tiny_2d_model], maps={10.0: maps10, 5.0: maps5},
-                           n=2, bm_n=0, precision="fp32", log=logs.append)
+                           n=2, bm_n=0, bm_n_2d=0, precision="fp32", log=logs.append)
     unseen, mic = result["experiments"]["unseen"], result["experiments"]["micrographs"]
     # 3D models on volumes, 2D models on micrographs, never the other way round
     assert list(unseen["methods"]) == [INPUT, GAUSSIAN, "tiny-test"]
@@ -147,6 +147,33 @@ def test_run_benchmark_runs_block_matching_on_the_first_items_only(maps10, tiny_
     assert calls[0] == pytest.approx(result["experiments"]["unseen"]["methods"][INPUT]["rows"][0]["mse"] ** 0.5, rel=1e-2)
     text = report_markdown(result, command="c")
     assert "(n=1)" in text and "on the 1 items BM4D ran on" in text
+
+
+def test_bm3d_runs_on_every_micrograph_unless_bm_n_2d_says_otherwise(maps10, maps5, tiny_2d_model, monkeypatch):
+    from napari_cryoden.evaluation import benchmark
+
+    calls = {2: 0, 3: 0}
+
+    def fake(ndim):  # the real BM3D/BM4D are tested on small inputs above
+        def run(x, sigma):
+            calls[ndim] += 1
+            return gaussian_filter(x, 1.0)
+        return ("BM4D" if ndim == 3 else "BM3D"), run
+
+    monkeypatch.setattr(benchmark, "block_matching", fake)
+    maps = {10.0: maps10, 5.0: maps5}
+    result = run_benchmark(["unseen", "micrographs"], ["tiny-test", tiny_2d_model], maps=maps, n=3, bm_n=1,
+                           precision="fp32")
+    assert calls == {3: 1, 2: 3}  # bm_n counts tomogram items only; BM3D defaults to all micrographs
+    assert all(r is not None for r in result["experiments"]["micrographs"]["methods"]["BM3D"]["rows"])
+    assert "BM3D (micrographs) on all items" in report_markdown(result, command="c")
+    result = run_benchmark(["micrographs"], [tiny_2d_model], maps=maps, n=3, bm_n=0, bm_n_2d=1, precision="fp32")
+    assert calls[2] == 4 and [r is None for r in result["experiments"]["micrographs"]["methods"]["BM3D"]["rows"]] \
+        == [False, True, True]
+    assert "BM3D" not in run_benchmark(["micrographs"], [tiny_2d_model], maps=maps, n=1, bm_n_2d=0,
+                                       precision="fp32")["experiments"]["micrographs"]["methods"]
+    with pytest.raises(ValueError, match="bm_n_2d must be at least 0"):
+        run_benchmark(["micrographs"], [tiny_2d_model], maps=maps, bm_n_2d=-1)
 
 
 def test_run_benchmark_refuses_bad_requests(maps10, tiny_model_dir):

@@ -36,8 +36,9 @@ Writes a Markdown report with the 5th/50th/95th percentiles of SSIM, PSNR,
 MSE and NRMSE per method in the layout of the thesis tables, the project's
 targets, a JSON file with every per-item score (same name, .json) and PNG
 panels of one example slice per experiment (img/ next to the report).
-BM4D/BM3D run on the first --bm-n items only: they are slow (about 30 s per
-64^3 volume on one core). Needs: pip install "napari-cryoden[benchmark]".
+BM4D runs on the first --bm-n tomogram items only: it is slow (about 30 s per
+64^3 volume on one core). BM3D runs on every micrograph (about 8 s per
+512 x 512 image), or on the first --bm3d-n. Needs: pip install "napari-cryoden[benchmark]".
 """
 
 EPILOG = """\
@@ -72,7 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="items per experiment (default: 12 per thesis experiment, 4 realistic tomograms, "
                         "8 micrographs)")
     p.add_argument("--bm-n", metavar="K", type=int_at_least(0, "a non-negative integer"), default=2,
-                   help="items per experiment that BM4D/BM3D denoise, the first K (default: 2; 0 leaves them out)")
+                   help="items per tomogram experiment that BM4D denoises, the first K (default: 2; 0 leaves it out)")
+    p.add_argument("--bm3d-n", metavar="K", type=int_at_least(0, "a non-negative integer"), default=None,
+                   help="micrographs that BM3D denoises, the first K (default: all; 0 leaves it out)")
     p.add_argument("--seed", metavar="S", type=int_at_least(0, "a non-negative integer"), default=0,
                    help="offset added to every test set's seed (default: 0, the published tables)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -111,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"{option} {folder} is not a folder")
             maps[voxel] = folder
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    result = run_benchmark(experiments, args.models, maps=maps, n=args.n, bm_n=args.bm_n, seed=args.seed,
-                           precision=args.precision, log=log)
+    result = run_benchmark(experiments, args.models, maps=maps, n=args.n, bm_n=args.bm_n, bm_n_2d=args.bm3d_n,
+                           seed=args.seed, precision=args.precision, log=log)
     panels = {}
     if not args.no_panels:
         written = write_panels(result, out.parent / "img")
