@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_particle_maps  # tests/conftest.py (tests/ is on sys.path)
 
 import napari_cryoden.simulate as simulate_pkg
@@ -19,10 +20,11 @@ from napari_cryoden.training.recipes import (
 
 NAME = "n2n-unet-2d"
 TRAIN = ("aaa1", "bbb2")
-#: Smoke-test sizes: a 4-channel network, 64^2 patches of 64^2 micrographs, 2 held-out images.
+#: Smoke-test sizes: a 4-channel network, 64^2 patches of 64^2 micrographs, 2 held-out images, no
+#: held-out learning curve.
 TINY = {"arch_kwargs": {"ch": 4}, "patch": 64, "batch_size": 2,
         "micrographs": {"shape": [64, 64], "patches_per_micrograph": 2},
-        "held_out": {"n": 2, "shape": [64, 64]}}
+        "held_out": {"n": 2, "shape": [64, 64]}, "monitor_n": 0}
 
 
 def _write_maps(folder, voxel_size=5.0):
@@ -57,8 +59,8 @@ def test_recipe_trains_on_training_particles_only_and_writes_a_loadable_card(map
     out = tmp_path / "models"
     card_path = run_recipe(NAME, maps_dir, out, steps=3, overrides=TINY, bm3d=False, log=lambda *a, **k: None)
 
-    # 3 steps x 2 patches, 2 patches per micrograph: 3 training micrographs, then 2 held-out ones
-    assert seen == [sorted(TRAIN)] * 3 + [sorted(HELD_OUT)] * 2
+    # the 2 held-out micrographs are made first; then 3 steps x 2 patches, 2 patches per micrograph
+    assert seen == [sorted(HELD_OUT)] * 2 + [sorted(TRAIN)] * 3
     lm = load_model(card_path)
     assert lm.ndim == 2 and lm.stride == 32
     card = lm.card
@@ -153,3 +155,19 @@ def test_main_asks_for_bm3d_or_skip_bm3d(maps_dir, tmp_path, monkeypatch, capsys
     assert recipes.main([NAME, "--maps", str(maps_dir), "--out", str(tmp_path / "o")]) == 2
     assert "--skip-bm3d" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_monitor_records_a_held_out_curve_without_changing_the_weights(maps_dir, tmp_path):
+    quiet = {"log": lambda *a, **k: None, "bm3d": False, "steps": 4}
+    plain = load_model(run_recipe(NAME, maps_dir, tmp_path / "a", overrides=TINY, **quiet))
+    watched = load_model(run_recipe(NAME, maps_dir, tmp_path / "b",
+                                    overrides={**TINY, "monitor_every": 2, "monitor_n": 1}, **quiet))
+    curve = watched.card["training"]["held_out_curve"]
+    assert [p["step"] for p in curve["points"]] == [2, 4] and "no checkpoint is selected" in curve["note"]
+    assert all(math.isfinite(p["psnr"]) and -1 <= p["ssim"] <= 1 for p in curve["points"])
+    assert "held_out_curve" not in plain.card["training"]
+    history = watched.card["training"]["final_losses"]
+    assert history["step"] == 4 and history["grad_norm_max"] >= history["grad_norm"] > 0
+    # watching copies the network: the trained weights are those of the unwatched run
+    for a, b in zip(plain.module.state_dict().values(), watched.module.state_dict().values()):
+        torch.testing.assert_close(a, b)
