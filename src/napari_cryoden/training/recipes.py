@@ -675,18 +675,20 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
     sims = micrograph_held_out_set(maps, n=ho["n"], seed=ho["seed"], shape=tuple(ho["shape"]), pixel_size=r["pixel_size"])
     watched = sims[:int(r.get("monitor_n", 0))]
 
+    def wrap(module) -> LoadedModel:
+        return LoadedModel(name=name, module=module, card={"overlap": r["overlap"]}, stride=int(module.stride), ndim=2)
+
     def monitor(module):
         from ..inference import denoise
 
-        wrapped = LoadedModel(name=name, module=module, card={"overlap": r["overlap"]}, stride=int(module.stride), ndim=2)
-        rows = [image_metrics(denoise(s.noisy, wrapped, device="cpu", precision="auto"), s.clean) for s in watched]
+        rows = [image_metrics(denoise(s.noisy, wrap(module), device="cpu", precision="auto"), s.clean) for s in watched]
         return {"held_out_psnr": float(np.median([m["psnr"] for m in rows])),
                 "held_out_ssim": float(np.median([m["ssim"] for m in rows]))}
 
     res = train_micrograph_n2n(r, {k: maps[k] for k in train_names}, steps=steps, log=log,
                                monitor=monitor if watched else None)
     net = res["module"]
-    lm = LoadedModel(name=name, module=net, card={"overlap": r["overlap"]}, stride=int(net.stride), ndim=2)
+    lm = wrap(net)
     t1 = time.time()
     scores = evaluate_micrographs(lm, sims, bm3d=bm3d, precision="auto")
     log(json.dumps(scores), flush=True)
