@@ -195,6 +195,15 @@ def _has_batch_norm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
+def _positive_or_none(name: str, value) -> float | None:
+    """`value` as a float; None stays None; anything but a finite positive number raises ValueError."""
+    if value is None:
+        return None
+    if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
 def _finite(losses: dict[str, float]) -> bool:
     return all(math.isfinite(v) for v in losses.values())
 
@@ -297,12 +306,9 @@ class SupervisedStep:
             )
         if mode == "wgangp" and (not isinstance(n_critic, int) or n_critic < 1):
             raise ValueError(f"n_critic must be a positive integer, got {n_critic!r}")
-        if weight_clip is not None and not (isinstance(weight_clip, (int, float)) and 0 < weight_clip < math.inf):
-            raise ValueError(f"weight_clip must be a positive number, got {weight_clip!r}")
-        self.weight_clip = None if weight_clip is None else float(weight_clip)
-        if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and 0 < max_grad_norm < math.inf):
-            raise ValueError(f"max_grad_norm must be a positive number, got {max_grad_norm!r}")
-        self.max_grad_norm = math.inf if max_grad_norm is None else float(max_grad_norm)
+        self.weight_clip = _positive_or_none("weight_clip", weight_clip)
+        clip_norm = _positive_or_none("max_grad_norm", max_grad_norm)
+        self.max_grad_norm = math.inf if clip_norm is None else clip_norm
         self.grad_norm = math.nan
         self.mode, self.content = mode, content_loss(loss)
         self.l1_weight, self.n_critic, self.gp_weight = float(l1_weight), int(n_critic), float(gp_weight)
