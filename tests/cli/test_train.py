@@ -110,6 +110,15 @@ def test_config_file_with_command_line_override(files, tmp_path, capsys):
     assert (tmp_path / "work" / "checkpoint.json").is_file()  # relative to the config file
 
 
+def test_rampdown_and_gradient_clipping_reach_the_card(files, tmp_path, capsys):
+    config = tmp_path / "ramp.toml"
+    config.write_text("rampdown = 0.3\nmax-grad-norm = 2\n")
+    assert main([*n2n(files), "--name", "ramp", *fast(files), "--config", str(config), "--rampdown", "0.5",
+                 "-q"]) == 0, capsys.readouterr().err
+    t = _card(files, "ramp")["training"]
+    assert (t["rampdown"], t["max_grad_norm"]) == (0.5, 2.0)  # the command line overrides the file
+
+
 def test_defaults_in_help_match_the_trainer():
     from napari_cryoden.cli.train import OPTION_DEFAULTS
     from napari_cryoden.training import FineTuneConfig
@@ -145,6 +154,8 @@ def test_module_imports_only_the_standard_library():
         (lambda f: [*n2n(f), "--name", "x", "--model", "m", "--architecture", "Unet48"], "not both"),
         (lambda f: [*n2n(f), "--name", "x", "--val-slab", "5"], "expected START:STOP"),
         (lambda f: [*n2n(f), "--name", "x", "--steps", "0"], "expected an integer >= 1"),
+        (lambda f: [*n2n(f), "--name", "x", "--rampdown", "1.5"], "expected a number from 0 to 1"),
+        (lambda f: [*n2n(f), "--name", "x", "--max-grad-norm", "0"], "expected a positive number"),
         (lambda f: [*n2n(f), "--name", "x", "--adversarial", "gan"], "needs clean targets"),
         (lambda f: ["train", "--mode", "n2n", "--even", str(f["even"]), "--odd", str(f["short"]), "--name", "x"],
          r"even half and the odd half differ in shape: \(40, 32, 32\) vs \(40, 32, 24\)"),

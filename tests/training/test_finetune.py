@@ -130,6 +130,8 @@ def test_nan_voxels_are_replaced_and_nan_loss_raises(data, monkeypatch):
         (dict(config=dict(steps=0)), "steps must be an integer > 0"),
         (dict(config=dict(batch=-1)), "batch must be an integer > 0"),
         (dict(config=dict(lr=0.0)), "lr must be a number > 0"),
+        (dict(config=dict(rampdown=1.5)), "rampdown must be a number >= 0 and <= 1"),
+        (dict(config=dict(max_grad_norm=0.0)), "max_grad_norm must be a number > 0"),
         (dict(config=dict(val_slab=(30, 50))), r"val_slab \(30, 50\) must satisfy 0 <= start < stop <= 40"),
         (dict(config=dict(val_slab=(0, 8))), "must be at least patch = 16 slices thick"),
         (dict(config=dict(adversarial="gan")), "needs clean targets"),
@@ -206,6 +208,73 @@ def test_resume_after_a_crash_continues_where_it_stopped(data, tmp_path):
     assert [v is None for v in vals] == [False if e.step % 2 == 0 else True for e in res.history]
     assert [v for v in vals if v is not None] == pytest.approx(
         [e.val_loss for e in whole.history if e.val_loss is not None], rel=1e-5)
+
+
+def _record_steps(monkeypatch):
+    """Record (learning rate, gradient-norm limit) of the network at every training step."""
+    from napari_cryoden.training.supervised import SupervisedStep
+
+    seen, original = [], SupervisedStep.__call__
+
+    def call(self, *args, **kwargs):
+        seen.append((self.opt_g.param_groups[0]["lr"], self.max_grad_norm))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SupervisedStep, "__call__", call)
+    return seen
+
+
+def test_rampdown_and_gradient_clipping_reach_every_step(data, monkeypatch):
+    import math
+
+    from napari_cryoden.training.supervised import rampdown_factor
+
+    clean, even, odd = data
+    seen = _record_steps(monkeypatch)
+    fine_tune(even, odd, cfg(steps=10, lr=1e-3, rampdown=0.5, max_grad_norm=0.25), **SCRATCH)
+    factor = rampdown_factor(10, 0.5)
+    assert [lr for lr, _ in seen] == pytest.approx([1e-3 * factor(i) for i in range(10)])
+    assert [lr for lr, _ in seen[:6]] == pytest.approx([1e-3] * 6) and 0 < seen[-1][0] < 1e-4
+    assert {limit for _, limit in seen} == {0.25}
+    seen.clear()
+    fine_tune(even, odd, cfg(steps=3, lr=1e-3), **SCRATCH)  # the defaults: constant rate, no clipping
+    assert seen == [(1e-3, math.inf)] * 3
+
+
+def test_rampdown_is_resumed_on_the_same_schedule(data, tmp_path):
+    clean, even, odd = data
+    config = cfg(steps=6, val_every=2, rampdown=0.5, max_grad_norm=1.0)
+    whole = fine_tune(even, odd, config, **SCRATCH)
+
+    def crash_at_3(event):
+        if event.step == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        fine_tune(even, odd, cfg(steps=6, val_every=2, log_every=1, rampdown=0.5, max_grad_norm=1.0),
+                  workdir=tmp_path, progress=crash_at_3, **SCRATCH)
+    res = fine_tune(even, odd, config, workdir=tmp_path, resume=True, **SCRATCH)
+    _assert_same_weights(_state(res.module), _state(whole.module), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"other settings \(rampdown 0.5 -> 0.0, max_grad_norm 1.0 -> None\)"):
+        fine_tune(even, odd, cfg(steps=8, val_every=2), workdir=tmp_path, resume=True, **SCRATCH)
+
+
+def test_checkpoints_from_before_rampdown_still_resume(data, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    clean, even, odd = data
+    fine_tune(even, odd, cfg(steps=2), workdir=tmp_path, **SCRATCH)
+    path = tmp_path / f"{CHECKPOINT_NAME}.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata())
+    state = json.loads(meta["state"])
+    for key in ("rampdown", "max_grad_norm"):  # an older checkpoint did not have them
+        del state["config"][key]
+    meta["state"] = json.dumps(state)
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    assert fine_tune(even, odd, cfg(steps=4), workdir=tmp_path, resume=True, **SCRATCH).steps_done == 4
 
 
 def test_resume_refuses_other_settings_or_data(data, tmp_path):

@@ -65,7 +65,7 @@ exit status: 0 success, 1 run failed, 2 bad input or option, 130 interrupted
 #: (a test keeps them equal); shown in --help without importing torch.
 OPTION_DEFAULTS = {"loss": "l2", "adversarial": "none", "patch": 48, "batch": 4, "steps": 200, "lr": 1e-4,
                    "val_every": 20, "n2v_fraction": 0.005, "n2v_mask": "auto", "seed": 0, "device": "auto",
-                   "precision": "auto"}
+                   "precision": "auto", "rampdown": 0.0, "max_grad_norm": None}
 _MODES = ("n2n", "supervised", "n2v")
 #: Data options each mode takes.
 _DATA = {"n2n": ("even", "odd"), "supervised": ("noisy", "clean"), "n2v": ("input",)}
@@ -100,6 +100,18 @@ def _positive_float(value) -> float:
         raise ValueError(f"expected a positive number, got {value!r}") from None
     if not (math.isfinite(number) and number > 0):
         raise ValueError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def _fraction(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a number from 0 to 1, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"expected a number from 0 to 1, got {value!r}") from None
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"expected a number from 0 to 1, got {value!r}")
     return number
 
 
@@ -190,6 +202,12 @@ _OPTIONS: dict[str, tuple[str, Callable[[Any], Any], str | None, str]] = {
     "batch": ("--batch", _int(1), "N", "patches per step (default: 4)"),
     "steps": ("--steps", _int(1), "N", "training steps in all, resumed ones included (default: 200)"),
     "lr": ("--lr", _positive_float, "X", "Adam learning rate (default: 0.0001)"),
+    "rampdown": ("--rampdown", _fraction, "X",
+                 "fraction of the steps, at the end, over which the learning rate falls to zero along a half "
+                 "cosine, as in Noise2Noise (0.3 there) (default: 0, a constant rate)"),
+    "max_grad_norm": ("--max-grad-norm", _positive_float, "X",
+                      "clip the gradient to this L2 norm before each update, against divergence "
+                      "(default: no clipping)"),
     "val_slab": ("--val-slab", _slab, "START:STOP",
                  "slices along the first axis held out for validation (default: the last max(patch, 10 %%))"),
     "val_every": ("--val-every", _int(1), "N", "steps between validations and checkpoints (default: 20)"),

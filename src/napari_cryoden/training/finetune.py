@@ -77,7 +77,7 @@ from ..models.registry import (
     ARCHITECTURES, NORMALIZATION, LoadedModel, build, builtin_model_dir, load_model, model_card, save_model,
     user_model_dir,
 )
-from .supervised import LOSSES, SupervisedStep, content_loss
+from .supervised import LOSSES, SupervisedStep, content_loss, rampdown_factor
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -107,6 +107,8 @@ DEFAULT_OVERLAP = {"UpsampleUnet48": 24, "Unet48": 64, "SimpleAutoEncoder": 48, 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: Settings that may change when a run is resumed; all others must match the checkpoint.
 _RESUMABLE_CHANGES = {"steps", "val_every", "preview_every", "log_every", "device", "precision"}
+#: Settings added after the first checkpoint format, with the value a checkpoint without them ran with.
+_LEGACY_SETTINGS = {"rampdown": 0.0, "max_grad_norm": None}
 
 
 @dataclass
@@ -192,6 +194,16 @@ class FineTuneConfig:
     disc_base : int, default=64
         Channels of the first block of the WGAN-GP critic (Pix2PixDiscriminator, or Critic2D
         for 2D models).
+    rampdown : float, default=0.0
+        Fraction of `steps`, at the end, over which the learning rates fall to zero along a half
+        cosine (Lehtinen et al. 2018, appendix A.1, ramp-down over the last 30 %; see
+        :func:`~napari_cryoden.training.supervised.rampdown_factor`). The rate of a step depends
+        only on its number and `steps`, so a resumed run follows the same schedule; one resumed
+        with more `steps` moves the ramp-down to the new end. 0 keeps the rates constant.
+    max_grad_norm : float, optional
+        Clip the network's gradient to this global L2 norm before each update (Pascanu et al.
+        2013); guards against the rare huge step that makes training diverge. Default: no
+        clipping.
     """
 
     mode: str = "n2n"
@@ -220,6 +232,8 @@ class FineTuneConfig:
     n_critic: int = 5
     gp_weight: float = 10.0
     disc_base: int = 64
+    rampdown: float = 0.0
+    max_grad_norm: float | None = None
 
 
 @dataclass
@@ -433,6 +447,9 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
     _check_number("n_critic", c.n_critic, integer=True, positive=True)
     _check_number("gp_weight", c.gp_weight, minimum=0)
     _check_number("disc_base", c.disc_base, integer=True, positive=True)
+    _check_number("rampdown", c.rampdown, minimum=0, maximum=1)
+    if c.max_grad_norm is not None:
+        _check_number("max_grad_norm", c.max_grad_norm, positive=True)
     if c.betas is not None:
         try:
             ok = len(c.betas) == 2 and all(0 <= float(b) < 1 for b in c.betas)
@@ -966,7 +983,7 @@ def fine_tune(
         module, mode="ae" if config.adversarial == "none" else config.adversarial, loss=config.loss,
         discriminator=disc, lr=float(config.lr), lr_d=float(config.lr_d or config.lr), betas=tuple(betas),
         l1_weight=config.l1_weight, n_critic=int(config.n_critic), gp_weight=config.gp_weight, device=dev,
-        precision=prec, ndim=net.ndim, generator_rng=torch_rng,
+        precision=prec, ndim=net.ndim, generator_rng=torch_rng, max_grad_norm=config.max_grad_norm,
         # channels-last bf16 backward misbehaves when the deepest feature map is 2 voxels wide
         channels_last=dev.type == "cpu" and dtype is not None and int(config.patch) // net.stride >= 4,
     )
@@ -1070,10 +1087,15 @@ def fine_tune(
         if best_val is None or val < best_val:
             best_val, best_step, best_state = val, step, _cpu_state(g)
 
+    rate = rampdown_factor(int(config.steps), float(config.rampdown))
+    base_lr = [[group["lr"] for group in opt.param_groups] for opt in (stepper.opt_g, stepper.opt_d) if opt is not None]
     while step < config.steps:
         if cancel is not None and cancel():
             cancelled = True
             break
+        for opt, lrs in zip((o for o in (stepper.opt_g, stepper.opt_d) if o is not None), base_lr):
+            for group, lr0 in zip(opt.param_groups, lrs):
+                group["lr"] = lr0 * rate(step)
         try:
             losses = stepper(lambda: patches.batch(rng))
         except ValueError as exc:
@@ -1137,10 +1159,11 @@ def _check_resume(state: dict, config: FineTuneConfig, net: _Net, data_fp: dict,
             or not math.isclose(old.get("scale", math.nan), data_fp["scale"], rel_tol=1e-9)):
         raise ValueError(f"{where} was made with other data (shape {old.get('shape')}); resume with the same data")
     now = _config_json(config)
+    old = {**_LEGACY_SETTINGS, **state["config"]}
     diff = [f.name for f in fields(FineTuneConfig)
-            if f.name not in _RESUMABLE_CHANGES and state["config"].get(f.name) != now[f.name]]
+            if f.name not in _RESUMABLE_CHANGES and old.get(f.name) != now[f.name]]
     if diff:
-        pairs = ", ".join(f"{k} {state['config'].get(k)!r} -> {now[k]!r}" for k in diff)
+        pairs = ", ".join(f"{k} {old.get(k)!r} -> {now[k]!r}" for k in diff)
         raise ValueError(f"{where} was made with other settings ({pairs}); resume with the same settings")
 
 
@@ -1247,6 +1270,8 @@ def save_finetuned(
         "patch": cfg.patch if cfg else None,
         "batch": cfg.batch if cfg else None,
         "lr": cfg.lr if cfg else None,
+        "rampdown": cfg.rampdown if cfg else None,
+        "max_grad_norm": cfg.max_grad_norm if cfg else None,
         "seed": cfg.seed if cfg else None,
         "augment": cfg.augment if cfg else None,
         "val_slab": list(cfg.val_slab) if cfg and cfg.val_slab else None,
