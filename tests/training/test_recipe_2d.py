@@ -171,3 +171,22 @@ def test_monitor_records_a_held_out_curve_without_changing_the_weights(maps_dir,
     # watching copies the network: the trained weights are those of the unwatched run
     for a, b in zip(plain.module.state_dict().values(), watched.module.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_pairs_with_clean_targets_keep_the_inputs_and_drop_the_target_noise(tiny_maps):
+    from napari_cryoden.training.recipes import _MicrographPairs
+
+    m = {"shape": (64, 64), "patches_per_micrograph": 4, "density": (0.2, 0.3), "defocus_um": (1.0, 2.0),
+         "dose_total": (30.0, 60.0), "ice_thickness": (300.0, 500.0), "n_frames": 8}
+    train = {k: tiny_maps[k] for k in TRAIN}
+
+    def batch(target):
+        return _MicrographPairs(train, np.random.default_rng(3), batch_size=4, patch=64, pixel_size=5.0,
+                                target=target, **m).batch()
+
+    (x_half, y_half), (x_clean, y_clean) = batch("half"), batch("clean")
+    torch.testing.assert_close(x_half, x_clean)  # the same stream of inputs
+    # The other half adds its own noise to the target; the clean image does not.
+    assert float(((x_clean - y_clean) ** 2).mean()) < 0.75 * float(((x_half - y_half) ** 2).mean())
+    with pytest.raises(ValueError, match="target must be 'half' or 'clean'"):
+        _MicrographPairs(train, np.random.default_rng(3), batch_size=1, patch=64, pixel_size=5.0, target="odd", **m)

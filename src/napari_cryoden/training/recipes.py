@@ -438,11 +438,16 @@ class _MicrographPairs:
     normalises the image it is given, so the network learns E[target] = the clean image in its
     input's units. Augmentation: the same random rotation by a multiple of 90°, flip and contrast
     sign for input and target (the 16 symmetries keep E[target | input] = clean).
+
+    With ``target="clean"`` the target is the noiseless image instead (supervised training, for
+    diagnostics that compare Noise2Noise with what clean targets would give; no recipe uses it).
     """
 
     def __init__(self, particles: dict[str, np.ndarray], rng: np.random.Generator, *, batch_size: int, patch: int,
                  shape, patches_per_micrograph: int, density, defocus_um, dose_total, ice_thickness,
-                 n_frames: int, pixel_size: float):
+                 n_frames: int, pixel_size: float, target: str = "half"):
+        if target not in ("half", "clean"):
+            raise ValueError(f"target must be 'half' or 'clean', got {target!r}")
         shape = tuple(int(n) for n in shape)
         if min(shape) < patch:
             raise ValueError(f"patch {patch} does not fit in simulated micrographs of shape {shape}")
@@ -453,6 +458,8 @@ class _MicrographPairs:
                        "ice_thickness": ice_thickness}
         self.micrographs, self.simulation_seconds = 0, 0.0
         self._halves: list[tuple[np.ndarray, float, float]] = []
+        self._clean: np.ndarray | None = None
+        self.target = target
         self._left = 0
 
     def parameters(self) -> dict:
@@ -472,6 +479,7 @@ class _MicrographPairs:
         sim = simulate_micrograph(self.shape, pixel_size=self.pixel_size, particles=self.particles,
                                   n_frames=self.n_frames, **self.parameters())
         self._halves = [(h, *robust_stats(h)) for h in (sim.even, sim.odd)]
+        self._clean = sim.clean if self.target == "clean" else None
         self._left = self.per_micrograph
         self.micrographs += 1
         self.simulation_seconds += time.perf_counter() - t0
@@ -484,6 +492,8 @@ class _MicrographPairs:
         y0, x0 = (int(rng.integers(0, n - p + 1)) for n in self.shape)
         first = int(rng.integers(2))
         (src, center, scale), (tgt, _, _) = self._halves[first], self._halves[1 - first]
+        if self._clean is not None:
+            tgt = self._clean
         x = (src[y0:y0 + p, x0:x0 + p] - np.float32(center)) / np.float32(scale)
         y = (tgt[y0:y0 + p, x0:x0 + p] - np.float32(center)) / np.float32(scale)
         k, flip, sign = int(rng.integers(4)), bool(rng.integers(2)), 1.0 if rng.random() < 0.5 else -1.0
