@@ -243,20 +243,20 @@ def test_rampdown_and_gradient_clipping_reach_every_step(data, monkeypatch):
 
 def test_rampdown_is_resumed_on_the_same_schedule(data, tmp_path):
     clean, even, odd = data
-    config = cfg(steps=6, val_every=2, rampdown=0.5, max_grad_norm=1.0)
+    config = cfg(steps=8, val_every=2, rampdown=0.5, max_grad_norm=1.0)
     whole = fine_tune(even, odd, config, **SCRATCH)
 
-    def crash_at_3(event):
-        if event.step == 3:
-            raise Crash
+    def crash_at_7(event):
+        if event.step == 7:
+            raise Crash  # inside the ramp-down: the checkpoint of step 6 was made at a lowered rate
 
     with pytest.raises(Crash):
-        fine_tune(even, odd, cfg(steps=6, val_every=2, log_every=1, rampdown=0.5, max_grad_norm=1.0),
-                  workdir=tmp_path, progress=crash_at_3, **SCRATCH)
+        fine_tune(even, odd, cfg(steps=8, val_every=2, log_every=1, rampdown=0.5, max_grad_norm=1.0),
+                  workdir=tmp_path, progress=crash_at_7, **SCRATCH)
     res = fine_tune(even, odd, config, workdir=tmp_path, resume=True, **SCRATCH)
     _assert_same_weights(_state(res.module), _state(whole.module), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"other settings \(rampdown 0.5 -> 0.0, max_grad_norm 1.0 -> None\)"):
-        fine_tune(even, odd, cfg(steps=8, val_every=2), workdir=tmp_path, resume=True, **SCRATCH)
+        fine_tune(even, odd, cfg(steps=10, val_every=2), workdir=tmp_path, resume=True, **SCRATCH)
 
 
 def test_checkpoints_from_before_rampdown_still_resume(data, tmp_path):
