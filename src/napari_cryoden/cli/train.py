@@ -91,28 +91,25 @@ def _int(minimum: int) -> Callable[[Any], int]:
     return parse
 
 
-def _positive_float(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"expected a positive number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"expected a positive number, got {value!r}") from None
-    if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"expected a positive number, got {value!r}")
-    return number
+def _float(what: str, ok: Callable[[float], bool]) -> Callable[[Any], float]:
+    """A parser of numbers (or numeric strings) for which `ok` holds; `what` names them in errors."""
+
+    def parse(value) -> float:
+        number = math.nan
+        if not isinstance(value, bool) and isinstance(value, (int, float, str)):
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+        if not ok(number):
+            raise ValueError(f"expected {what}, got {value!r}")
+        return number
+
+    return parse
 
 
-def _fraction(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"expected a number from 0 to 1, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"expected a number from 0 to 1, got {value!r}") from None
-    if not 0.0 <= number <= 1.0:
-        raise ValueError(f"expected a number from 0 to 1, got {value!r}")
-    return number
+_positive_float = _float("a positive number", lambda x: math.isfinite(x) and x > 0)
+_fraction = _float("a number from 0 to 1", lambda x: 0.0 <= x <= 1.0)
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:

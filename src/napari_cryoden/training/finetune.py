@@ -1088,12 +1088,13 @@ def fine_tune(
             best_val, best_step, best_state = val, step, _cpu_state(g)
 
     rate = rampdown_factor(int(config.steps), float(config.rampdown))
-    base_lr = [[group["lr"] for group in opt.param_groups] for opt in (stepper.opt_g, stepper.opt_d) if opt is not None]
+    optimizers = [opt for opt in (stepper.opt_g, stepper.opt_d) if opt is not None]
+    base_lr = [[group["lr"] for group in opt.param_groups] for opt in optimizers]
     while step < config.steps:
         if cancel is not None and cancel():
             cancelled = True
             break
-        for opt, lrs in zip((o for o in (stepper.opt_g, stepper.opt_d) if o is not None), base_lr):
+        for opt, lrs in zip(optimizers, base_lr):
             for group, lr0 in zip(opt.param_groups, lrs):
                 group["lr"] = lr0 * rate(step)
         try:
