@@ -113,8 +113,9 @@ RECIPES = {
         "discriminator": "Pix2PixDiscriminator",
         "patch": 32,
         "batch_size": 8,
-        "steps": 200,
+        "steps": 600,
         "lr": 1e-4,
+        "rampdown": 0.3,
         "betas": [0.0, 0.9],
         "n_critic": 2,
         "gp_weight": 10.0,
@@ -122,7 +123,8 @@ RECIPES = {
         "seed": 0,
         "overlap": 24,
         "deviations": _THESIS_DEVIATIONS + "; 2 critic updates per generator update instead of 5 (Gulrajani et "
-                      "al. 2017), for the same reason; the critic has no batch norm and runs in fp32",
+                      "al. 2017), for the same reason; the critic has no batch norm and runs in fp32; the learning rates ramp "
+                      "down to 0 over the last 30% of the steps",
         "stream": _THESIS_STREAM,
         "realistic": _REALISTIC,
     },
