@@ -48,6 +48,13 @@ def test_finetune_config_maps_the_settings():
     # the adversarial term belongs to supervised training only
     assert finetune_config(mode="n2v", adversarial="gan", patch=16, batch=1, steps=1, lr=1e-4, val_slab=None,
                            val_every=1).adversarial == "none"
+    # no ramp-down and no clipping unless asked; 0 in the clip box means off
+    assert (cfg.rampdown, cfg.max_grad_norm) == (0.0, None)
+    cfg = finetune_config(mode="n2n", patch=16, batch=1, steps=10, lr=1e-4, val_slab=None, val_every=1,
+                          rampdown=0.3, max_grad_norm=0.0)
+    assert (cfg.rampdown, cfg.max_grad_norm) == (0.3, None)
+    assert finetune_config(mode="n2n", patch=16, batch=1, steps=10, lr=1e-4, val_slab=None, val_every=1,
+                           max_grad_norm=0.5).max_grad_norm == 0.5
     # about 200 training-loss reports per run, at least one per validation
     assert cfg.log_every == 1
     assert finetune_config(mode="n2n", patch=16, batch=1, steps=10_000, lr=1e-4, val_slab=None,
@@ -350,8 +357,10 @@ def test_settings_become_a_run_in_every_mode(viewer_model, qtbot, tiny_model_dir
     widget.mode.value = "supervised"
     widget.source.value, widget.target.value = even, viewer.layers["tomo clean"]
     widget.loss.value, widget.adversarial.value = "l1", "wgangp"
+    widget.rampdown.value, widget.max_grad_norm.value = 0.25, 2.0
     run = widget._make_run()
     assert (run.config.mode, run.config.loss, run.config.adversarial) == ("supervised", "l1", "wgangp")
+    assert (run.config.rampdown, run.config.max_grad_norm) == (0.25, 2.0)
     assert run.target is viewer.layers["tomo clean"].data and run.model == "tiny-test" and run.architecture is None
     assert [d["role"] for d in run.extra["data"]["layers"]] == ["noisy", "clean reference"]
 

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import napari.viewer
 import numpy as np
 import torch
-from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, SpinBox
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.layers import Image, Shapes
@@ -243,13 +243,17 @@ def finetune_config(
     device: str = "auto",
     precision: str = "auto",
     log_every: int | None = None,
+    rampdown: float = 0.0,
+    max_grad_norm: float | None = None,
 ) -> FineTuneConfig:
     """Turn the widget's settings into a :class:`~napari_cryoden.training.finetune.FineTuneConfig`.
 
     The adversarial term only exists in supervised mode; in the other modes it is ``"none"``
     whatever the (hidden) combo box says. `log_every` (steps between training-loss reports)
-    defaults to about 200 reports per run, and at least one per validation. Range checks that
-    need the data are left to :func:`~napari_cryoden.training.finetune.check_settings`.
+    defaults to about 200 reports per run, and at least one per validation. `rampdown` is the
+    fraction of the steps over which the learning rate ramps down to 0 (Lehtinen et al. 2018);
+    `max_grad_norm` 0 or ``None`` means no gradient clipping. Range checks that need the data are
+    left to :func:`~napari_cryoden.training.finetune.check_settings`.
 
     Raises
     ------
@@ -280,6 +284,8 @@ def finetune_config(
         device=device,
         precision=precision,
         log_every=int(log_every),
+        rampdown=float(rampdown),
+        max_grad_norm=float(max_grad_norm) if max_grad_norm else None,
     )
 
 
@@ -630,6 +636,9 @@ class TrainWidget(QWidget):
         :data:`~napari_cryoden.models.ARCHITECTURES`.
     channels, patch, batch, steps, val_start, val_stop, val_every, preview_every : magicgui SpinBox
         ``preview_every`` 0 means no preview.
+    rampdown, max_grad_norm : magicgui FloatSpinBox
+        Fraction of the steps with a half-cosine learning-rate ramp-down (0 = constant rate) and
+        the global gradient norm to clip to (0 = no clipping).
     lr, name : magicgui LineEdit
     device, precision : magicgui ComboBox
     train_button, cancel_button, save_button : magicgui PushButton
@@ -685,6 +694,12 @@ class TrainWidget(QWidget):
         self.batch = SpinBox(label="batch", value=4, min=1, max=256)
         self.steps = SpinBox(label="steps", value=200, min=1, max=1_000_000)
         self.lr = LineEdit(label="learning rate", value="1e-4", tooltip="Adam learning rate, e.g. 1e-4")
+        self.rampdown = FloatSpinBox(label="ramp-down", value=0.0, min=0.0, max=1.0, step=0.05,
+                                     tooltip="Fraction of the steps at the end over which the learning rate "
+                                             "ramps down to 0 (half cosine, Lehtinen et al. 2018); 0 = constant")
+        self.max_grad_norm = FloatSpinBox(label="clip gradients", value=0.0, min=0.0, max=1e6, step=0.1,
+                                          tooltip="Clip the global gradient norm to this value "
+                                                  "(Pascanu et al. 2013); 0 = no clipping")
         self.val_start = SpinBox(label="validation from", value=0, min=0, max=100_000,
                                  tooltip="First slice (axis 0, Z) held out for validation")
         self.val_stop = SpinBox(label="validation to", value=0, min=0, max=100_000,
@@ -707,7 +722,8 @@ class TrainWidget(QWidget):
         self.status.native.setWordWrap(True)
         self._container = Container(widgets=[
             self.mode, self.source, self.target, self.loss, self.adversarial, self.start, self.architecture,
-            self.channels, self.patch, self.batch, self.steps, self.lr, self.val_start, self.val_stop,
+            self.channels, self.patch, self.batch, self.steps, self.lr, self.rampdown, self.max_grad_norm,
+            self.val_start, self.val_stop,
             self.val_every, self.preview_every, self.device, self.precision, self.name,
         ])
         self._buttons = Container(widgets=[self.train_button, self.cancel_button, self.save_button],
@@ -1006,6 +1022,7 @@ class TrainWidget(QWidget):
             batch=self.batch.value, steps=self.steps.value, lr=self.lr.value,
             val_slab=(self.val_start.value, self.val_stop.value), val_every=self.val_every.value,
             preview_every=self.preview_every.value, device=self.device.value, precision=self.precision.value,
+            rampdown=self.rampdown.value, max_grad_norm=self.max_grad_norm.value,
         )
         source = _layer_array(source_layer)
         target = _layer_array(target_layer) if target_layer is not None else None
