@@ -50,9 +50,9 @@ def test_finetune_config_maps_the_settings():
                            val_every=1).adversarial == "none"
     # no ramp-down and no clipping unless asked; 0 in the clip box means off
     assert (cfg.rampdown, cfg.max_grad_norm) == (0.0, None)
-    cfg = finetune_config(mode="n2n", patch=16, batch=1, steps=10, lr=1e-4, val_slab=None, val_every=1,
-                          rampdown=0.3, max_grad_norm=0.0)
-    assert (cfg.rampdown, cfg.max_grad_norm) == (0.3, None)
+    ramped = finetune_config(mode="n2n", patch=16, batch=1, steps=10, lr=1e-4, val_slab=None, val_every=1,
+                             rampdown=0.3, max_grad_norm=0.0)
+    assert (ramped.rampdown, ramped.max_grad_norm) == (0.3, None)
     assert finetune_config(mode="n2n", patch=16, batch=1, steps=10, lr=1e-4, val_slab=None, val_every=1,
                            max_grad_norm=0.5).max_grad_norm == 0.5
     # about 200 training-loss reports per run, at least one per validation

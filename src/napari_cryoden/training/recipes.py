@@ -123,8 +123,8 @@ RECIPES = {
         "seed": 0,
         "overlap": 24,
         "deviations": _THESIS_DEVIATIONS + "; 2 critic updates per generator update instead of 5 (Gulrajani et "
-                      "al. 2017), for the same reason; the critic has no batch norm and runs in fp32; the learning rates ramp "
-                      "down to 0 over the last 30% of the steps",
+                      "al. 2017), for the same reason; the critic has no batch norm and runs in fp32; the "
+                      "learning rates ramp down to 0 over the last 30% of the steps",
         "stream": _THESIS_STREAM,
         "realistic": _REALISTIC,
     },
