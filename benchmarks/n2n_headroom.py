@@ -60,15 +60,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     r, shipped = RECIPES[NAME], load_model(NAME)
-    m = r["micrographs"]
     maps = load_particle_maps(args.maps)
     sims = micrograph_held_out_set(maps, n=r["held_out"]["n"], seed=r["held_out"]["seed"])[: args.n]
     train = {k: v for k, v in maps.items() if k not in HELD_OUT}
-    stream = _MicrographPairs(train, np.random.default_rng(args.seed), batch_size=r["batch_size"], patch=r["patch"],
-                              shape=m["shape"], patches_per_micrograph=m["patches_per_micrograph"],
-                              density=m["density"], defocus_um=m["defocus_um"], dose_total=m["dose_total"],
-                              ice_thickness=m["ice_thickness"], n_frames=m["n_frames"],
-                              pixel_size=r["pixel_size"], target=args.target)
+    stream = _MicrographPairs.from_recipe(r, train, np.random.default_rng(args.seed), target=args.target)
     print(f"{NAME} shipped: median PSNR {median_psnr(shipped.module, sims):.3f} dB on {len(sims)} held-out "
           f"micrographs; continuing with target={args.target}, lr {args.lr:g}", flush=True)
     torch.manual_seed(args.seed)

@@ -464,6 +464,16 @@ class _MicrographPairs:
         self.target = target
         self._left = 0
 
+    @classmethod
+    def from_recipe(cls, r: dict, particles: dict[str, np.ndarray], rng: np.random.Generator,
+                    target: str = "half") -> "_MicrographPairs":
+        """The stream a 2D recipe `r` (an entry of :data:`RECIPES`) trains on."""
+        m = r["micrographs"]
+        return cls(particles, rng, batch_size=r["batch_size"], patch=r["patch"], shape=m["shape"],
+                   patches_per_micrograph=m["patches_per_micrograph"], density=m["density"],
+                   defocus_um=m["defocus_um"], dose_total=m["dose_total"], ice_thickness=m["ice_thickness"],
+                   n_frames=m["n_frames"], pixel_size=r["pixel_size"], target=target)
+
     def parameters(self) -> dict:
         """Draw the imaging parameters of the next micrograph."""
         rng = self.rng
@@ -543,12 +553,8 @@ def train_micrograph_n2n(r: dict, particles: dict[str, np.ndarray], *, steps: in
     from .supervised import SupervisedStep
 
     steps = int(r["steps"] if steps is None else steps)
-    m = r["micrographs"]
     rng = np.random.default_rng(r["seed"])
-    stream = _MicrographPairs(particles, rng, batch_size=r["batch_size"], patch=r["patch"], shape=m["shape"],
-                              patches_per_micrograph=m["patches_per_micrograph"], density=m["density"],
-                              defocus_um=m["defocus_um"], dose_total=m["dose_total"],
-                              ice_thickness=m["ice_thickness"], n_frames=m["n_frames"], pixel_size=r["pixel_size"])
+    stream = _MicrographPairs.from_recipe(r, particles, rng)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     with torch.random.fork_rng(devices=[]):
