@@ -11,6 +11,7 @@ receptive field and the free memory (:func:`plan_geometry`) unless given.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -25,13 +26,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ..models.registry import DEFAULT_MODEL, LoadedModel, load_model
-from .normalize import robust_stats
-from .tiling import Geometry, Tile, auto_geometry, plan_tiles, read_tile, release_pages, split_tile
+from .normalize import robust_stats, robust_stats_tensor
+from .tiling import (Geometry, Tile, auto_geometry, plan_tiles, read_tile, reflect_indices, release_pages,
+                     split_tile)
+from .timing import Stages
 
 __all__ = [
     "DEFAULT_OVERLAP", "DEFAULT_TILE", "NONFINITE_CHOICES", "Cancelled", "activation_bytes_per_voxel",
     "count_nonfinite", "denoise", "denoise_tiles", "input_mode", "iter_denoise", "memory_budget", "model_overlap",
-    "plan_geometry", "receptive_margin", "resolve_device", "resolve_precision",
+    "plan_geometry", "receptive_margin", "resident_bytes", "resolve_device", "resolve_precision",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,21 @@ MEMORY_FRACTION = {"cpu": 0.25, "cuda": 0.7}
 MEMORY_CAP_CPU = int(2.5 * 1024**3)
 
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: On CUDA, a run holds the whole input and output on the GPU ("resident": tiles are cut,
+#: normalised and stitched there, and the statistics are taken there) when both, as float32,
+#: take at most this fraction of the free GPU memory; larger volumes go tile by tile from the host.
+RESIDENT_FRACTION = 0.25
+#: Bytes per slab of the host<->device copies of a resident run, through two pinned buffers so
+#: that reading (or writing) one slab on the host overlaps the copy of the other.
+COPY_SLAB_BYTES = 32 * 1024**2
+#: CUDA settings of the forward pass, both off (``benchmarks/inference.py --breakdown``, H200,
+#: torch 2.11, UpsampleUnet48 on 200 x 512 x 512 in bf16): channels-last memory
+#: (``channels_last_3d``) made the 3D convolutions so slow that a run did not end in minutes, and
+#: cuDNN's autotuner (``torch.backends.cudnn.benchmark``) took 23 s on the first run of a tile
+#: shape to save 5 % (0.597 against 0.627 s) on the later ones.
+CUDA_CHANNELS_LAST = False
+CUDA_CUDNN_BENCHMARK = False
 
 #: What :func:`iter_denoise` does with NaN/Inf input voxels.
 NONFINITE_CHOICES = ("replace", "refuse")
@@ -533,13 +551,26 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-class _Runner:
-    """Forward passes over tiles, with normalisation, stitching and the out-of-memory retry."""
+def _nonfinite_output(center: float, scale: float) -> ValueError:
+    return ValueError(
+        "the network produced NaN/Inf values; the input's intensities (median "
+        f"{center:.3g}, spread {scale:.3g}) may be out of the range float32 can handle"
+    )
 
-    def __init__(self, net, view, out, plan: Plan, dev, autocast, memory_format, center, scale, n_bad):
+
+class _Runner:
+    """Forward passes over tiles, with normalisation, stitching and the out-of-memory retry.
+
+    Tiles are read from the host array `view`, normalised there, copied to the device, and the
+    cores are copied back and stitched into the host array `out`.
+    """
+
+    def __init__(self, net, view, out, plan: Plan, dev, autocast, memory_format, center, scale, n_bad,
+                 stages: Stages | None = None):
         self.net, self.view, self.out, self.plan = net, view, out, plan
         self.dev, self.autocast, self.memory_format = dev, autocast, memory_format
         self.center, self.scale, self.n_bad = center, scale, n_bad
+        self.stages = stages or Stages()
         self.two_d = plan.mode != "volume"
         self.split_depth = 0  # after running out of memory, later tiles are cut this many times
         self.splits = 0
@@ -552,28 +583,38 @@ class _Runner:
         block /= self.scale
         return block
 
+    def _inputs(self, tiles: list[Tile]) -> torch.Tensor:
+        """The normalised tiles as one (B, 1, Z, Y, X) batch on the device ((B, 1, Y, X) for 2D)."""
+        with self.stages("read"):
+            x = np.stack([self._read(t) for t in tiles])[:, None]  # (B, 1, Z, Y, X)
+            release_pages(self.view)  # a memory-mapped input's pages are not needed during the forward
+            if self.two_d:
+                x = x[:, :, 0]  # (B, 1, Y, X): one slice per tile
+        with self.stages("h2d"):
+            return torch.from_numpy(x).to(self.dev, non_blocking=True).contiguous(memory_format=self.memory_format)
+
+    def _store(self, tiles: list[Tile], y: torch.Tensor) -> None:
+        """Put the cores of the network output `y` back in the input's scale, into the output."""
+        with self.stages("d2h"):
+            pred = y[:, 0].float().cpu().numpy()
+        with self.stages("stitch"):
+            if self.two_d:
+                pred = pred[:, None]
+            for t, p in zip(tiles, pred):
+                core = p[t.crop] * self.scale + self.center
+                if not np.isfinite(core).all():
+                    raise _nonfinite_output(self.center, self.scale)
+                self.out[t.out] = core
+            release_pages(self.out)
+
     def _forward(self, tiles: list[Tile]) -> None:
-        x = np.stack([self._read(t) for t in tiles])[:, None]  # (B, 1, Z, Y, X)
-        release_pages(self.view)  # a memory-mapped input's pages are not needed during the forward
-        if self.two_d:
-            x = x[:, :, 0]  # (B, 1, Y, X): one slice per tile
-        xt = torch.from_numpy(x).to(self.dev, non_blocking=True).contiguous(memory_format=self.memory_format)
+        xt = self._inputs(tiles)
         # Grad mode is thread-global: enter inference mode per batch, never across a yield.
-        with torch.inference_mode(), self.autocast:
+        with self.stages("network"), torch.inference_mode(), self.autocast:
             y = self.net(xt)
-        pred = y[:, 0].float().cpu().numpy()
-        del xt, y
-        if self.two_d:
-            pred = pred[:, None]
-        for t, p in zip(tiles, pred):
-            core = p[t.crop] * self.scale + self.center
-            if not np.isfinite(core).all():
-                raise ValueError(
-                    "the network produced NaN/Inf values; the input's intensities (median "
-                    f"{self.center:.3g}, spread {self.scale:.3g}) may be out of the range float32 can handle"
-                )
-            self.out[t.out] = core
-        release_pages(self.out)
+        del xt
+        with torch.inference_mode():
+            self._store(tiles, y)
 
     def _pieces(self, t: Tile, depth: int) -> list[Tile]:
         pieces = [t]
@@ -626,20 +667,187 @@ class _Runner:
         return len(batch) if self.split_depth == 0 else 1
 
 
+class _ResidentRunner(_Runner):
+    """A :class:`_Runner` whose input and output live on the device.
+
+    `view` is the normalised input and `out` the output, both float32 tensors on the device:
+    tiles are gathered (reflect-padded) and stitched there, so nothing crosses to the host per tile.
+    """
+
+    def _inputs(self, tiles: list[Tile]) -> torch.Tensor:
+        with self.stages("read"):
+            x = torch.stack([gather_tile(self.view, t) for t in tiles])[:, None]
+            if self.two_d:
+                x = x[:, :, 0]
+            return x.contiguous(memory_format=self.memory_format)
+
+    def _store(self, tiles: list[Tile], y: torch.Tensor) -> None:
+        with self.stages("stitch"):
+            pred = y[:, 0].float()
+            if self.two_d:
+                pred = pred[:, None]
+            finite = []
+            for t, p in zip(tiles, pred):
+                core = p[t.crop] * self.scale + self.center
+                finite.append(torch.isfinite(core).all())
+                self.out[t.out] = core
+            if not bool(torch.stack(finite).all()):
+                raise _nonfinite_output(self.center, self.scale)
+
+
+def gather_tile(volume: torch.Tensor, tile: Tile) -> torch.Tensor:
+    """One tile of `volume` (a tensor, on any device), reflect-padded where needed.
+
+    The tensor counterpart of :func:`~napari_cryoden.inference.tiling.read_tile`: the same
+    voxels (:func:`~napari_cryoden.inference.tiling.reflect_indices` at the borders), gathered
+    where `volume` lives. Returns a tensor of ``tile.shape`` (a view for an interior tile).
+    """
+    block = volume
+    for axis, (ax, length) in enumerate(zip(tile.axes, volume.shape)):
+        if ax.start >= 0 and ax.start + ax.size <= length:
+            block = block.narrow(axis, ax.start, ax.size)
+        else:
+            index = torch.from_numpy(reflect_indices(ax.start, ax.size, length)).to(volume.device)
+            block = block.index_select(axis, index)
+    return block
+
+
 def _make_runner(lm: LoadedModel, view, out_view, plan: Plan, dev: torch.device, prec: str,
-                 center: float, scale: float, n_bad: int) -> _Runner:
+                 center: float, scale: float, n_bad: int, *, stages: Stages | None = None,
+                 resident: bool = False) -> _Runner:
     """The model on `dev` in the memory format and autocast of `prec`, wrapped in a :class:`_Runner`
-    (shared by :func:`iter_denoise` and :func:`denoise_tiles`, so both compute alike)."""
+    (shared by :func:`iter_denoise` and :func:`denoise_tiles`, so both compute alike), or in a
+    :class:`_ResidentRunner` when `view` and `out_view` are tensors on `dev`."""
     net = lm.module.to(dev).eval()
-    if dev.type == "cpu" and prec == "bf16":
+    channels_last = prec == "bf16" if dev.type == "cpu" else (CUDA_CHANNELS_LAST and prec != "fp32")
+    if channels_last:
         memory_format = torch.channels_last_3d if plan.mode == "volume" else torch.channels_last
     else:
         memory_format = torch.contiguous_format
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = CUDA_CUDNN_BENCHMARK
     net = net.to(memory_format=memory_format)
     autocast = (
-        torch.autocast(device_type=dev.type, dtype=_PRECISIONS[prec]) if _PRECISIONS[prec] is not None else _null()
+        torch.autocast(device_type=dev.type, dtype=_PRECISIONS[prec])
+        if _PRECISIONS[prec] is not None else contextlib.nullcontext()
     )
-    return _Runner(net, view, out_view, plan, dev, autocast, memory_format, center, scale, n_bad)
+    cls = _ResidentRunner if resident else _Runner
+    return cls(net, view, out_view, plan, dev, autocast, memory_format, center, scale, n_bad, stages)
+
+
+# ------------------------------------------------------------------------------------------
+# Resident runs: the whole volume on the device
+
+_PINNED: dict[str, list[torch.Tensor]] = {}
+
+
+def resident_bytes(n_voxels: int) -> int:
+    """Device bytes that a resident run holds besides the forward passes: the input and the
+    output as float32."""
+    return 8 * int(n_voxels)
+
+
+def _use_resident(resident: bool | None, dev: torch.device, n_voxels: int) -> bool:
+    if resident is not None:
+        return bool(resident)
+    if dev.type != "cuda":
+        return False
+    free, _total = torch.cuda.mem_get_info(dev)
+    return resident_bytes(n_voxels) <= RESIDENT_FRACTION * free
+
+
+def _pinned_pair(n_floats: int) -> list[torch.Tensor]:
+    """Two pinned float32 host buffers of at least `n_floats`, kept for the next run (pinning
+    memory is slow)."""
+    pair = _PINNED.get("pair")
+    if pair is None or pair[0].numel() < n_floats:
+        pair = _PINNED["pair"] = [torch.empty(n_floats, dtype=torch.float32, pin_memory=True) for _ in range(2)]
+    return pair
+
+
+def _slabs(shape: tuple[int, ...]) -> tuple[list[tuple[int, int]], int]:
+    """Slabs ``(start, stop)`` along the first axis of about :data:`COPY_SLAB_BYTES` of float32
+    each, and the floats in one index of that axis."""
+    per = max(1, int(np.prod(shape[1:], dtype=np.int64)))
+    step = max(1, COPY_SLAB_BYTES // (4 * per))
+    return [(z, min(z + step, shape[0])) for z in range(0, shape[0], step)], per
+
+
+def to_device(volume: np.ndarray, dev: torch.device, stages: Stages | None = None) -> torch.Tensor:
+    """A float32 copy of `volume` (ndarray or memmap, at least 1D) on `dev`.
+
+    On CUDA the volume goes in slabs of :data:`COPY_SLAB_BYTES` through two pinned buffers:
+    reading (and converting) one slab on the host overlaps the asynchronous copy of the other.
+    A memory-mapped volume's pages are let go after each slab.
+    """
+    stages = stages or Stages()
+    if dev.type != "cuda":
+        with stages("read"):
+            tensor = torch.from_numpy(np.array(volume, dtype=np.float32, copy=True)).to(dev)
+            release_pages(volume)
+        return tensor
+    shape = tuple(volume.shape)
+    dst = torch.empty(shape, dtype=torch.float32, device=dev)
+    slabs, per = _slabs(shape)
+    bufs, events = _pinned_pair((slabs[0][1] - slabs[0][0]) * per), [None, None]
+    for i, (a, b) in enumerate(slabs):
+        k = i % 2
+        if events[k] is not None:
+            events[k].synchronize()  # that buffer's last copy is done
+        host = bufs[k][: (b - a) * per].view(b - a, *shape[1:])
+        with stages("read"):
+            np.copyto(host.numpy(), volume[a:b], casting="unsafe")
+            release_pages(volume)
+        with stages("h2d"):
+            dst[a:b].copy_(host, non_blocking=True)
+            events[k] = torch.cuda.Event()
+            events[k].record()
+    return dst
+
+
+def to_host(tensor: torch.Tensor, out: np.ndarray, stages: Stages | None = None) -> None:
+    """Copy the float32 `tensor` into `out` (ndarray or memmap of the same shape).
+
+    On CUDA in slabs through two pinned buffers: copying one slab into `out` on the host overlaps
+    the asynchronous device-to-host copy of the next. A memory-mapped `out`'s pages are let go
+    after each slab (written pages stay in the page cache).
+    """
+    stages = stages or Stages()
+    with stages("d2h"):
+        if tensor.device.type != "cuda":
+            np.copyto(out, tensor.numpy())
+            release_pages(out)
+            return
+        shape = tuple(tensor.shape)
+        slabs, per = _slabs(shape)
+        bufs = _pinned_pair((slabs[0][1] - slabs[0][0]) * per)
+        pending: list[tuple] = []
+
+        def drain() -> None:
+            event, host, a, b = pending.pop(0)
+            event.synchronize()
+            np.copyto(out[a:b], host.numpy())
+            release_pages(out)
+
+        for i, (a, b) in enumerate(slabs):
+            host = bufs[i % 2][: (b - a) * per].view(b - a, *shape[1:])
+            host.copy_(tensor[a:b], non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            pending.append((event, host, a, b))
+            if len(pending) == 2:  # the other buffer is drained while this one fills
+                drain()
+        while pending:
+            drain()
+
+
+def tensor_stats(tensor: torch.Tensor) -> tuple[float, float, float, float]:
+    """``(min, max, mean, std)`` of a tensor where it lives, the mean and std in float64: the MRC
+    header statistics (as :func:`~napari_cryoden.inference.stream.header_stats`)."""
+    wide = tensor.to(torch.float64)
+    var, mean = torch.var_mean(wide, correction=0)
+    lo, hi = torch.aminmax(tensor)
+    return float(lo), float(hi), float(mean), math.sqrt(max(float(var), 0.0))
 
 
 class _Cores:
@@ -736,6 +944,8 @@ class RunSetup:
     n_bad: int
     center: float
     scale: float
+    #: The input as float32 on the device, for a resident run; else None.
+    device_volume: torch.Tensor | None = None
 
 
 def prepare_run(
@@ -753,6 +963,8 @@ def prepare_run(
     stats: tuple[float, float] | None = None,
     whole_first_axis: bool = False,
     info: dict | None = None,
+    resident: bool = False,
+    stages: Stages | None = None,
 ) -> RunSetup:
     """The checks and decisions of a run before its first tile, shared by :func:`iter_denoise`
     and the cluster's planning task: the input must be real and non-empty data the model takes,
@@ -760,6 +972,11 @@ def prepare_run(
     NaN/Inf voxels are counted (and refused when `nonfinite` is "refuse") and the normalisation
     statistics are taken (the volume's robust statistics unless `stats` is given). `info` gets
     ``nonfinite`` and ``nonfinite_action``.
+
+    `resident` (True, False, or None for automatic: on CUDA when the float32 input and output
+    take at most :data:`RESIDENT_FRACTION` of the free GPU memory) copies the input to the device
+    first (:func:`to_device`) and counts the NaN/Inf voxels and takes the statistics there; the
+    memory one forward pass may use is then the budget less :func:`resident_bytes`.
 
     Raises
     ------
@@ -775,9 +992,16 @@ def prepare_run(
         raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_CHOICES)}, got {nonfinite!r}")
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
+    stages = stages or Stages()
+    stages.device = dev
+    resident = _use_resident(resident, dev, vol.size)
+    if resident and memory_bytes is None and tile is None:
+        memory_bytes = max(memory_budget(dev) - resident_bytes(vol.size), 1)
     plan = plan_geometry(lm, vol.shape, dev, prec, tile=tile, overlap=overlap, batch_size=batch_size,
                          memory_bytes=memory_bytes, image_stack=image_stack, whole_first_axis=whole_first_axis)
-    n_bad = count_nonfinite(vol)
+    dvol = to_device(vol, dev, stages) if resident else None
+    with stages("stats"):
+        n_bad = count_nonfinite(vol) if dvol is None else int((~torch.isfinite(dvol)).sum())
     if info is not None:
         info["nonfinite"] = n_bad
         info["nonfinite_action"] = nonfinite if n_bad else None
@@ -787,13 +1011,17 @@ def prepare_run(
             "(nonfinite='replace')"
         )
     if stats is None:
-        center, scale = robust_stats(vol)
-        release_pages(vol)
+        with stages("stats"):
+            if dvol is None:
+                center, scale = robust_stats(vol)
+                release_pages(vol)
+            else:
+                center, scale = robust_stats_tensor(dvol)
     else:
         center, scale = (float(v) for v in stats)
         if not (math.isfinite(center) and math.isfinite(scale) and scale > 0):
             raise ValueError(f"stats must be a finite center and a positive scale, got {stats}")
-    return RunSetup(plan, dev, prec, n_bad, center, scale)
+    return RunSetup(plan, dev, prec, n_bad, center, scale, dvol)
 
 
 def iter_denoise(
@@ -812,6 +1040,8 @@ def iter_denoise(
     memory_bytes: int | None = None,
     stats: tuple[float, float] | None = None,
     whole_first_axis: bool = False,
+    resident: bool | None = None,
+    timings: dict | None = None,
 ) -> Generator[tuple[int, int], None, np.ndarray]:
     """Denoise tile by tile, yielding ``(tiles_done, tiles_total)``; returns the output array.
 
@@ -821,7 +1051,16 @@ def iter_denoise(
     of the free memory) and `stats` (``(center, scale)`` to normalise with instead of the
     volume's own robust statistics, e.g. those of a whole tomogram when denoising a slab of it)
     and `whole_first_axis` (one tile along the first axis and no margin on it: see
-    :func:`plan_geometry`).
+:func:`plan_geometry`).
+
+    `resident` holds the whole input and output on the device (None: automatic, on CUDA when
+    they fit; see :func:`prepare_run`): tiles are cut, normalised and stitched there, the
+    statistics are taken there, and the output comes back to the host once, in slabs. On the CPU
+    the result is that of the tile-by-tile path. `info` then also gets ``header_stats``,
+    ``(min, max, mean, std)`` of the output.
+
+    `timings`, a dict, receives the seconds spent per stage (:data:`~napari_cryoden.inference.
+    timing.STAGES`); the CUDA device is synchronised around each stage, for benchmarks.
     """
     vol = volume
     if not isinstance(vol, np.ndarray):
@@ -829,9 +1068,11 @@ def iter_denoise(
     lm = _as_model(model)
     if out is not None and out.shape != vol.shape:
         raise ValueError(f"out has shape {out.shape}, expected {vol.shape}")
+    stages = Stages(timings)
     run = prepare_run(vol, lm, tile=tile, overlap=overlap, device=device, precision=precision,
                       batch_size=batch_size, nonfinite=nonfinite, image_stack=image_stack,
-                      memory_bytes=memory_bytes, stats=stats, whole_first_axis=whole_first_axis, info=info)
+                      memory_bytes=memory_bytes, stats=stats, whole_first_axis=whole_first_axis, info=info,
+                      resident=resident, stages=stages)
     plan, dev, prec, n_bad, center, scale = run.plan, run.device, run.precision, run.n_bad, run.center, run.scale
     g = plan.geometry
     tiles = plan_tiles(plan.shape, g.tile, g.overlap, g.stride)
@@ -843,11 +1084,22 @@ def iter_denoise(
         out = np.empty(vol.shape, dtype=np.float32)
     if info is not None:
         info.update(mode=plan.mode, tile=g.tile, overlap=g.overlap, batch=g.batch, waste=plan.waste,
-                    tiles=len(tiles), precision=prec, device=dev.type)
+                    tiles=len(tiles), precision=prec, device=dev.type, resident=run.device_volume is not None)
 
-    view = vol if plan.mode != "image" else vol[None]
-    out_view = out if plan.mode != "image" else out[None]
-    runner = _make_runner(lm, view, out_view, plan, dev, prec, center, scale, n_bad)
+    dvol = run.device_volume
+    if dvol is not None:
+        with stages("stats"):
+            if n_bad:
+                dvol[~torch.isfinite(dvol)] = center
+            dvol.sub_(center).div_(scale)
+        view = dvol if plan.mode != "image" else dvol[None]
+        dout = torch.empty_like(dvol)
+        out_view = dout if plan.mode != "image" else dout[None]
+    else:
+        view = vol if plan.mode != "image" else vol[None]
+        out_view = out if plan.mode != "image" else out[None]
+    runner = _make_runner(lm, view, out_view, plan, dev, prec, center, scale, n_bad, stages=stages,
+                          resident=dvol is not None)
     total = len(tiles)
     yield 0, total
     done, batch = 0, g.batch
@@ -860,15 +1112,13 @@ def iter_denoise(
         if info is not None:
             info["oom_splits"] = runner.splits
         yield done, total
+    if dvol is not None:
+        del view, dvol
+        with stages("stitch"):
+            if info is not None:
+                info["header_stats"] = tensor_stats(dout)
+        to_host(dout, out, stages)
     return out
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def denoise(

@@ -24,6 +24,7 @@ from ..io.atomic import atomic_path, same_file
 from ..io.mrc import DEFAULT_MMAP_THRESHOLD
 from ..models.registry import DEFAULT_MODEL
 from .tiling import release_pages
+from .timing import Stages
 
 __all__ = ["FileResult", "denoise_file", "header_stats", "is_image_stack_path", "iter_denoise_file"]
 
@@ -129,6 +130,7 @@ def streams(dst: Path, n_voxels: int, mmap_threshold: int) -> bool:
 
 def write_denoised(
     src: Path, dst: Path, shape: tuple[int, ...], voxel_size, label: str, fill, *, overwrite: bool, streamed: bool,
+    info: dict | None = None, stages: Stages | None = None,
 ) -> Generator[tuple[int, int], None, None]:
     """Write the float32 output `dst` atomically while `fill(out)` computes it, yielding its
     progress.
@@ -137,13 +139,18 @@ def write_denoised(
     None (in-memory outputs) it allocates the array itself. Streamed outputs are memory-mapped
     MRC files in the temporary file of :func:`~napari_cryoden.io.atomic_path`, finished with the
     voxel size, the label and the header statistics; others go through
-    :func:`~napari_cryoden.io.write_mrc`, which never writes over `src`.
+    :func:`~napari_cryoden.io.write_mrc`, which never writes over `src`. A streamed output takes
+    the header statistics that the run left in ``info["header_stats"]`` (a resident run takes
+    them on the device), else reads them from the output.
     """
+    stages = stages or Stages()
+    info = {} if info is None else info
     if not streamed:
         from ..io import write_mrc
 
         result = yield from fill(None)
-        write_mrc(dst, result, voxel_size, overwrite=overwrite, protect=(src,), label=label)
+        with stages("write"):
+            write_mrc(dst, result, voxel_size, overwrite=overwrite, protect=(src,), label=label)
         return
     import mrcfile
 
@@ -151,15 +158,17 @@ def write_denoised(
         mrc = mrcfile.new_mmap(tmp, shape=tuple(shape), mrc_mode=2, overwrite=True)
         try:
             yield from fill(mrc.data)
-            vs = np.broadcast_to(np.asarray(voxel_size, dtype=float), (len(shape),)).tolist()
-            vs_zyx = ([vs[0]] if len(shape) == 2 else []) + vs  # 2D: z = y, as write_mrc
-            mrc.voxel_size = (vs_zyx[2], vs_zyx[1], vs_zyx[0])
-            mrc.add_label(label[:80])
-            h = mrc.header
-            h.dmin, h.dmax, h.dmean, h.rms = header_stats(mrc.data)
-            mrc.flush()
+            with stages("write"):
+                vs = np.broadcast_to(np.asarray(voxel_size, dtype=float), (len(shape),)).tolist()
+                vs_zyx = ([vs[0]] if len(shape) == 2 else []) + vs  # 2D: z = y, as write_mrc
+                mrc.voxel_size = (vs_zyx[2], vs_zyx[1], vs_zyx[0])
+                mrc.add_label(label[:80])
+                h = mrc.header
+                h.dmin, h.dmax, h.dmean, h.rms = info.get("header_stats") or header_stats(mrc.data)
+                mrc.flush()
         finally:
-            mrc.close()
+            with stages("write"):
+                mrc.close()
 
 
 def iter_denoise_file(
@@ -179,6 +188,8 @@ def iter_denoise_file(
     image_stack: bool | None = None,
     label: str | None = None,
     info: dict | None = None,
+    resident: bool | None = None,
+    timings: dict | None = None,
 ) -> Generator[tuple[int, int], None, FileResult]:
     """Denoise an MRC file into a float32 MRC file, yielding ``(tiles_done, tiles_total)``.
 
@@ -203,6 +214,15 @@ def iter_denoise_file(
     info : dict, optional
         Filled in as by the engine, plus ``voxel_size``, ``voxel_size_known``, ``shape``,
         ``streamed`` and ``model`` before the first report.
+    resident : bool, optional
+        Hold the whole volume on the device (default: on CUDA when it fits); see
+        :func:`~napari_cryoden.inference.iter_denoise`. On CUDA (unless `resident` is False) an
+        uncompressed input is memory-mapped and an uncompressed output streamed whatever their
+        size, so the volume goes from the page cache to the GPU and back in slabs, with no whole
+        copy in host memory.
+    timings : dict, optional
+        Receives the seconds per stage (:data:`~napari_cryoden.inference.timing.STAGES`),
+        reading and writing the files included; for benchmarks.
 
     Returns
     -------
@@ -222,20 +242,26 @@ def iter_denoise_file(
 
     src, dst = Path(input_path), Path(output_path)
     check_output(src, dst, overwrite=overwrite)
-    volume = io.read_mrc(src, mmap_threshold=mmap_threshold)
+    stages = Stages(timings)
+    # On CUDA both files are memory-mapped whatever their size: the volume goes from the page
+    # cache to the GPU and back in slabs, with no whole copy on the host (a resident run).
+    on_gpu = resident is not False and device != "cpu" and inference.resolve_device(device).type == "cuda"
+    with stages("read"):
+        volume = io.read_mrc(src, mmap_threshold=0 if on_gpu else mmap_threshold)
     lm = _as_model(model)
     data = volume.data
     stack = is_image_stack_path(src) if image_stack is None else bool(image_stack)
-    streamed = streams(dst, data.size, mmap_threshold)
+    streamed = streams(dst, data.size, 0 if on_gpu else mmap_threshold)
     info = {} if info is None else info
     info.update(voxel_size=tuple(volume.voxel_size), voxel_size_known=volume.metadata.get("voxel_size_known", True),
                 shape=tuple(data.shape), streamed=streamed, model=lm.name)
     label = label if label is not None else f"cryoden {lm.name}"
     kwargs = dict(tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision,
-                  nonfinite=nonfinite, info=info, image_stack=stack, memory_bytes=memory_bytes)
+                  nonfinite=nonfinite, info=info, image_stack=stack, memory_bytes=memory_bytes, resident=resident,
+                  timings=timings)
     yield from write_denoised(src, dst, data.shape, volume.voxel_size, label,
                               lambda out: inference.iter_denoise(data, lm, out=out, **kwargs),
-                              overwrite=overwrite, streamed=streamed)
+                              overwrite=overwrite, streamed=streamed, info=info, stages=stages)
     return FileResult(
         output=dst, shape=tuple(data.shape), voxel_size=tuple(volume.voxel_size), model=lm.name,
         tiles=int(info.get("tiles", 0)), streamed=streamed, seconds=time.perf_counter() - start, info=info,
