@@ -36,6 +36,18 @@ Usage::
 
 ``--activations N`` measures the peak memory of one N³ forward pass per 3D model in a fresh
 process and prints it next to the estimate the tile plan uses.
+
+``--breakdown`` times where a run of :func:`~napari_cryoden.inference.denoise_file` spends its time,
+per device and per variant of the engine (one subprocess each): the median end-to-end time of
+``--repeats`` runs with no instrumentation, the first run's time (cuDNN's autotuning included),
+then the median seconds per stage (reading, statistics, host->device, network, device->host,
+stitching, writing; the GPU synchronised around each stage) and the network's FLOP/s as a
+fraction of the bf16 matmul peak measured in the same process. With ``--batch N`` it also
+denoises N such files one after the other in the same process, and with ``cryoden denoise
+'dir/*.mrc' -o out/`` in a fresh process, and reports files per minute::
+
+    python benchmarks/inference.py --breakdown --shape 200 512 512 --devices cuda --batch 8 \
+        --models upsampleunet48-gan
 """
 
 from __future__ import annotations
@@ -52,7 +64,10 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_cryoden.inference.timing import STAGES as STAGE_NAMES
+
 WARMUP_SHAPE = (32, 64, 64)
+
 HUGE_SHAPE = (512, 1024, 1024)
 
 
@@ -216,6 +231,180 @@ def run_case(spec: dict) -> dict:
         "achieved_gflops": rate / 1e9, "mm_peak_gflops": {k: v / 1e9 for k, v in peaks.items()},
         "threads": torch.get_num_threads(),
     }
+
+
+#: Engine variants of ``--breakdown``: "before" is the tile-by-tile host path with the settings
+#: of the code before the resident path (contiguous memory and no cuDNN autotuning on CUDA).
+VARIANTS = {
+    "cpu": {"host": {"resident": False}},
+    "cuda": {
+        "before": {"resident": False, "channels_last": False, "cudnn_benchmark": False},
+        "resident": {"resident": None, "channels_last": False, "cudnn_benchmark": False},
+        "resident, contiguous": {"resident": None, "channels_last": False, "cudnn_benchmark": True},
+        "resident, no autotune": {"resident": None, "channels_last": True, "cudnn_benchmark": False},
+        "host, channels-last + autotune": {"resident": False, "channels_last": True, "cudnn_benchmark": True},
+    },
+}
+
+
+def network_flops(model, plan) -> float:
+    """FLOPs of the network over all the tiles of `plan`, counted on the meta device (nothing is
+    computed): one tile's count (:class:`torch.utils.flop_counter.FlopCounterMode`) times the tiles."""
+    import copy
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    shape = plan.geometry.tile_shape(plan.shape)
+    if plan.mode != "volume":
+        shape = shape[1:]
+    net = copy.deepcopy(model.module).to("meta").eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net(torch.empty(1, 1, *shape, device="meta"))
+    return float(counter.get_total_flops()) * plan.n_tiles
+
+
+def run_breakdown_case(spec: dict) -> dict:
+    """One model, device and engine variant, in this (child) process: see ``--breakdown``."""
+    import torch
+
+    from napari_cryoden.inference import denoise_file, engine, plan_geometry, resolve_device, resolve_precision
+    from napari_cryoden.models import load_model
+
+    variant = spec["variant"]
+    engine.CUDA_CHANNELS_LAST = variant.get("channels_last", engine.CUDA_CHANNELS_LAST)
+    engine.CUDA_CUDNN_BENCHMARK = variant.get("cudnn_benchmark", engine.CUDA_CUDNN_BENCHMARK)
+    device = resolve_device(spec["device"])
+    precision = resolve_precision("auto", device)
+    model = load_model(spec["model"])
+    folder = Path(spec["folder"])
+    src = Path(spec["input"])
+    out = folder / f"out-{os.getpid()}.mrc"
+    opts = dict(device=str(device), precision=precision, overwrite=True, resident=variant["resident"])
+    warm = write_synthetic(folder / f"warm-{os.getpid()}.mrc", WARMUP_SHAPE, seed=1)
+    denoise_file(warm, folder / f"warm-out-{os.getpid()}.mrc", model, **opts)
+
+    def timed(**extra):
+        _sync(device)
+        t = time.perf_counter()
+        denoise_file(src, out, model, **opts, **extra)
+        _sync(device)
+        return time.perf_counter() - t
+
+    info: dict = {}
+    first = timed(info=info)
+    plain = [timed() for _ in range(spec["repeats"])]
+    stages = []
+    for _ in range(spec["repeats"]):
+        timings: dict = {}
+        timed(timings=timings)
+        stages.append(timings)
+    medians = {k: statistics.median(t.get(k, 0.0) for t in stages) for k in STAGE_NAMES}
+    plan = plan_geometry(model, info["shape"], device, precision, tile=info["tile"][-model.ndim:],
+                         overlap=info["overlap"][-model.ndim:], batch_size=info["batch"])
+    flops = network_flops(model, plan)
+    n = 8192 if device.type == "cuda" else 2048
+    peak = matmul_peak(device, torch.bfloat16, n)
+    row = {
+        "model": spec["model"], "device": device.type, "variant": spec["variant_name"], "precision": precision,
+        "shape": list(info["shape"]), "tile": list(info["tile"]), "overlap": list(info["overlap"]),
+        "tiles": info["tiles"], "resident": bool(info.get("resident")), "streamed": bool(info.get("streamed")),
+        "first_s": first, "seconds": plain, "median_s": statistics.median(plain), "stages": medians,
+        "network_tflop": flops / 1e12, "bf16_peak_tflops": peak / 1e12,
+        "network_tflops": flops / max(medians["network"], 1e-9) / 1e12,
+        "threads": torch.get_num_threads(), "rss_peak_mib": _peak_rss_kib() / 1024,
+    }
+    if spec.get("batch"):
+        row.update(run_batch(spec, model, opts, folder))
+    return row
+
+
+def run_batch(spec: dict, model, opts: dict, folder: Path) -> dict:
+    """N files one after the other in this process, then ``cryoden denoise 'dir/*.mrc' -o out/``."""
+    import shutil
+
+    from napari_cryoden.inference import denoise_file
+
+    n = spec["batch"]
+    batch_in, batch_out = folder / "batch-in", folder / "batch-out"
+    batch_in.mkdir(exist_ok=True)
+    for i in range(n):
+        dst = batch_in / f"tomo{i:02d}.mrc"
+        if not dst.exists():
+            shutil.copyfile(spec["input"], dst)
+    batch_out.mkdir(exist_ok=True)
+    files = sorted(batch_in.glob("*.mrc"))
+    t = time.perf_counter()
+    for f in files:
+        denoise_file(f, batch_out / f.name, model, **opts)
+    seconds = time.perf_counter() - t
+    cli_out = folder / "batch-cli"
+    cmd = [sys.executable, "-m", "napari_cryoden.cli", "denoise", str(batch_in / "*.mrc"), "-o", str(cli_out),
+           "--model", spec["model"], "--device", spec["device"], "--overwrite", "-q"]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cli_seconds = time.perf_counter() - t
+    shutil.rmtree(cli_out, ignore_errors=True)
+    return {"batch_files": n, "batch_s": seconds, "batch_cli_s": cli_seconds if proc.returncode == 0 else None,
+            "batch_cli_error": proc.stderr.strip().splitlines()[-1:] if proc.returncode else None}
+
+
+def print_breakdown(rows: list[dict]) -> None:
+    print("| model | device | variant | resident | end to end, median s (runs) | first run s | "
+          + " | ".join(STAGE_NAMES) + " | sum of stages | network TFLOP/s | % of bf16 peak |")
+    print("|---|---|---|---|---|---|" + "---|" * len(STAGE_NAMES) + "---|---|---|")
+    for r in rows:
+        st = r["stages"]
+        print(f"| {r['model']} | {r['device']} | {r['variant']} | {'yes' if r['resident'] else 'no'} | "
+              f"{r['median_s']:.3f} ({', '.join(f'{t:.3f}' for t in r['seconds'])}) | {r['first_s']:.3f} | "
+              + " | ".join(f"{st[k]:.3f}" for k in STAGE_NAMES)
+              + f" | {sum(st.values()):.3f} | {r['network_tflops']:.3g} | "
+              f"{100 * r['network_tflops'] / r['bf16_peak_tflops']:.0f} |")
+    for r in rows:
+        voxels = int(np.prod(r["shape"]))
+        line = (f"  {r['model']} {r['device']} {r['variant']}: {voxels / r['median_s'] / 1e6:.1f} Mvox/s, "
+                f"tile {'x'.join(map(str, r['tile']))} + {'x'.join(map(str, r['overlap']))}, {r['tiles']} tiles, "
+                f"{r['network_tflop']:.1f} TFLOP, bf16 mm peak {r['bf16_peak_tflops']:.0f} TFLOP/s, "
+                f"{r['threads']} threads, peak RSS {r['rss_peak_mib']:.0f} MiB")
+        if r.get("batch_files"):
+            per = r["batch_s"] / r["batch_files"]
+            line += (f"; batch of {r['batch_files']}: {r['batch_s']:.2f} s in one process, "
+                     f"{60 / per:.0f} files/min, {100 * r['median_s'] / per:.0f} % of the single-file throughput")
+            if r.get("batch_cli_s"):
+                line += f"; cryoden denoise on the batch: {r['batch_cli_s']:.1f} s (process start included)"
+            elif r.get("batch_cli_error"):
+                line += f"; cryoden denoise on the batch failed: {r['batch_cli_error']}"
+        print(line)
+
+
+def run_breakdown(args, models: list[str], devices: list[str]) -> None:
+    import torch
+
+    print(f"breakdown: shape {tuple(args.shape)} (Z, Y, X) float32, {args.repeats} repeats; torch {torch.__version__}; "
+          f"{os.cpu_count()} CPUs" + (f"; {torch.cuda.get_device_name()}" if "cuda" in devices else ""), flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cryoden-breakdown-", dir=args.tmp) as tmp:
+        folder = Path(tmp)
+        src = write_synthetic(folder / "input.mrc", args.shape)
+        for name in models:
+            for device in devices:
+                variants = VARIANTS["cuda" if device.startswith("cuda") else "cpu"]
+                for vname in args.variants or list(variants):
+                    if vname not in variants:
+                        continue
+                    spec = {"model": name, "device": device, "repeats": args.repeats, "folder": str(folder),
+                            "input": str(src), "variant": variants[vname], "variant_name": vname,
+                            "breakdown": True, "batch": args.batch if vname in ("resident", "host") else 0}
+                    try:
+                        row = _child(spec)
+                    except RuntimeError as exc:
+                        print(f"  {name} {device} {vname}: {exc}", flush=True)
+                        continue
+                    rows.append(row)
+                    print(f"  done: {name} {device} {vname}: {row['median_s']:.3f} s", flush=True)
+    print_breakdown(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 
 
 def _child(spec: dict) -> dict:
@@ -422,9 +611,16 @@ def main(argv=None) -> int:
     parser.add_argument("--tmp", default=None, help="folder for the temporary files (default: the system's)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="time each stage of a run, per device and engine variant, instead of the table")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help=f"--breakdown variants (default: all; CUDA: {', '.join(VARIANTS['cuda'])})")
+    parser.add_argument("--batch", type=int, default=0, metavar="N",
+                        help="--breakdown: also denoise N copies of the input one after the other")
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(run_case(json.loads(args.child))))
+        spec = json.loads(args.child)
+        print(json.dumps(run_breakdown_case(spec) if spec.get("breakdown") else run_case(spec)))
         return 0
 
     import torch
@@ -442,6 +638,9 @@ def main(argv=None) -> int:
         run_activations(args, models)
         return 0
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    if args.breakdown:
+        run_breakdown(args, args.models or ["upsampleunet48-gan"], devices)
+        return 0
     cards = available_models()
     print(f"shape {tuple(args.shape)} (Z, Y, X), float32, {args.repeats} repeats; torch {torch.__version__}; "
           f"{os.cpu_count()} CPUs" + (f"; {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
