@@ -37,7 +37,8 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
            "--disable-pip-version-check", "-q", "-w", str(out), str(tree)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, f"pip wheel failed (install the 'testing' extra: setuptools, wheel):\n{run.stderr[-3000:]}"
+    assert run.returncode == 0, (
+        f"pip wheel failed (the 'testing' extra installs its setuptools and wheel):\n{run.stderr[-3000:]}")
     wheels = sorted(out.glob("napari_cryoden-*.whl"))
     assert len(wheels) == 1, wheels
     with zipfile.ZipFile(wheels[0]) as zf:
