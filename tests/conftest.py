@@ -143,11 +143,7 @@ def tiny_2d_model(tiny_model_dir):
     """'tiny-2d': an untrained 4-channel N2NUNet2D next to 'tiny-test' (3D); its name."""
     import torch
 
-    from napari_cryoden.models import ARCHITECTURES, save_model
-
-    if "N2NUNet2D" not in ARCHITECTURES:
-        pytest.skip("no 2D architecture registered")
-    from napari_cryoden.models import N2NUNet2D
+    from napari_cryoden.models import N2NUNet2D, save_model
 
     torch.manual_seed(0)
     save_model(N2NUNet2D(ch=4), tiny_model_dir, "tiny-2d",

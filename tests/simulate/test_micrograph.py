@@ -5,7 +5,7 @@ import pytest
 
 from napari_cryoden.simulate import SimulatedMicrograph, simulate_micrograph
 from napari_cryoden.simulate.micrograph import project_particles
-from napari_cryoden.simulate.thesis import blob_particle
+from napari_cryoden.simulate.specimen import blob_particle
 
 from conftest import corr, psnr  # tests/conftest.py (tests/ is on sys.path)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_cryoden.simulate import SimulatedTomogram, simulate_tomogram
+from napari_cryoden.simulate import physics, specimen
 from napari_cryoden.simulate import tomogram as T
 
 from conftest import corr, psnr  # tests/conftest.py (tests/ is on sys.path)
@@ -94,20 +95,20 @@ def test_protein_is_dark_unless_inverted(sim):
 
 def test_specimen_crowding_counts_and_overlap():
     rng = np.random.default_rng(0)
-    vol, info = T.specimen_volume((32, 48, 48), rng, density=0.25, ice=False)
+    vol, info = specimen.specimen_volume((32, 48, 48), rng, density=0.25, ice=False)
     assert info["volume_fraction"] == pytest.approx(0.25, abs=0.05)
     assert vol.max() < 1.2  # supports never overlap (only faint tails may add up)
-    vol, info = T.specimen_volume((32, 48, 48), np.random.default_rng(1), density=5, ice=False)
+    vol, info = specimen.specimen_volume((32, 48, 48), np.random.default_rng(1), density=5, ice=False)
     assert info["n_particles"] == 5
     maps = {"cube": np.pad(np.ones((5, 5, 5), np.float32), 1)}
-    vol, info = T.specimen_volume((16, 24, 24), np.random.default_rng(2), particles=maps, density=3, ice=False)
+    vol, info = specimen.specimen_volume((16, 24, 24), np.random.default_rng(2), particles=maps, density=3, ice=False)
     assert info["n_particles"] == 3
     assert vol.max() < 1.15  # uniform cubes: an overlap of two would reach 2
 
 
 def test_weighted_backprojection_recovers_the_volume_with_full_tilt_range():
     rng = np.random.default_rng(0)
-    vol, _ = T.specimen_volume((24, 8, 40), rng, density=0.2, ice=False)
+    vol, _ = specimen.specimen_volume((24, 8, 40), rng, density=0.2, ice=False)
     nz, ny, nx = vol.shape
     angles = T.tilt_angles(89.0, 1.0)
     key = tuple(float(a) for a in angles)
@@ -125,14 +126,14 @@ def test_weighted_backprojection_recovers_the_volume_with_full_tilt_range():
 
 
 def test_physics_helpers():
-    assert T.electron_wavelength(300.0) == pytest.approx(0.019687, rel=1e-4)
-    assert T.interaction_constant(300.0) == pytest.approx(6.526e-4, rel=1e-3)
-    assert T.critical_exposure(np.array([0.0]))[0] == np.inf
-    assert T.critical_exposure(np.array([1 / 3.0]))[0] == pytest.approx(0.245 * 3**1.665 + 2.81)
+    assert physics.electron_wavelength(300.0) == pytest.approx(0.019687, rel=1e-4)
+    assert physics.interaction_constant(300.0) == pytest.approx(6.526e-4, rel=1e-3)
+    assert physics.critical_exposure(np.array([0.0]))[0] == np.inf
+    assert physics.critical_exposure(np.array([1 / 3.0]))[0] == pytest.approx(0.245 * 3**1.665 + 2.81)
     np.testing.assert_allclose(T.tilt_angles(10.0, 3.0), [-9, -6, -3, 0, 3, 6, 9])
     rank = T.dose_symmetric_order(np.array([-6.0, -3.0, 0.0, 3.0, 6.0]))
     np.testing.assert_array_equal(rank, [4, 2, 0, 1, 3])
-    ctf = T.ctf_2d((16, 16), 10.0, 3.0)
+    ctf = physics.ctf_2d((16, 16), 10.0, 3.0)
     assert ctf.shape == (16, 9) and ctf[0, 0] == pytest.approx(0.07, abs=1e-3)  # amplitude contrast at k=0
 
 

@@ -315,7 +315,7 @@ def _simulate_thesis(args: argparse.Namespace, shape: tuple[int, ...], voxel_siz
     import numpy as np
 
     from ..simulate import thesis_pair
-    from ..simulate.tomogram import procedural_particles
+    from ..simulate.specimen import procedural_particles
 
     rng = np.random.default_rng(args.seed)
     particles = list(maps.values()) if maps is not None else procedural_particles(rng, voxel_size)

@@ -1,11 +1,16 @@
 """Simulated cryo-ET data (no Qt): the thesis dataset, sample tomograms, and physically modelled
-tomograms and micrographs with even/odd halves."""
+tomograms and micrographs with even/odd halves.
+
+Modules: ``physics`` (electron optics, CTF, radiation damage, image formation), ``specimen``
+(particles, vesicles, ice), ``tomogram`` (tilt series and reconstruction), ``micrograph``
+(frame sums of a movie), ``thesis`` (the dataset of van Gijn 2019) and ``samples``.
+"""
 
 from .micrograph import SimulatedMicrograph, simulate_micrograph
 from .samples import sample_tomogram
+from .specimen import blob_particle, load_particle_maps, random_rotation, rotate_particle
 from .thesis import (
-    add_gaussian_noise, apply_missing_wedge, blob_particle, load_particle_maps, missing_wedge_mask,
-    place_particles, random_rotation, rotate_particle, salt_and_pepper, thesis_pair,
+    add_gaussian_noise, apply_missing_wedge, missing_wedge_mask, place_particles, salt_and_pepper, thesis_pair,
 )
 from .tomogram import SimulatedTomogram, simulate_tomogram
 

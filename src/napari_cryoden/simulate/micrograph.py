@@ -7,8 +7,9 @@ frames and the sum of the odd frames of a movie (independent halves, as used for
 denoising of micrographs, e.g. Topaz-Denoise). The full frame sum is their sum.
 
 The physics (weak-phase-object image formation, interaction constant, the damage filter of
-Grant & Grigorieff 2015, attenuation by inelastic scattering) is the one of
-:mod:`napari_cryoden.simulate.tomogram`; see its docstring.
+Grant & Grigorieff 2015) is the one of :mod:`napari_cryoden.simulate.physics`, the particles and
+the ice those of :mod:`napari_cryoden.simulate.specimen`; attenuation by inelastic scattering
+is modelled as for the tomogram (:mod:`napari_cryoden.simulate.tomogram`).
 
 All images are normalized to the expected background count of their own dose
 (``counts / expected - 1``), so they share one expected value up to radiation damage::
@@ -28,26 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from .thesis import random_rotation
-from .tomogram import (
-    _ICE_SCALE_A,
-    _ICE_STD,
-    _Simulated,
-    _check_fraction,
-    _check_imaging,
-    _check_integer,
-    _check_particles,
-    _check_shape,
-    _density_target,
-    _gaussian_field,
-    _image_contrast,
-    _non_negative,
-    _optional_positive,
-    _paste_somewhere,
-    _positive,
-    _radius,
-    interaction_constant,
-    procedural_particles,
+from ._checks import (
+    check_fraction, check_imaging, check_integer, check_shape, density_target, non_negative, optional_positive,
+    positive,
+)
+from .physics import Simulated, image_contrast, interaction_constant
+from .specimen import (
+    ICE_SCALE_A, ICE_STD, Placement, check_particles, gaussian_field, particle_radius, paste_somewhere,
+    procedural_particles, random_rotation,
 )
 
 __all__ = ["SimulatedMicrograph", "project_particles", "simulate_micrograph"]
@@ -57,7 +46,7 @@ _SUPPORT_2D = 0.05
 
 
 @dataclass(repr=False)
-class SimulatedMicrograph(_Simulated):
+class SimulatedMicrograph(Simulated):
     """A simulated micrograph with its even/odd frame sums and clean target.
 
     Attributes
@@ -103,7 +92,7 @@ def project_particles(template: np.ndarray, rotations: np.ndarray) -> np.ndarray
     import torch
     from torch_fourier_slice import project_3d_to_2d
 
-    d = max(16, 2 * int(math.ceil(_radius(template))) + 4)
+    d = max(16, 2 * int(math.ceil(particle_radius(template))) + 4)
     cube = np.zeros((d, d, d), dtype=np.float32)
     lo = [(d - s) // 2 for s in template.shape]
     cube[lo[0]:lo[0] + template.shape[0], lo[1]:lo[1] + template.shape[1],
@@ -121,8 +110,8 @@ def _ice_2d(shape: tuple[int, int], pixel_size: float, thickness: float, rng: np
     standard deviation of ``s * sqrt(2 sqrt(pi) l thickness)``; in voxel units, divided by the
     pixel size.
     """
-    target = _ICE_STD * math.sqrt(2 * math.sqrt(math.pi) * _ICE_SCALE_A * thickness) / pixel_size
-    return _gaussian_field(shape, _ICE_SCALE_A / pixel_size, target, rng, max_factor=8)
+    target = ICE_STD * math.sqrt(2 * math.sqrt(math.pi) * ICE_SCALE_A * thickness) / pixel_size
+    return gaussian_field(shape, ICE_SCALE_A / pixel_size, target, rng, max_factor=8)
 
 
 def _place_projections(
@@ -137,15 +126,15 @@ def _place_projections(
     image = np.zeros(shape, dtype=np.float32)
     occ = np.zeros(shape, dtype=bool)
     total = float(np.prod(shape))
-    goal = target if mode == "count" else target * total
-    filled, n_placed, failures, batches = 0, 0, 0, 0
+    placement = Placement(mode, target, total, max_failures)
+    goal, batches = placement.goal, 0
     # Projected area of a roughly round particle of V support voxels: ~1.2 V^(2/3) pixels.
     area_guess = float(np.mean([1.5 * float((t > 0.1 * t.max()).sum()) ** (2 / 3) for t in pool]))
-    while (n_placed if mode == "count" else filled) < goal and failures < max_failures and batches < 200:
+    while not placement.done and batches < 200:
         batches += 1
         # Draw a batch of (template, orientation) pairs sized to what is still missing, and
         # project each template once per batch (one FFT of its padded cube).
-        missing = goal - n_placed if mode == "count" else (goal - filled) / max(area_guess, 1.0)
+        missing = goal - placement.n_placed if mode == "count" else (goal - placement.filled) / max(area_guess, 1.0)
         which = rng.integers(len(pool), size=int(np.clip(1.3 * missing + 4, 8, 1024)))
         rots = np.stack([random_rotation(rng) for _ in which])
         projections: list[np.ndarray | None] = [None] * len(which)
@@ -154,17 +143,11 @@ def _place_projections(
             for i, p in zip(idx, project_particles(pool[int(t)], rots[idx])):
                 projections[i] = p
         for p in projections:
-            if (n_placed if mode == "count" else filled) >= goal or failures >= max_failures:
+            if placement.done:
                 break
             support = p > _SUPPORT_2D * float(p.max())
-            added = _paste_somewhere(image, occ, p, support, rng)
-            if added is None:
-                failures += 1
-            else:
-                filled += added
-                n_placed += 1
-                failures = 0
-    return image, n_placed, filled / total
+            placement.record(paste_somewhere(image, occ, p, support, rng))
+    return image, placement.n_placed, placement.filled / total
 
 
 def simulate_micrograph(
@@ -241,20 +224,20 @@ def simulate_micrograph(
     >>> sim.noisy.shape, sim.noisy.dtype
     ((64, 64), dtype('float32'))
     """
-    shape = _check_shape(shape, 2, minimum=16)
-    pixel_size = _positive("pixel_size", pixel_size)
-    voltage_kv, dose_total, contrast_volts, defocus_um, cs_mm = _check_imaging(
+    shape = check_shape(shape, 2, minimum=16)
+    pixel_size = positive("pixel_size", pixel_size)
+    voltage_kv, dose_total, contrast_volts, defocus_um, cs_mm = check_imaging(
         voltage_kv, dose_total, contrast_volts, defocus_um, cs_mm)
-    ice_thickness = _non_negative("ice_thickness", ice_thickness)
-    _check_fraction("amplitude_contrast", amplitude_contrast)
+    ice_thickness = non_negative("ice_thickness", ice_thickness)
+    check_fraction("amplitude_contrast", amplitude_contrast)
     if isinstance(n_frames, bool) or not isinstance(n_frames, Integral) or n_frames < 2:
         raise ValueError(f"n_frames must be an integer >= 2 (even and odd frames), got {n_frames!r}")
-    mean_free_path = _optional_positive("mean_free_path", mean_free_path)
-    _check_integer("seed", seed)
-    mode, target = _density_target(density, "area")
+    mean_free_path = optional_positive("mean_free_path", mean_free_path)
+    check_integer("seed", seed)
+    mode, target = density_target(density, "area")
 
     rng = np.random.default_rng(seed)
-    pool = _check_particles(particles) if particles is not None else procedural_particles(rng, pixel_size)
+    pool = check_particles(particles) if particles is not None else procedural_particles(rng, pixel_size)
     potential, n_placed, area = _place_projections(shape, pool, rng, mode, target)
     if ice:
         potential += _ice_2d(shape, pixel_size, ice_thickness, rng)
@@ -270,7 +253,7 @@ def simulate_micrograph(
 
     sigma = interaction_constant(voltage_kv)
     phase = (sigma * contrast_volts * pixel_size) * potential
-    contrast = _image_contrast(np.stack([phase, phase]), pixel_size, defocus_um, voltage_kv, cs_mm,
+    contrast = image_contrast(np.stack([phase, phase]), pixel_size, defocus_um, voltage_kv, cs_mm,
                                amplitude_contrast, halves if radiation_damage else None)
     expected = (e_px_frame * n_half)[:, None, None] * np.clip(1.0 + contrast, 0.0, None)
     counts = rng.poisson(expected)

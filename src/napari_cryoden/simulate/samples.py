@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .thesis import add_gaussian_noise, apply_missing_wedge, blob_particle, place_particles, random_rotation, rotate_particle
+from .specimen import blob_particle, random_rotation, rotate_particle
+from .thesis import add_gaussian_noise, apply_missing_wedge, place_particles
 
 __all__ = ["sample_tomogram"]
 
@@ -19,7 +20,7 @@ def sample_tomogram(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """A crowded noisy tomogram and its clean version, made from procedural pseudo-proteins.
 
-    Particles (:func:`~napari_cryoden.simulate.thesis.blob_particle`) in random orientations are
+    Particles (:func:`~napari_cryoden.simulate.specimen.blob_particle`) in random orientations are
     placed without overlap; the noisy copy has a ±`tilt_max_deg` missing wedge and Gaussian
     noise at `snr` (thesis recipe, van Gijn 2019, section 3.1).
 

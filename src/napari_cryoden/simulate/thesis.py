@@ -5,8 +5,9 @@ its degraded copy has a missing wedge (a Fourier mask, single-axis tilt about Y)
 Gaussian noise at a chosen SNR, or salt-and-pepper noise. Every function takes a
 ``numpy.random.Generator`` and is reproducible from its seed.
 
-Particles come from density maps (``load_particle_maps``, e.g. the SHREC proteins in
-``shared/data/maps_10A``) or from :func:`blob_particle`, a procedural pseudo-protein made of
+Particles come from density maps (:func:`~napari_cryoden.simulate.specimen.load_particle_maps`,
+e.g. the SHREC proteins in ``shared/data/maps_10A``) or from
+:func:`~napari_cryoden.simulate.specimen.blob_particle`, a procedural pseudo-protein made of
 Gaussian pseudo-atoms, which needs no data files (for sample data and tests).
 
 Arrays are (Z, Y, X); the beam is along Z and the tilt axis is Y.
@@ -14,114 +15,18 @@ Arrays are (Z, Y, X); the beam is along Z and the tilt axis is Y.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from scipy import ndimage
-from scipy.spatial.transform import Rotation
+
+from .specimen import random_rotation, rotate_particle
 
 __all__ = [
     "add_gaussian_noise",
     "apply_missing_wedge",
-    "blob_particle",
-    "load_particle_maps",
     "missing_wedge_mask",
     "place_particles",
-    "random_rotation",
-    "rotate_particle",
     "salt_and_pepper",
     "thesis_pair",
 ]
-
-
-def load_particle_maps(folder: str | Path, names: list[str] | None = None, *, threshold: float = 0.01) -> dict[str, np.ndarray]:
-    """Read particle density maps (``*.mrc``) and crop each to its support.
-
-    Parameters
-    ----------
-    folder : path-like
-        Folder of positive-density maps, all at one voxel size.
-    names : list of str, optional
-        File stems to load (default: all).
-    threshold : float, default=0.01
-        Voxels above ``threshold * max`` define the support; a 2-voxel margin is kept.
-
-    Returns
-    -------
-    dict
-        Stem -> float32 (Z, Y, X) map scaled to a maximum of 1.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the folder holds none of the requested maps.
-    """
-    from ..io import read_mrc
-
-    folder = Path(folder)
-    paths = sorted(folder.glob("*.mrc"))
-    if names is not None:
-        paths = [p for p in paths if p.stem in set(names)]
-    if not paths:
-        raise FileNotFoundError(f"{folder}: no particle maps{' named ' + ', '.join(names) if names else ''}")
-    maps = {}
-    for p in paths:
-        m = np.asarray(read_mrc(p).data, dtype=np.float32)
-        m = np.clip(m, 0, None)
-        m /= m.max()
-        idx = np.argwhere(m > threshold)
-        lo = np.maximum(idx.min(0) - 2, 0)
-        hi = np.minimum(idx.max(0) + 3, m.shape)
-        maps[p.stem] = np.ascontiguousarray(m[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
-    return maps
-
-
-def blob_particle(rng: np.random.Generator, radius: float = 8.0, n_atoms: int | None = None) -> np.ndarray:
-    """A procedural pseudo-protein: Gaussian pseudo-atoms scattered in an ellipsoid.
-
-    Parameters
-    ----------
-    rng : numpy.random.Generator
-    radius : float, default=8.0
-        Mean radius in voxels.
-    n_atoms : int, optional
-        Number of pseudo-atoms (default: random, 8-40).
-
-    Returns
-    -------
-    (Z, Y, X) ndarray of float32, maximum 1.
-    """
-    n_atoms = int(rng.integers(8, 41)) if n_atoms is None else n_atoms
-    axes = radius * rng.uniform(0.6, 1.3, size=3)
-    size = int(np.ceil(2 * axes.max() + 8))
-    pts = rng.normal(size=(n_atoms, 3))
-    pts /= np.linalg.norm(pts, axis=1, keepdims=True)
-    pts *= rng.uniform(0, 1, size=(n_atoms, 1)) ** (1 / 3)
-    pts = pts * axes + size / 2
-    vol = np.zeros((size,) * 3, dtype=np.float32)
-    idx = np.clip(np.round(pts).astype(int), 0, size - 1)
-    np.add.at(vol, tuple(idx.T), rng.uniform(0.5, 1.0, size=n_atoms).astype(np.float32))
-    vol = ndimage.gaussian_filter(vol, sigma=rng.uniform(1.2, 2.2))
-    return vol / vol.max()
-
-
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """A rotation matrix drawn uniformly from SO(3)."""
-    return Rotation.random(random_state=rng).as_matrix()
-
-
-def rotate_particle(particle: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """Rotate a particle about its box centre (linear interpolation) into a cube that holds it."""
-    size = int(np.ceil(np.sqrt(3) * max(particle.shape))) | 1
-    center_in = (np.asarray(particle.shape) - 1) / 2
-    center_out = np.full(3, (size - 1) / 2)
-    offset = center_in - rotation @ center_out
-    out = ndimage.affine_transform(particle, rotation, offset=offset, output_shape=(size,) * 3, order=1, mode="constant")
-    idx = np.argwhere(out > 1e-3)
-    if idx.size == 0:
-        return out.astype(np.float32)
-    lo, hi = idx.min(0), idx.max(0) + 1
-    return np.ascontiguousarray(out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
 
 
 def place_particles(

@@ -10,15 +10,9 @@ cryoCARE) and the noiseless reconstruction of the same tilt geometry and CTF (th
 Model, step by step
 -------------------
 Specimen
-    A dimensionless density ``potential`` (Z, Y, X): 1 is a voxel full of protein, 0 is
-    vitreous ice (the background all contrast is relative to). Particles (SHREC maps from
-    :func:`~napari_cryoden.simulate.thesis.load_particle_maps` or procedural
-    :func:`~napari_cryoden.simulate.thesis.blob_particle` pseudo-proteins) are rotated uniformly
-    in SO(3) and placed where their support (density > 0.1) overlaps nothing placed before.
-    Particles may be cut by the lateral (Y, X) edges of the field of view, not by the slab
-    surfaces (Z). Vesicles are thin spherical shells whose bilayer is two Gaussian leaflets 36 Å
-    apart. The ice background is a Gaussian random field smoothed at 100 Å (standard deviation
-    0.08).
+    A dimensionless density ``potential`` (Z, Y, X), protein = 1 and vitreous ice = 0, from
+    :func:`~napari_cryoden.simulate.specimen.specimen_volume` (particles, vesicles, ice; see
+    :mod:`napari_cryoden.simulate.specimen`).
 Tilt series
     Tilts from ``-n*tilt_step`` to ``+n*tilt_step`` (``n*tilt_step <= tilt_range``) about the Y
     axis, beam along Z (the convention of :mod:`napari_cryoden.simulate.thesis`), acquired in a
@@ -32,13 +26,10 @@ Projection
     voxel_size * sum(density)``, ``sigma`` the interaction constant (Kirkland, Advanced Computing
     in Electron Microscopy, 2020).
 Image formation
-    Weak-phase-object approximation: the expected intensity, relative to the incident beam, is
-    ``1 - 2 * (CTF * E_dose) ⊛ phase``, with the CTF of :func:`torch_ctf.calculate_ctf_2d`
-    (positive in its first lobe for underfocus, so protein is dark, as in real data) and the
-    radiation-damage filter ``E_dose = exp(-N / (2 N_e(k)))`` of Grant & Grigorieff (2015,
-    eLife 4:e06980), ``N`` the exposure the tilt has received (mid-exposure) and ``N_e(k) =
-    0.245 k^-1.665 + 2.81`` e-/Å² their fitted critical exposure (300 kV). The beam is attenuated
-    by ``exp(-thickness / (mean_free_path * cos(tilt)))`` (inelastic scattering removed by an
+    Weak-phase-object approximation with the CTF and the radiation-damage filter of Grant &
+    Grigorieff (2015) for the exposure each tilt has received by its mid-exposure, in the
+    dose-symmetric order (:mod:`napari_cryoden.simulate.physics`). The beam is attenuated by
+    ``exp(-thickness / (mean_free_path * cos(tilt)))`` (inelastic scattering removed by an
     energy filter), so high tilts receive fewer electrons.
 Shot noise and halves
     Each tilt's expected electron count per pixel is ``dose_per_tilt * voxel_size**2`` times the
@@ -81,52 +72,28 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 from scipy import fft as sfft
-from scipy import ndimage, sparse
+from scipy import sparse
 
-from .thesis import blob_particle, random_rotation
+from ._checks import (
+    check_fraction, check_imaging, check_integer, check_shape, density_target, optional_positive, positive,
+)
+from .physics import Simulated, ctf_2d, ctf_padding, image_contrast, interaction_constant
+from .specimen import specimen_volume
 
 __all__ = [
     "SimulatedTomogram",
-    "critical_exposure",
-    "ctf_2d",
     "dose_symmetric_order",
-    "electron_wavelength",
-    "interaction_constant",
-    "procedural_particles",
     "simulate_tomogram",
-    "specimen_volume",
     "tilt_angles",
 ]
 
-#: Support threshold of a particle (fraction of its maximum): supports never overlap.
-_SUPPORT = 0.1
-#: Half the distance between the two leaflets' density peaks of a lipid bilayer, Å.
-_LEAFLET_HALF_SPACING = 18.0
-#: Width (standard deviation) of one leaflet's density, Å.
-_LEAFLET_SIGMA = 5.0
-#: Correlation length (Gaussian sigma) of the ice background, Å, and its standard deviation.
-_ICE_SCALE_A = 100.0
-_ICE_STD = 0.08
-
 
 @dataclass(repr=False)
-class _Simulated:
-    """What both simulators return first: the images and the specimen density (see the subclasses)."""
-
-    noisy: np.ndarray
-    even: np.ndarray
-    odd: np.ndarray
-    clean: np.ndarray
-    potential: np.ndarray
-
-
-@dataclass(repr=False)
-class SimulatedTomogram(_Simulated):
+class SimulatedTomogram(Simulated):
     """A simulated tomogram with its even/odd halves and clean target.
 
     Attributes
@@ -155,95 +122,6 @@ class SimulatedTomogram(_Simulated):
                 f"{len(self.tilt_angles)} tilts, dose {self.params.get('dose_total')} e-/Å²)")
 
 
-# --------------------------------------------------------------------------------------------
-# Physics helpers (shared with the micrograph simulator)
-
-
-def electron_wavelength(voltage_kv: float) -> float:
-    """Relativistic electron wavelength in Å for an acceleration voltage in kV (0.0197 Å at 300 kV)."""
-    v = voltage_kv * 1e3
-    return 12.2643247 / math.sqrt(v * (1 + 0.978476e-6 * v))
-
-
-def interaction_constant(voltage_kv: float) -> float:
-    """Interaction constant sigma in rad / (V·Å): phase shift per volt of potential per Å of path.
-
-    ``sigma = 2 pi / (lambda V) * (m c² + e V) / (2 m c² + e V)`` (Kirkland, Advanced Computing in
-    Electron Microscopy, 3rd ed., 2020); 6.5e-4 rad/(V·Å) at 300 kV.
-    """
-    v = voltage_kv * 1e3
-    mc2 = 510998.95  # electron rest energy, eV
-    return 2 * math.pi / (electron_wavelength(voltage_kv) * v) * (mc2 + v) / (2 * mc2 + v)
-
-
-def critical_exposure(k: np.ndarray) -> np.ndarray:
-    """Critical exposure N_e(k) in e-/Å² at spatial frequency `k` (1/Å), 300 kV.
-
-    The fit ``N_e = 0.245 k^-1.665 + 2.81`` of Grant & Grigorieff (2015), "Measuring the optimal
-    exposure for single particle cryo-EM using a 2.6 Å reconstruction of rotavirus VP6", eLife
-    4:e06980. Infinite at ``k == 0``.
-    """
-    k = np.asarray(k, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        return np.where(k > 0, 0.245 * np.power(np.where(k > 0, k, 1.0), -1.665) + 2.81, np.inf)
-
-
-def _freq_rfft2(shape: tuple[int, int], pixel_size: float) -> np.ndarray:
-    """|k| in 1/Å on the ``rfft2`` grid of an image of `shape`."""
-    ky = np.fft.fftfreq(shape[0])[:, None]
-    kx = np.fft.rfftfreq(shape[1])[None, :]
-    return np.sqrt(ky**2 + kx**2) / pixel_size
-
-
-def ctf_2d(
-    shape: tuple[int, int],
-    pixel_size: float,
-    defocus_um: float | np.ndarray,
-    *,
-    voltage_kv: float = 300.0,
-    cs_mm: float = 2.7,
-    amplitude_contrast: float = 0.07,
-) -> np.ndarray:
-    """The CTF on the (unshifted) ``rfft2`` grid of an image, from :func:`torch_ctf.calculate_ctf_2d`.
-
-    Parameters
-    ----------
-    shape : (int, int)
-        (Y, X) of the image in pixels.
-    pixel_size : float
-        Å per pixel.
-    defocus_um : float or (n,) array
-        Defocus in µm, positive is underfocus; one CTF per value.
-    voltage_kv, cs_mm, amplitude_contrast : float
-        Acceleration voltage (kV), spherical aberration (mm), amplitude contrast fraction.
-
-    Returns
-    -------
-    ndarray of float32, (Y, X//2+1) or (n, Y, X//2+1)
-        ``-sin(chi)`` with the amplitude-contrast phase included: positive in the first lobe
-        for underfocus (image intensity is ``1 - 2 CTF ⊛ phase``).
-    """
-    import torch
-    from torch_ctf import calculate_ctf_2d
-
-    defocus = torch.as_tensor(np.asarray(defocus_um, dtype=np.float32))
-    ctf = calculate_ctf_2d(
-        defocus=defocus, astigmatism=0.0, astigmatism_angle=0.0, voltage=float(voltage_kv),
-        spherical_aberration=float(cs_mm), amplitude_contrast=float(amplitude_contrast),
-        phase_shift=0.0, pixel_size=float(pixel_size), image_shape=tuple(int(s) for s in shape),
-        rfft=True, fftshift=False,
-    )
-    return ctf.numpy().astype(np.float32, copy=False)
-
-
-def _ctf_padding(pixel_size: float, defocus_um: float, voltage_kv: float, cs_mm: float) -> int:
-    """Pixels of padding that hold the CTF's delocalization at Nyquist (plus a margin)."""
-    lam = electron_wavelength(voltage_kv)
-    k = 0.5 / pixel_size
-    deloc = lam * abs(defocus_um) * 1e4 * k + cs_mm * 1e7 * lam**3 * k**3
-    return int(math.ceil(deloc / pixel_size)) + 4
-
-
 def tilt_angles(tilt_range: float, tilt_step: float) -> np.ndarray:
     """Tilt angles ``tilt_step * (-n..n)`` in degrees, with ``n = floor(tilt_range / tilt_step)``."""
     n = int(math.floor(tilt_range / tilt_step + 1e-9))
@@ -266,272 +144,6 @@ def dose_symmetric_order(angles: np.ndarray) -> np.ndarray:
     rank = np.empty(len(angles), dtype=np.int64)
     rank[order] = np.arange(len(angles))
     return rank
-
-
-# --------------------------------------------------------------------------------------------
-# The specimen
-
-
-def _check_particles(particles: dict[str, np.ndarray]) -> list[np.ndarray]:
-    if not isinstance(particles, dict) or not particles:
-        raise ValueError("particles must be a non-empty dict of name -> 3D map (see load_particle_maps)")
-    out = []
-    for name, m in particles.items():
-        a = np.asarray(m, dtype=np.float32)
-        if a.ndim == 3 and a.size:
-            a = np.clip(a, 0, None)  # densities are non-negative
-        if a.ndim != 3 or min(a.shape) < 1 or not np.isfinite(a).all() or a.max() <= 0:
-            raise ValueError(f"particle map {name!r} must be a finite 3D array with positive density")
-        out.append(a / a.max())
-    return out
-
-
-def procedural_particles(rng: np.random.Generator, voxel_size: float, n: int = 8) -> list[np.ndarray]:
-    """`n` procedural pseudo-proteins 30-80 Å in radius, rendered at `voxel_size` Å/voxel.
-
-    :func:`~napari_cryoden.simulate.thesis.blob_particle` is defined at 10 Å/voxel; other voxel
-    sizes zoom it (linear interpolation) so the shapes keep their size in Å.
-    """
-    out = []
-    for _ in range(n):
-        p = blob_particle(rng, radius=float(rng.uniform(3.0, 8.0)))
-        zoom = 10.0 / voxel_size
-        if abs(zoom - 1) > 1e-6:
-            p = ndimage.zoom(p, zoom, order=1)
-            p = np.clip(p, 0, None)
-            p /= max(float(p.max()), 1e-12)
-        out.append(p.astype(np.float32))
-    return out
-
-
-def _radius(p: np.ndarray) -> float:
-    """Distance from the box centre to the farthest voxel above 1e-3 of the maximum, plus one."""
-    idx = np.argwhere(p > 1e-3 * float(p.max()))
-    centre = (np.asarray(p.shape) - 1) / 2
-    return float(np.sqrt(((idx - centre) ** 2).sum(1)).max()) + 1.0 if idx.size else 1.0
-
-
-def _rotate(p: np.ndarray, radius: float, rotation: np.ndarray) -> np.ndarray:
-    """`p` rotated about its box centre (linear interpolation), cropped to its support.
-
-    Like :func:`~napari_cryoden.simulate.thesis.rotate_particle`, but the output box is the
-    particle's bounding sphere rather than the box's, which is several times cheaper.
-    """
-    size = 2 * int(math.ceil(radius)) + 1
-    offset = (np.asarray(p.shape) - 1) / 2 - rotation @ np.full(3, (size - 1) / 2)
-    out = ndimage.affine_transform(p, rotation, offset=offset, output_shape=(size,) * 3, order=1,
-                                   mode="constant")
-    idx = np.argwhere(out > 1e-3)
-    if idx.size == 0:
-        return out.astype(np.float32)
-    lo, hi = idx.min(0), idx.max(0) + 1
-    return np.ascontiguousarray(out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
-
-
-def _paste(vol: np.ndarray, occ: np.ndarray, p: np.ndarray, support: np.ndarray, lo: np.ndarray) -> int | None:
-    """Add `p` at corner `lo` (may hang over the edges) if its support is free; voxels added or None."""
-    src, dst = [], []
-    for a, (start, size, full) in enumerate(zip(lo, p.shape, vol.shape)):
-        s0, s1 = max(0, -start), min(size, full - start)
-        if s1 <= s0:
-            return None
-        src.append(slice(s0, s1))
-        dst.append(slice(start + s0, start + s1))
-    src, dst = tuple(src), tuple(dst)
-    sup = support[src]
-    if np.any(occ[dst] & sup):
-        return None
-    vol[dst] += p[src]
-    occ[dst] |= sup
-    return int(sup.sum())
-
-
-def _paste_somewhere(
-    vol: np.ndarray, occ: np.ndarray, p: np.ndarray, support: np.ndarray, rng: np.random.Generator, *,
-    inside: int = 0, tries: int = 20,
-) -> int | None:
-    """:func:`_paste` `p` at the first free one of `tries` random corners; voxels added or None.
-
-    Along the first `inside` axes `p` stays inside `vol`; along the others it may hang over each
-    edge by up to half its box.
-    """
-    sizes = list(enumerate(zip(np.asarray(vol.shape), np.asarray(p.shape))))
-    for _ in range(tries):
-        lo = np.array([rng.integers(0, s - q + 1) if axis < inside
-                       else rng.integers(-(q // 2), s - q + q // 2 + 1) for axis, (s, q) in sizes])
-        added = _paste(vol, occ, p, support, lo)
-        if added is not None:
-            return added
-    return None
-
-
-def _vesicles(shape: tuple[int, int, int], voxel_size: float, count: int,
-              rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """Up to `count` non-overlapping lipid vesicles (bilayer shells), density peaking near 1.
-
-    Returns the density and the number of vesicles placed.
-    """
-    vol = np.zeros(shape, dtype=np.float32)
-    shape_a = np.asarray(shape, dtype=np.float64)
-    lateral = min(shape[1], shape[2]) * voxel_size
-    r_lo, r_hi = 120.0, max(150.0, 0.4 * lateral)
-    sigma = max(_LEAFLET_SIGMA / voxel_size, 0.7)
-    half = _LEAFLET_HALF_SPACING / voxel_size
-    placed: list[tuple[np.ndarray, float]] = []
-    for _ in range(count):
-        for _try in range(50):
-            radius = float(rng.uniform(r_lo, r_hi)) / voxel_size
-            centre = rng.uniform(0, 1, size=3) * (shape_a - 1)
-            if all(np.linalg.norm(centre - c) > radius + r + 4 for c, r in placed):
-                break
-        else:
-            continue
-        placed.append((centre, radius))
-        reach = radius + half + 4 * sigma
-        lo = np.maximum(np.floor(centre - reach).astype(int), 0)
-        hi = np.minimum(np.ceil(centre + reach).astype(int) + 1, shape)
-        if np.any(hi <= lo):
-            continue
-        zz, yy, xx = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        d = np.sqrt((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2)
-        shell = (np.exp(-0.5 * ((d - radius - half) / sigma) ** 2)
-                 + np.exp(-0.5 * ((d - radius + half) / sigma) ** 2))
-        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
-        vol[sl] = np.maximum(vol[sl], 0.9 * shell.astype(np.float32))
-    return vol, len(placed)
-
-
-def _upsample_periodic(field_: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Linear interpolation of a periodic coarse grid onto a `factor` times finer one, cropped to `shape`.
-
-    Separable (one axis at a time) and much cheaper than :func:`scipy.ndimage.zoom` on large volumes.
-    """
-    out = field_
-    for axis, size in enumerate(shape):
-        n = out.shape[axis]
-        pos = (np.arange(size) + 0.5) / factor - 0.5  # fine-voxel centres in coarse units
-        i0 = np.floor(pos).astype(np.int64)
-        w = (pos - i0).astype(np.float32)
-        view = [1] * out.ndim
-        view[axis] = size
-        out = (np.take(out, i0 % n, axis=axis) * (1 - w).reshape(view)
-               + np.take(out, (i0 + 1) % n, axis=axis) * w.reshape(view))
-    return out
-
-
-def _gaussian_field(
-    shape: tuple[int, ...], sigma: float, target_std: float, rng: np.random.Generator, *,
-    max_factor: int, white_dtype: type = np.float64,
-) -> np.ndarray:
-    """A zero-mean periodic Gaussian random field (white noise smoothed by a Gaussian of `sigma`
-    voxels) with standard deviation `target_std`, as float32.
-
-    Drawn on a grid coarser by up to `max_factor` per axis and interpolated linearly, which is
-    smooth at this scale and much cheaper than filtering a full-size white field.
-    """
-    factor = int(max(1, min(max_factor, sigma // 2)))
-    coarse = tuple(-(-s // factor) for s in shape)
-    white = rng.standard_normal(coarse).astype(white_dtype, copy=False)
-    field_ = ndimage.gaussian_filter(white, sigma=sigma / factor, mode="wrap")
-    if factor > 1:
-        field_ = _upsample_periodic(field_, factor, shape)
-    field_ = field_ - field_.mean()
-    std = float(field_.std())
-    return (field_ * (target_std / std if std > 0 else 0.0)).astype(np.float32)
-
-
-def _ice(shape: tuple[int, ...], voxel_size: float, rng: np.random.Generator) -> np.ndarray:
-    """A zero-mean Gaussian random field with correlation length ~100 Å, std `_ICE_STD`.
-
-    Drawn on a grid coarser by up to 4 per axis and interpolated linearly, which is smooth at
-    this scale and much cheaper than filtering a full-size white field.
-    """
-    return _gaussian_field(shape, _ICE_SCALE_A / voxel_size, _ICE_STD, rng, max_factor=4, white_dtype=np.float32)
-
-
-def _density_target(density: float | int, what: str) -> tuple[str, float]:
-    if isinstance(density, bool) or not isinstance(density, Real):
-        raise ValueError(f"density must be a {what} fraction in [0, 1) or a particle count, got {density!r}")
-    if isinstance(density, Integral):
-        if density < 0:
-            raise ValueError(f"density (a particle count) must be >= 0, got {density}")
-        return "count", float(density)
-    if not 0 <= density < 1:
-        raise ValueError(f"density must be a {what} fraction in [0, 1) or an integer count, got {density}")
-    return "fraction", float(density)
-
-
-def specimen_volume(
-    shape: tuple[int, int, int],
-    rng: np.random.Generator,
-    *,
-    voxel_size: float = 10.0,
-    particles: dict[str, np.ndarray] | None = None,
-    density: float | int = 0.15,
-    membranes: int = 0,
-    ice: bool = True,
-    max_failures: int = 60,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """A crowded specimen: non-overlapping particles, optional vesicles and ice background.
-
-    Parameters
-    ----------
-    shape : (Z, Y, X) tuple of int
-    rng : numpy.random.Generator
-    voxel_size : float, default=10
-        Å per voxel; particle maps must be at this voxel size.
-    particles : dict of name -> (Z, Y, X) ndarray, optional
-        Maps to draw from (uniformly); default: 8 procedural pseudo-proteins.
-    density : float or int, default=0.15
-        A float in [0, 1) is the target fraction of the volume inside particle supports
-        (crowded cytoplasm is ~0.2-0.3); an int is the number of particles.
-    membranes : int, default=0
-        Number of vesicles.
-    ice : bool, default=True
-        Add the low-frequency ice background.
-    max_failures : int, default=60
-        Stop after this many particles in a row found no free place (20 positions each).
-
-    Returns
-    -------
-    potential : (Z, Y, X) ndarray of float32
-        Protein = 1, ice = 0.
-    info : dict
-        ``n_particles``, ``volume_fraction`` (of particle supports), ``n_membranes`` (placed).
-    """
-    mode, target = _density_target(density, "volume")
-    pool = _check_particles(particles) if particles is not None else procedural_particles(rng, voxel_size)
-    if membranes:
-        vol, n_membranes = _vesicles(shape, voxel_size, int(membranes), rng)
-    else:
-        vol, n_membranes = np.zeros(shape, np.float32), 0
-    occ = vol > _SUPPORT
-    total = float(np.prod(shape))
-    filled, n_placed, failures, attempts = 0, 0, 0, 0
-    goal = target if mode == "count" else target * total
-    radii = [_radius(t) for t in pool]
-    while (n_placed if mode == "count" else filled) < goal and failures < max_failures:
-        attempts += 1
-        if attempts > 20 * (goal if mode == "count" else goal / 50 + 50) + 200:
-            break
-        which = int(rng.integers(len(pool)))
-        p = _rotate(pool[which], radii[which], random_rotation(rng))
-        support = p > _SUPPORT * float(p.max())
-        if p.shape[0] > shape[0]:
-            failures += 1
-            continue
-        # Z: inside the slab; Y, X: may hang over the field of view by up to half a box.
-        added = _paste_somewhere(vol, occ, p, support, rng, inside=1)
-        if added is None:
-            failures += 1
-        else:
-            filled += added
-            n_placed += 1
-            failures = 0
-    if ice:
-        vol += _ice(shape, voxel_size, rng)
-    info = {"n_particles": n_placed, "volume_fraction": filled / total, "n_membranes": n_membranes}
-    return vol, info
 
 
 # --------------------------------------------------------------------------------------------
@@ -614,59 +226,6 @@ def _detector_width(nz: int, nx: int, angles: np.ndarray) -> int:
     need = int(math.ceil(float(np.max(nx * np.cos(th) + nz * np.sin(th))))) + 2
     need = max(need, nx)
     return need + ((need - nx) % 2)
-
-
-# --------------------------------------------------------------------------------------------
-# The simulator
-
-
-def _image_contrast(
-    phase: np.ndarray,
-    pixel_size: float,
-    defocus_um: float,
-    voltage_kv: float,
-    cs_mm: float,
-    amplitude_contrast: float,
-    exposure: np.ndarray | None,
-) -> np.ndarray:
-    """Relative intensity contrast ``I / I0 - 1 = -2 (CTF * E_dose) ⊛ phase`` of phase images.
-
-    Parameters
-    ----------
-    phase : (n, H, W) ndarray
-        Projected phase in radians.
-    exposure : sequence of n floats or 1D arrays, or None
-        Exposure (e-/Å²) each image has received, for the damage filter; an array averages
-        the filters of several frames (a frame sum). None for no damage.
-
-    Returns
-    -------
-    (n, H, W) ndarray of float32
-    """
-    n, h, w = phase.shape
-    pad = _ctf_padding(pixel_size, defocus_um, voltage_kv, cs_mm)
-    fy = sfft.next_fast_len(h + 2 * pad, real=True)
-    fx = sfft.next_fast_len(w + 2 * pad, real=True)
-    transfer = -2.0 * ctf_2d((fy, fx), pixel_size, defocus_um, voltage_kv=voltage_kv, cs_mm=cs_mm,
-                             amplitude_contrast=amplitude_contrast)
-    spec = sfft.rfft2(phase.astype(np.float32, copy=False), s=(fy, fx), axes=(-2, -1))
-    if exposure is None:
-        spec *= transfer
-    else:
-        ne = critical_exposure(_freq_rfft2((fy, fx), pixel_size))
-        for i in range(n):
-            damage = np.zeros(ne.shape)
-            frames = np.atleast_1d(np.asarray(exposure[i], dtype=np.float64))
-            for e in frames:
-                damage += np.exp(-e / (2 * ne))
-            spec[i] *= transfer * (damage / len(frames)).astype(np.float32)
-    return sfft.irfft2(spec, s=(fy, fx), axes=(-2, -1))[:, :h, :w].astype(np.float32, copy=False)
-
-
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 def simulate_tomogram(
@@ -760,21 +319,21 @@ def simulate_tomogram(
     >>> sim.noisy.shape, sim.noisy.dtype
     ((32, 48, 48), dtype('float32'))
     """
-    shape = _check_shape(shape, 3, minimum=8)
-    voxel_size = _positive("voxel_size", voxel_size)
-    tilt_range, tilt_step = _positive("tilt_range", tilt_range), _positive("tilt_step", tilt_step)
+    shape = check_shape(shape, 3, minimum=8)
+    voxel_size = positive("voxel_size", voxel_size)
+    tilt_range, tilt_step = positive("tilt_range", tilt_range), positive("tilt_step", tilt_step)
     if tilt_range >= 90:
         raise ValueError(f"tilt_range must be below 90 degrees, got {tilt_range:g}")
     if tilt_step > tilt_range:
         raise ValueError(f"tilt_step ({tilt_step:g}) must not exceed tilt_range ({tilt_range:g})")
-    voltage_kv, dose_total, contrast_volts, defocus_um, cs_mm = _check_imaging(
+    voltage_kv, dose_total, contrast_volts, defocus_um, cs_mm = check_imaging(
         voltage_kv, dose_total, contrast_volts, defocus_um, cs_mm)
-    _check_fraction("amplitude_contrast", amplitude_contrast)
-    mean_free_path = _optional_positive("mean_free_path", mean_free_path)
-    radial_cutoff = _optional_positive("radial_cutoff", radial_cutoff)
-    _check_integer("membranes", membranes)
-    _density_target(density, "volume")
-    _check_integer("seed", seed)
+    check_fraction("amplitude_contrast", amplitude_contrast)
+    mean_free_path = optional_positive("mean_free_path", mean_free_path)
+    radial_cutoff = optional_positive("radial_cutoff", radial_cutoff)
+    check_integer("membranes", membranes)
+    density_target(density, "volume")
+    check_integer("seed", seed)
 
     rng = np.random.default_rng(seed)
     nz, ny, nx = shape
@@ -806,7 +365,7 @@ def simulate_tomogram(
     phase = scale * proj
 
     # --- image formation: relative intensity contrast c = I / I0 - 1, with CTF and damage
-    contrast = _image_contrast(phase, voxel_size, defocus_um, voltage_kv, cs_mm, amplitude_contrast,
+    contrast = image_contrast(phase, voxel_size, defocus_um, voltage_kv, cs_mm, amplitude_contrast,
                                exposure if radiation_damage else None)
 
     # --- shot noise: two independent Poisson halves per tilt, normalized to the background
@@ -819,7 +378,7 @@ def simulate_tomogram(
     del expected
 
     # --- CTF correction, R-weighting, back-projection of the three channels at once
-    fy = sfft.next_fast_len(ny + 2 * _ctf_padding(voxel_size, defocus_um, voltage_kv, cs_mm), real=True)
+    fy = sfft.next_fast_len(ny + 2 * ctf_padding(voxel_size, defocus_um, voltage_kv, cs_mm), real=True)
     fd = sfft.next_fast_len(2 * nd, real=True)  # zero padding for the ramp filter
     filt = np.broadcast_to(_ramlak(fd, radial_cutoff).astype(np.float32), (fy, fd // 2 + 1))
     if phase_flip:
@@ -855,43 +414,3 @@ def simulate_tomogram(
     }
     return SimulatedTomogram(noisy=noisy, even=even, odd=odd, clean=clean, potential=potential,
                              tilt_angles=angles, voxel_size=voxel_size, params=params)
-
-
-def _non_negative(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    return float(value)
-
-
-def _optional_positive(name: str, value: float | None) -> float | None:
-    return None if value is None else _positive(name, value)
-
-
-def _check_integer(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if not 0 <= value < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-
-
-def _check_imaging(
-    voltage_kv: float, dose_total: float, contrast_volts: float, defocus_um: float, cs_mm: float
-) -> tuple[float, float, float, float, float]:
-    """The imaging parameters both simulators share, checked and as floats, in this order."""
-    return (_positive("voltage_kv", voltage_kv), _positive("dose_total", dose_total),
-            _positive("contrast_volts", contrast_volts), _non_negative("defocus_um", defocus_um),
-            _non_negative("cs_mm", cs_mm))
-
-
-def _check_shape(shape, ndim: int, *, minimum: int) -> tuple[int, ...]:
-    try:
-        out = tuple(int(s) for s in shape)
-        ok = len(out) == ndim and all(o == s for o, s in zip(out, shape))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or min(out) < minimum:
-        raise ValueError(f"shape must be {ndim} integers >= {minimum}, got {shape!r}")
-    return out

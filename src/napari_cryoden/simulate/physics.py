@@ -1,0 +1,192 @@
+"""The physics both simulators share: electron optics, the CTF, radiation damage, image formation.
+
+:mod:`napari_cryoden.simulate.tomogram` (a tilt series) and
+:mod:`napari_cryoden.simulate.micrograph` (the frame sums of a movie) image the specimen density
+of :mod:`napari_cryoden.simulate.specimen` with the functions here.
+
+Phase
+    The phase of a projection is ``sigma * contrast_volts * voxel_size * sum(density)``,
+    ``sigma`` the interaction constant (:func:`interaction_constant`; Kirkland, Advanced
+    Computing in Electron Microscopy, 2020) and the sum running along the beam.
+Image formation
+    Weak-phase-object approximation (:func:`image_contrast`): the expected intensity, relative
+    to the incident beam, is ``1 - 2 * (CTF * E_dose) ⊛ phase``, with the CTF of
+    :func:`torch_ctf.calculate_ctf_2d` (:func:`ctf_2d`; positive in its first lobe for
+    underfocus, so protein is dark, as in real data) and the radiation-damage filter
+    ``E_dose = exp(-N / (2 N_e(k)))`` of Grant & Grigorieff (2015, eLife 4:e06980), ``N`` the
+    exposure the image has received (mid-exposure) and ``N_e(k) = 0.245 k^-1.665 + 2.81``
+    e-/Å² their fitted critical exposure at 300 kV (:func:`critical_exposure`).
+
+Arrays are (Y, X) images or (n, Y, X) stacks; lengths are in Å, defocus in µm, voltage in kV,
+spherical aberration in mm and exposure in e-/Å².
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import fft as sfft
+
+__all__ = [
+    "Simulated",
+    "critical_exposure",
+    "ctf_2d",
+    "ctf_padding",
+    "electron_wavelength",
+    "image_contrast",
+    "interaction_constant",
+]
+
+
+@dataclass(repr=False)
+class Simulated:
+    """What both simulators return first: the images and the specimen density.
+
+    See :class:`~napari_cryoden.simulate.SimulatedTomogram` ((Z, Y, X) arrays) and
+    :class:`~napari_cryoden.simulate.SimulatedMicrograph` ((Y, X) arrays), all float32.
+    """
+
+    noisy: np.ndarray
+    even: np.ndarray
+    odd: np.ndarray
+    clean: np.ndarray
+    potential: np.ndarray
+
+
+def electron_wavelength(voltage_kv: float) -> float:
+    """Relativistic electron wavelength in Å for an acceleration voltage in kV (0.0197 Å at 300 kV)."""
+    v = voltage_kv * 1e3
+    return 12.2643247 / math.sqrt(v * (1 + 0.978476e-6 * v))
+
+
+def interaction_constant(voltage_kv: float) -> float:
+    """Interaction constant sigma in rad / (V·Å): phase shift per volt of potential per Å of path.
+
+    ``sigma = 2 pi / (lambda V) * (m c² + e V) / (2 m c² + e V)`` (Kirkland, Advanced Computing in
+    Electron Microscopy, 3rd ed., 2020); 6.5e-4 rad/(V·Å) at 300 kV.
+    """
+    v = voltage_kv * 1e3
+    mc2 = 510998.95  # electron rest energy, eV
+    return 2 * math.pi / (electron_wavelength(voltage_kv) * v) * (mc2 + v) / (2 * mc2 + v)
+
+
+def critical_exposure(k: np.ndarray) -> np.ndarray:
+    """Critical exposure N_e(k) in e-/Å² at spatial frequency `k` (1/Å), 300 kV.
+
+    The fit ``N_e = 0.245 k^-1.665 + 2.81`` of Grant & Grigorieff (2015), "Measuring the optimal
+    exposure for single particle cryo-EM using a 2.6 Å reconstruction of rotavirus VP6", eLife
+    4:e06980. Infinite at ``k == 0``.
+    """
+    k = np.asarray(k, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.where(k > 0, 0.245 * np.power(np.where(k > 0, k, 1.0), -1.665) + 2.81, np.inf)
+
+
+def _freq_rfft2(shape: tuple[int, int], pixel_size: float) -> np.ndarray:
+    """|k| in 1/Å on the ``rfft2`` grid of an image of `shape`."""
+    ky = np.fft.fftfreq(shape[0])[:, None]
+    kx = np.fft.rfftfreq(shape[1])[None, :]
+    return np.sqrt(ky**2 + kx**2) / pixel_size
+
+
+def ctf_2d(
+    shape: tuple[int, int],
+    pixel_size: float,
+    defocus_um: float | np.ndarray,
+    *,
+    voltage_kv: float = 300.0,
+    cs_mm: float = 2.7,
+    amplitude_contrast: float = 0.07,
+) -> np.ndarray:
+    """The CTF on the (unshifted) ``rfft2`` grid of an image, from :func:`torch_ctf.calculate_ctf_2d`.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        (Y, X) of the image in pixels.
+    pixel_size : float
+        Å per pixel.
+    defocus_um : float or (n,) array
+        Defocus in µm, positive is underfocus; one CTF per value.
+    voltage_kv, cs_mm, amplitude_contrast : float
+        Acceleration voltage (kV), spherical aberration (mm), amplitude contrast fraction.
+
+    Returns
+    -------
+    ndarray of float32, (Y, X//2+1) or (n, Y, X//2+1)
+        ``-sin(chi)`` with the amplitude-contrast phase included: positive in the first lobe
+        for underfocus (image intensity is ``1 - 2 CTF ⊛ phase``).
+    """
+    import torch
+    from torch_ctf import calculate_ctf_2d
+
+    defocus = torch.as_tensor(np.asarray(defocus_um, dtype=np.float32))
+    ctf = calculate_ctf_2d(
+        defocus=defocus, astigmatism=0.0, astigmatism_angle=0.0, voltage=float(voltage_kv),
+        spherical_aberration=float(cs_mm), amplitude_contrast=float(amplitude_contrast),
+        phase_shift=0.0, pixel_size=float(pixel_size), image_shape=tuple(int(s) for s in shape),
+        rfft=True, fftshift=False,
+    )
+    return ctf.numpy().astype(np.float32, copy=False)
+
+
+def ctf_padding(pixel_size: float, defocus_um: float, voltage_kv: float, cs_mm: float) -> int:
+    """Pixels of padding that hold the CTF's delocalization at Nyquist (plus a margin).
+
+    `pixel_size` in Å, `defocus_um` in µm, `voltage_kv` in kV, `cs_mm` in mm; an int >= 4.
+    """
+    lam = electron_wavelength(voltage_kv)
+    k = 0.5 / pixel_size
+    deloc = lam * abs(defocus_um) * 1e4 * k + cs_mm * 1e7 * lam**3 * k**3
+    return int(math.ceil(deloc / pixel_size)) + 4
+
+
+def image_contrast(
+    phase: np.ndarray,
+    pixel_size: float,
+    defocus_um: float,
+    voltage_kv: float,
+    cs_mm: float,
+    amplitude_contrast: float,
+    exposure: np.ndarray | None,
+) -> np.ndarray:
+    """Relative intensity contrast ``I / I0 - 1 = -2 (CTF * E_dose) ⊛ phase`` of phase images.
+
+    Parameters
+    ----------
+    phase : (n, H, W) ndarray
+        Projected phase in radians.
+    pixel_size : float
+        Å per pixel.
+    defocus_um, voltage_kv, cs_mm, amplitude_contrast : float
+        The microscope, as for :func:`ctf_2d`.
+    exposure : sequence of n floats or 1D arrays, or None
+        Exposure (e-/Å²) each image has received, for the damage filter; an array averages
+        the filters of several frames (a frame sum). None for no damage.
+
+    Returns
+    -------
+    (n, H, W) ndarray of float32
+        Computed with the images zero-padded to at least ``H + 2 * ctf_padding(...)`` (and
+        likewise W), so the CTF's delocalization does not wrap around, then cropped back.
+    """
+    n, h, w = phase.shape
+    pad = ctf_padding(pixel_size, defocus_um, voltage_kv, cs_mm)
+    fy = sfft.next_fast_len(h + 2 * pad, real=True)
+    fx = sfft.next_fast_len(w + 2 * pad, real=True)
+    transfer = -2.0 * ctf_2d((fy, fx), pixel_size, defocus_um, voltage_kv=voltage_kv, cs_mm=cs_mm,
+                             amplitude_contrast=amplitude_contrast)
+    spec = sfft.rfft2(phase.astype(np.float32, copy=False), s=(fy, fx), axes=(-2, -1))
+    if exposure is None:
+        spec *= transfer
+    else:
+        ne = critical_exposure(_freq_rfft2((fy, fx), pixel_size))
+        for i in range(n):
+            damage = np.zeros(ne.shape)
+            frames = np.atleast_1d(np.asarray(exposure[i], dtype=np.float64))
+            for e in frames:
+                damage += np.exp(-e / (2 * ne))
+            spec[i] *= transfer * (damage / len(frames)).astype(np.float32)
+    return sfft.irfft2(spec, s=(fy, fx), axes=(-2, -1))[:, :h, :w].astype(np.float32, copy=False)
