@@ -182,3 +182,44 @@ def test_missing_distributed_is_one_line(monkeypatch):
             pass
     assert str(err.value) == ('cluster runs need dask.distributed, which is not installed: '
                               'pip install "napari-cryoden[cluster]"')
+
+
+def _visible_gpus() -> str | None:
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_local_gpus_one_worker_per_gpu(monkeypatch):
+    from napari_cryoden.inference import cluster
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(cluster, "_cuda_device_count", lambda: 0)
+    assert cluster.local_gpus("auto", None) is None  # no GPU: CPU workers
+    monkeypatch.setattr(cluster, "_cuda_device_count", lambda: 1)
+    assert cluster.local_gpus("cuda", None) is None  # one GPU: one process is enough
+    monkeypatch.setattr(cluster, "_cuda_device_count", lambda: 3)
+    assert cluster.local_gpus("cpu", None) is None
+    assert cluster.local_gpus("auto", None) == ["0", "1", "2"]
+    assert cluster.local_gpus("cuda", 4) == ["0", "1", "2", "0"]  # dealt round-robin
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7,2")
+    assert cluster.local_gpus("auto", None) == ["5", "7", "2"]  # the GPUs this process may use
+
+
+def test_gpu_cluster_workers_each_see_their_gpu_and_denoise(monkeypatch, tiny, tmp_path):
+    """On a machine with several GPUs (faked here: the workers compute on the CPU, ``auto``),
+    ``connect(device=...)`` starts one single-threaded worker per GPU, each seeing only its GPU
+    through CUDA_VISIBLE_DEVICES, and files denoised there equal one process."""
+    from napari_cryoden.inference import cluster
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(cluster, "_cuda_device_count", lambda: 2)
+    inputs = [_write(tmp_path / f"g{i}.mrc", _volume(10 + i, (8, 24, 32))) for i in range(2)]
+    settings = {**SETTINGS, "device": "auto"}
+    with connect("local", device="auto") as c:
+        assert sorted(c.nthreads().values()) == [1, 1]
+        assert sorted(c.run(_visible_gpus).values()) == ["0", "1"]
+        jobs = [(src, tmp_path / f"{src.stem}_d.mrc") for src in inputs]
+        outcomes = list(map_denoise_files(c, jobs, tiny, **settings))
+    assert all(o.error is None for o in outcomes) and len(outcomes) == 2
+    for src, dst in jobs:
+        single = denoise_file(src, tmp_path / f"{src.stem}_single.mrc", tiny, **SETTINGS)
+        assert np.array_equal(mrcfile.read(dst), mrcfile.read(single.output))

@@ -220,7 +220,8 @@ default) or a running scheduler (tcp://host:8786) whose workers see the same
 files. With --output-dir each input is one task; with INPUT OUTPUT the
 tomogram's tiles are spread over the workers and stitched here, with the
 same result as on one machine for the same tile, overlap, batch, device and
-precision.
+precision. On a machine with several GPUs, --scheduler local starts one
+worker per GPU, each seeing only its own (CUDA_VISIBLE_DEVICES).
 """
 
 _DENOISE_EPILOG = """\
@@ -417,7 +418,7 @@ def _run_denoise(args: argparse.Namespace) -> int:
         from ..inference.cluster import connect
 
         model = load_model(args.model or DEFAULT_MODEL)
-        with connect(args.scheduler, args.workers) as client:
+        with connect(args.scheduler, args.workers, device=args.device) as client:
             result, total = _denoise_one(src, dst, model, args.device, args.precision, args,
                                          f"denoising {src.name}", client=client)
         if not args.quiet:
@@ -557,7 +558,7 @@ def _run_denoise_batch_cluster(args: argparse.Namespace, inputs: list[Path], n_u
         logging.getLogger("napari_cryoden").addHandler(logging.NullHandler())
         from ..inference.stream import is_image_stack_path
 
-        with connect(args.scheduler, args.workers) as client:
+        with connect(args.scheduler, args.workers, device=args.device) as client:
             outcomes = map_denoise_files(
                 client, jobs, model, tile=args.tile, overlap=args.overlap, batch_size=args.batch, device=args.device,
                 precision=args.precision, nonfinite=args.nonfinite, overwrite=args.overwrite,

@@ -49,7 +49,7 @@ from .tiling import release_pages
 
 __all__ = [
     "INSTALL_HINT", "FileOutcome", "connect", "default_local_workers", "iter_split_denoise_file",
-    "map_denoise_files", "parse_scheduler", "require_distributed", "split_denoise_file",
+    "local_gpus", "map_denoise_files", "parse_scheduler", "require_distributed", "split_denoise_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,38 @@ def default_local_workers() -> int:
     return max(1, min(4, cpus))
 
 
+def _cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def local_gpus(device: str | None, n_workers: int | None) -> list[str] | None:
+    """The GPU each worker of a local cluster sees, or None for a cluster of CPU workers.
+
+    With ``device`` "auto" or "cuda" and more than one CUDA GPU visible here, a local cluster
+    gets one worker per GPU (or `n_workers`, the GPUs dealt round-robin), each seeing only its
+    GPU through ``CUDA_VISIBLE_DEVICES``: PyTorch's ``cuda`` in that worker is that GPU. The
+    GPUs are this process's visible ones (``CUDA_VISIBLE_DEVICES`` here, if set, is honoured).
+
+    Returns
+    -------
+    list of str or None
+        One ``CUDA_VISIBLE_DEVICES`` value per worker.
+    """
+    if device not in ("auto", "cuda"):
+        return None
+    n_gpus = _cuda_device_count()
+    if n_gpus < 2:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",") if v.strip()][:n_gpus] if visible else []
+    if len(ids) != n_gpus:
+        ids = [str(i) for i in range(n_gpus)]
+    n = n_gpus if n_workers is None else int(n_workers)
+    return [ids[i % n_gpus] for i in range(n)]
+
+
 def parse_scheduler(scheduler: str | None) -> str:
     """``"local"`` for None, an empty string or ``"local"``; else `scheduler` itself, stripped, if
     it is an address (``scheme://host:port`` or ``host:port``).
@@ -110,6 +142,7 @@ def connect(
     *,
     threads_per_worker: int = 1,
     wait_s: float = WAIT_FOR_WORKERS_S,
+    device: str | None = None,
 ) -> Iterator[object]:
     """A :class:`distributed.Client` for a local cluster of worker processes or a running scheduler.
 
@@ -127,6 +160,11 @@ def connect(
         Tasks one local worker runs at the same time.
     wait_s : float, default=60
         Seconds to wait for a first worker to join a remote scheduler.
+    device : str, optional
+        The device the run will ask for. For "auto" or "cuda" on a machine with several GPUs, a
+        local cluster has one worker per GPU, each seeing its own (:func:`local_gpus`); a remote
+        cluster's workers are set up by whoever starts them (``CUDA_VISIBLE_DEVICES=i
+        dask worker ...``, one per GPU).
 
     Yields
     ------
@@ -158,13 +196,19 @@ def connect(
             cpus = len(os.sched_getaffinity(0))
         except AttributeError:  # pragma: no cover - not Linux
             cpus = os.cpu_count() or 1
+        gpus = local_gpus(device, n_workers)
+        n = len(gpus) if gpus else n
         torch_threads = str(max(1, cpus // (n * int(threads_per_worker))))
-        cluster = distributed.LocalCluster(
-            n_workers=n, threads_per_worker=int(threads_per_worker), processes=True,
-            dashboard_address="127.0.0.1:0",  # any free port: never the "port 8787 is in use" warning
-            silence_logs=logging.CRITICAL,  # task errors come back to the client, which reports them
-            env={"OMP_NUM_THREADS": torch_threads, "MKL_NUM_THREADS": torch_threads},
-        )
+        env = {"OMP_NUM_THREADS": torch_threads, "MKL_NUM_THREADS": torch_threads}
+        if gpus:
+            cluster = _gpu_cluster(distributed, gpus, env)
+        else:
+            cluster = distributed.LocalCluster(
+                n_workers=n, threads_per_worker=int(threads_per_worker), processes=True,
+                dashboard_address="127.0.0.1:0",  # any free port: never the "port 8787 is in use" warning
+                silence_logs=logging.CRITICAL,  # task errors come back to the client, which reports them
+                env=env,
+            )
         try:
             with distributed.Client(cluster, set_as_default=False) as client:
                 client.run(_ignore_interrupts)
@@ -178,6 +222,20 @@ def connect(
         except TimeoutError:
             raise TimeoutError(f"no worker joined the scheduler at {address} within {wait_s:g} s") from None
         yield client
+
+
+def _gpu_cluster(distributed, gpus: list[str], env: dict):
+    """A local cluster of one single-threaded worker process per entry of `gpus`, each with
+    ``CUDA_VISIBLE_DEVICES`` set to it (a :class:`distributed.SpecCluster` of nannies: a
+    :class:`distributed.LocalCluster` gives every worker the same environment)."""
+    workers = {
+        f"gpu{i}-{gpu}": {"cls": distributed.Nanny,
+                          "options": {"nthreads": 1, "env": {**env, "CUDA_VISIBLE_DEVICES": gpu}}}
+        for i, gpu in enumerate(gpus)
+    }
+    scheduler = {"cls": distributed.Scheduler, "options": {"dashboard_address": "127.0.0.1:0"}}
+    # task errors come back to the client, which reports them
+    return distributed.SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.CRITICAL)
 
 
 def _ignore_interrupts() -> bool:
