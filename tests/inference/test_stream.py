@@ -144,3 +144,18 @@ def test_cancel_and_refusals_leave_nothing(tmp_path, rng, tiny3d):
     with pytest.raises(FileExistsError):
         denoise_file(src, tmp_path / "old.mrc", tiny3d, **FP32)
     assert (tmp_path / "old.mrc").read_bytes() == b"keep"
+
+
+def test_prefetch_asks_the_kernel_to_read_ahead(tmp_path, monkeypatch):
+    import os
+
+    from napari_cryoden.inference.stream import prefetch
+
+    path = tmp_path / "next.mrc"
+    path.write_bytes(b"\0" * 4096)
+    calls = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: (calls.append(advice), real(fd, off, n, advice)))
+    assert prefetch(path) is True
+    assert calls == [os.POSIX_FADV_WILLNEED]
+    assert prefetch(tmp_path / "missing.mrc") is False  # never raises

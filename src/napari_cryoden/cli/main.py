@@ -451,6 +451,7 @@ def _run_denoise_batch(args: argparse.Namespace) -> int:
         raise CliError(f"cannot create --output-dir {out_dir}: {_one_line(exc)}") from None
 
     from ..inference import resolve_device, resolve_precision
+    from ..inference.stream import prefetch
     from ..models import load_model
 
     if args.scheduler is not None:
@@ -468,6 +469,8 @@ def _run_denoise_batch(args: argparse.Namespace) -> int:
                 skipped += 1
                 continue
             label = f"denoising {src.name}" + (f" ({i}/{len(inputs)})" if len(inputs) > 1 else "")
+            if i < len(inputs):  # the disk reads the next input while this one is denoised
+                prefetch(inputs[i])
             result, total = _denoise_one(src, dst, model, device, precision, args, label)
         except Exception as exc:  # one line, and the next file
             failed.append(_file_failure(src, exc))

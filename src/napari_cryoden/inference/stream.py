@@ -13,6 +13,7 @@ few tiles, not the volume. Normalisation statistics come from a strided subsampl
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..models.registry import DEFAULT_MODEL
 from .tiling import release_pages
 from .timing import Stages
 
-__all__ = ["FileResult", "denoise_file", "header_stats", "is_image_stack_path", "iter_denoise_file"]
+__all__ = ["FileResult", "denoise_file", "header_stats", "is_image_stack_path", "iter_denoise_file", "prefetch"]
 
 _COMPRESSED = (".gz", ".bz2")
 
@@ -102,6 +103,28 @@ def header_stats(data: np.ndarray, *, chunk_bytes: int | None = None) -> tuple[f
         n = total
         release_pages(data)
     return lo, hi, mean, math.sqrt(m2 / n)
+
+
+def prefetch(path) -> bool:
+    """Ask the kernel to start reading `path` into the page cache in the background
+    (``posix_fadvise(POSIX_FADV_WILLNEED)``), so that a batch reads file n+1 from the disk while
+    it denoises file n. Returns False where that is not possible (no such call, an unreadable
+    file); never raises.
+    """
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    try:
+        advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _packages():
