@@ -9,6 +9,7 @@ and covered by ``benchmarks/inference.py`` on a GPU.
 from __future__ import annotations
 
 import logging
+import os
 
 import mrcfile
 import numpy as np
@@ -150,7 +151,8 @@ def test_resident_nonfinite_output_is_refused(net3d, monkeypatch):
                             resident=True))
 
 
-def test_denoise_file_resident_writes_the_same_file(net3d, tmp_path):
+@pytest.mark.parametrize("mmap_threshold", [0, 2**28], ids=["streamed", "in-memory"])
+def test_denoise_file_resident_writes_the_same_file(net3d, tmp_path, mmap_threshold):
     src = tmp_path / "tomo.mrc"
     with mrcfile.new(src) as mrc:
         mrc.set_data(_volume((12, 40, 40)))
@@ -160,15 +162,39 @@ def test_denoise_file_resident_writes_the_same_file(net3d, tmp_path):
         dst = tmp_path / f"out-{resident}.mrc"
         timings = {}
         result = denoise_file(src, dst, net3d, device="cpu", precision="fp32", resident=resident, overlap=8,
-                              mmap_threshold=0 if resident else 2**28, timings=timings)
-        assert result.streamed is resident and "read" in timings and "write" in timings
+                              mmap_threshold=mmap_threshold, timings=timings)
+        assert result.streamed is (mmap_threshold == 0) and "read" in timings and "write" in timings
+        assert result.info["resident"] is resident
+        assert mrcfile.validate(dst, print_file=open(os.devnull, "w"))
         with mrcfile.open(dst) as mrc:
-            outs[resident] = (mrc.data.copy(), mrc.header.copy(), mrc.voxel_size.copy())
-    (a, ha, va), (b, hb, vb) = outs[False], outs[True]
+            labels = [text.split()[0] if text.startswith("Created by") else text for text in mrc.get_labels()]
+            outs[resident] = (mrc.data.copy(), mrc.header.copy(), mrc.voxel_size.copy(), labels)
+    (a, ha, va, la), (b, hb, vb, lb) = outs[False], outs[True]
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(np.abs(a).max()))
-    assert va == vb
+    assert va == vb and la == lb
+    for field in ("nx", "ny", "nz", "mode", "mx", "my", "mz"):
+        assert hb[field] == ha[field]
     for field in ("dmin", "dmax", "dmean", "rms"):
         np.testing.assert_allclose(float(hb[field]), float(ha[field]), rtol=1e-4)
+
+
+def test_write_mrc_with_known_stats_writes_the_same_file(tmp_path):
+    from napari_cryoden.io import write_mrc
+
+    data = _volume((7, 33, 35))
+    plain = write_mrc(tmp_path / "plain.mrc", data, (4.0, 5.0, 6.0), label="cryoden test")
+    known = write_mrc(tmp_path / "known.mrc", data, (4.0, 5.0, 6.0), label="cryoden test",
+                      stats=header_stats(data))
+    assert plain.stat().st_size == known.stat().st_size
+    with mrcfile.open(plain) as a, mrcfile.open(known) as b:
+        np.testing.assert_array_equal(b.data, a.data)
+        assert a.voxel_size == b.voxel_size and a.get_labels()[1:] == b.get_labels()[1:]
+        for field in ("dmin", "dmax", "dmean", "rms"):
+            np.testing.assert_allclose(float(b.header[field]), float(a.header[field]), rtol=1e-5)
+    assert mrcfile.validate(known, print_file=open(os.devnull, "w"))
+    # never over an input, and not over an existing file without overwrite
+    with pytest.raises(FileExistsError):
+        write_mrc(known, data, stats=header_stats(data))
 
 
 def test_auto_is_not_resident_on_the_cpu(net3d):

@@ -162,9 +162,9 @@ def write_denoised(
     None (in-memory outputs) it allocates the array itself. Streamed outputs are memory-mapped
     MRC files in the temporary file of :func:`~napari_cryoden.io.atomic_path`, finished with the
     voxel size, the label and the header statistics; others go through
-    :func:`~napari_cryoden.io.write_mrc`, which never writes over `src`. A streamed output takes
-    the header statistics that the run left in ``info["header_stats"]`` (a resident run takes
-    them on the device), else reads them from the output.
+    :func:`~napari_cryoden.io.write_mrc`, which never writes over `src`. Header statistics that
+    the run left in ``info["header_stats"]`` (a resident run takes them on the device) are
+    written as they are, instead of being computed from the output again.
     """
     stages = stages or Stages()
     info = {} if info is None else info
@@ -173,7 +173,8 @@ def write_denoised(
 
         result = yield from fill(None)
         with stages("write"):
-            write_mrc(dst, result, voxel_size, overwrite=overwrite, protect=(src,), label=label)
+            write_mrc(dst, result, voxel_size, overwrite=overwrite, protect=(src,), label=label,
+                      stats=info.get("header_stats"))
         return
     import mrcfile
 
@@ -240,9 +241,8 @@ def iter_denoise_file(
     resident : bool, optional
         Hold the whole volume on the device (default: on CUDA when it fits); see
         :func:`~napari_cryoden.inference.iter_denoise`. On CUDA (unless `resident` is False) an
-        uncompressed input is memory-mapped and an uncompressed output streamed whatever their
-        size, so the volume goes from the page cache to the GPU and back in slabs, with no whole
-        copy in host memory.
+        uncompressed input is memory-mapped whatever its size, so it goes from the page cache to
+        the GPU in slabs, with no whole copy in host memory.
     timings : dict, optional
         Receives the seconds per stage (:data:`~napari_cryoden.inference.timing.STAGES`),
         reading and writing the files included; for benchmarks.
@@ -266,15 +266,15 @@ def iter_denoise_file(
     src, dst = Path(input_path), Path(output_path)
     check_output(src, dst, overwrite=overwrite)
     stages = Stages(timings)
-    # On CUDA both files are memory-mapped whatever their size: the volume goes from the page
-    # cache to the GPU and back in slabs, with no whole copy on the host (a resident run).
+    # On CUDA the input is memory-mapped whatever its size: it goes from the page cache to the
+    # GPU in slabs, with no whole copy on the host (a resident run).
     on_gpu = resident is not False and device != "cpu" and inference.resolve_device(device).type == "cuda"
     with stages("read"):
         volume = io.read_mrc(src, mmap_threshold=0 if on_gpu else mmap_threshold)
     lm = _as_model(model)
     data = volume.data
     stack = is_image_stack_path(src) if image_stack is None else bool(image_stack)
-    streamed = streams(dst, data.size, 0 if on_gpu else mmap_threshold)
+    streamed = streams(dst, data.size, mmap_threshold)
     info = {} if info is None else info
     info.update(voxel_size=tuple(volume.voxel_size), voxel_size_known=volume.metadata.get("voxel_size_known", True),
                 shape=tuple(data.shape), streamed=streamed, model=lm.name)
