@@ -34,7 +34,8 @@ from .timing import Stages
 __all__ = [
     "DEFAULT_OVERLAP", "DEFAULT_TILE", "NONFINITE_CHOICES", "Cancelled", "activation_bytes_per_voxel",
     "count_nonfinite", "denoise", "denoise_tiles", "input_mode", "iter_denoise", "memory_budget", "model_overlap",
-    "plan_geometry", "receptive_margin", "resident_bytes", "resolve_device", "resolve_precision",
+    "plan_geometry", "receptive_margin", "resident_bytes", "resolve_device", "resolve_precision", "gather_tile",
+    "tensor_stats", "to_device", "to_host",
 ]
 
 log = logging.getLogger(__name__)
@@ -696,11 +697,21 @@ class _ResidentRunner(_Runner):
 
 
 def gather_tile(volume: torch.Tensor, tile: Tile) -> torch.Tensor:
-    """One tile of `volume` (a tensor, on any device), reflect-padded where needed.
+    """One tile of `volume`, reflect-padded where needed, gathered where `volume` lives.
 
     The tensor counterpart of :func:`~napari_cryoden.inference.tiling.read_tile`: the same
-    voxels (:func:`~napari_cryoden.inference.tiling.reflect_indices` at the borders), gathered
-    where `volume` lives. Returns a tensor of ``tile.shape`` (a view for an interior tile).
+    voxels (:func:`~napari_cryoden.inference.tiling.reflect_indices` at the borders).
+
+    Parameters
+    ----------
+    volume : torch.Tensor, (Z, Y, X) (or any dimensionality matching `tile`), on any device
+    tile : Tile
+        Its axes may start before 0 or end past the volume (reflected there).
+
+    Returns
+    -------
+    torch.Tensor
+        Of ``tile.shape`` and `volume`'s dtype and device; a view of `volume` for an interior tile.
     """
     block = volume
     for axis, (ax, length) in enumerate(zip(tile.axes, volume.shape)):
@@ -774,11 +785,24 @@ def _slabs(shape: tuple[int, ...]) -> tuple[list[tuple[int, int]], int]:
 
 
 def to_device(volume: np.ndarray, dev: torch.device, stages: Stages | None = None) -> torch.Tensor:
-    """A float32 copy of `volume` (ndarray or memmap, at least 1D) on `dev`.
+    """A float32 copy of `volume` on `dev`.
 
-    On CUDA the volume goes in slabs of :data:`COPY_SLAB_BYTES` through two pinned buffers:
-    reading (and converting) one slab on the host overlaps the asynchronous copy of the other.
-    A memory-mapped volume's pages are let go after each slab.
+    On CUDA the volume goes in slabs of :data:`COPY_SLAB_BYTES` along its first axis through two
+    pinned buffers: reading (and converting) one slab on the host overlaps the asynchronous copy
+    of the other. A memory-mapped volume's pages are let go after each slab.
+
+    Parameters
+    ----------
+    volume : ndarray or memmap of real dtype, at least 1D
+        E.g. a (Z, Y, X) tomogram; any real dtype is converted to float32.
+    dev : torch.device
+    stages : Stages, optional
+        Charges the host reads to "read" and the copies to "h2d".
+
+    Returns
+    -------
+    torch.Tensor of float32
+        Same shape as `volume`, on `dev`.
     """
     stages = stages or Stages()
     if dev.type != "cuda":
@@ -806,11 +830,19 @@ def to_device(volume: np.ndarray, dev: torch.device, stages: Stages | None = Non
 
 
 def to_host(tensor: torch.Tensor, out: np.ndarray, stages: Stages | None = None) -> None:
-    """Copy the float32 `tensor` into `out` (ndarray or memmap of the same shape).
+    """Copy the float32 `tensor` into `out`.
 
-    On CUDA in slabs through two pinned buffers: copying one slab into `out` on the host overlaps
-    the asynchronous device-to-host copy of the next. A memory-mapped `out`'s pages are let go
-    after each slab (written pages stay in the page cache).
+    On CUDA in slabs along the first axis through two pinned buffers: copying one slab into `out`
+    on the host overlaps the asynchronous device-to-host copy of the next. A memory-mapped
+    `out`'s pages are let go after each slab (written pages stay in the page cache).
+
+    Parameters
+    ----------
+    tensor : torch.Tensor of float32, at least 1D, on any device
+    out : ndarray or memmap of float32
+        Same shape as `tensor`; overwritten.
+    stages : Stages, optional
+        Charges the whole copy to "d2h".
     """
     stages = stages or Stages()
     with stages("d2h"):
@@ -842,8 +874,15 @@ def to_host(tensor: torch.Tensor, out: np.ndarray, stages: Stages | None = None)
 
 
 def tensor_stats(tensor: torch.Tensor) -> tuple[float, float, float, float]:
-    """``(min, max, mean, std)`` of a tensor where it lives, the mean and std in float64: the MRC
-    header statistics (as :func:`~napari_cryoden.inference.stream.header_stats`)."""
+    """``(min, max, mean, std)`` of a tensor where it lives (e.g. on the GPU), the mean and the
+    population std accumulated in float64: the MRC header statistics, as
+    :func:`~napari_cryoden.inference.stream.header_stats` takes them from a host array.
+
+    Returns
+    -------
+    tuple of 4 float
+        In the tensor's units (the output's intensity scale).
+    """
     wide = tensor.to(torch.float64)
     var, mean = torch.var_mean(wide, correction=0)
     lo, hi = torch.aminmax(tensor)
