@@ -231,3 +231,14 @@ def test_cuda_resident_matches_host_path(net3d):
     assert float(np.abs(res - host).max()) <= 0.01 * float(host.std())
     bf16 = _drive(iter_denoise(vol, net3d, tile=32, overlap=8, device="cuda", precision="bf16", resident=True))
     assert float(np.sqrt(np.mean((bf16 - host) ** 2))) <= 0.05 * float(host.std())
+
+
+def test_resident_tiles_are_seam_free(net3d):
+    """Tiled on the device (margins from the measured receptive field) equals one pass over the
+    whole volume, as on the host path (tests/inference/test_seam_free.py)."""
+    vol = _volume((16, 32, 40), seed=3)
+    one = _drive(iter_denoise(vol, net3d, tile=(16, 32, 40), device="cpu", precision="fp32", resident=True))
+    info = {}
+    tiled = _drive(iter_denoise(vol, net3d, tile=16, device="cpu", precision="fp32", resident=True, info=info))
+    assert info["tiles"] == 6
+    np.testing.assert_allclose(tiled, one, rtol=1e-4, atol=1e-4 * float(np.abs(one).max()))
