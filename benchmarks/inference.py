@@ -162,7 +162,7 @@ def tile_flops_and_rate(model, plan, device, precision: str, repeats: int = 3) -
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from napari_cryoden.inference.engine import _PRECISIONS
+    from napari_cryoden.device import PRECISIONS
 
     shape = plan.geometry.tile_shape(plan.shape)
     if plan.mode != "volume":
@@ -177,7 +177,7 @@ def tile_flops_and_rate(model, plan, device, precision: str, repeats: int = 3) -
         memory_format = torch.channels_last_3d if plan.mode == "volume" else torch.channels_last
     net = net.to(memory_format=memory_format)
     x = x.contiguous(memory_format=memory_format)
-    dtype = _PRECISIONS[precision]
+    dtype = PRECISIONS[precision]
     times = []
     for i in range(repeats + 1):
         _sync(device)

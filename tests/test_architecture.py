@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-CORE = ["io", "models", "inference", "training", "simulate", "metrics", "evaluation"]
+CORE = ["device", "io", "models", "inference", "training", "simulate", "metrics", "evaluation"]
 
 
 def test_core_imports_without_qt():
@@ -18,4 +18,14 @@ def test_core_imports_without_qt():
 
 def test_package_import_is_light():
     code = "import sys, napari_cryoden; assert 'torch' not in sys.modules and 'napari' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_device_is_the_ground_floor():
+    """napari_cryoden.device imports no other module of the package: every layer may use it."""
+    code = (
+        "import sys, napari_cryoden.device\n"
+        "mods = sorted(m for m in sys.modules if m.startswith('napari_cryoden.') and m != 'napari_cryoden.device')\n"
+        "assert not mods, mods\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -41,6 +41,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, Signal
 from qtpy.QtWidgets import QApplication, QVBoxLayout, QWidget
 
+from ..device import is_out_of_memory
 from ..inference import iter_denoise_slab
 from ..models import ARCHITECTURES, DEFAULT_MODEL, LoadedModel, available_models
 from ..training import finetune as _ft
@@ -504,14 +505,6 @@ def _model_geometry(model: str | None, architecture: str | None) -> tuple[int, i
 
 
 # ================================================================== training thread
-def _out_of_memory(exc: BaseException) -> bool:
-    """MemoryError, CUDA out of memory, or the CPU allocator's RuntimeError."""
-    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
 class _Bridge(QObject):
     """Carries what the training thread reports to the GUI thread (queued signals)."""
 
@@ -588,7 +581,7 @@ class _Run:
             )
         except Exception as exc:
             message = _one_line(exc)
-            if _out_of_memory(exc):
+            if is_out_of_memory(exc):
                 message = f"out of memory ({message}); try a smaller patch or batch size"
             elif not isinstance(exc, ValueError):
                 log.exception("training failed")

@@ -22,7 +22,6 @@ the project and, when given, PNG panels of one example slice per experiment
 from __future__ import annotations
 
 import math
-import platform
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -205,15 +204,9 @@ def run_benchmark(
 
 
 def _hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return cpu
+    from ..device import hardware_name
+
+    return hardware_name(threads=False)
 
 
 def _threads() -> int:

@@ -262,7 +262,7 @@ def _cluster_shape(client) -> tuple[int, int]:
 def _memory_share(device: str, share: int) -> int | None:
     """Memory one forward pass may use on a worker CPU shared by `share` task threads (None: the
     engine's own default, for GPUs and unshared CPUs)."""
-    from .engine import memory_budget, resolve_device
+    from ..device import memory_budget, resolve_device
 
     dev = resolve_device(device)
     if dev.type != "cpu" or share <= 1:

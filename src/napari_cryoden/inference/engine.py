@@ -11,13 +11,11 @@ receptive field and the free memory (:func:`plan_geometry`) unless given.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import weakref
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable, Generator, Sequence
 
 import numpy as np
@@ -25,6 +23,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from ..device import (MEMORY_CAP_CPU, MEMORY_FRACTION, PRECISIONS, cpu_has_bf16, is_out_of_memory,  # noqa: F401
+                      memory_budget, resolve_device, resolve_precision)
+from ..device import autocast as device_autocast
 from ..models.registry import DEFAULT_MODEL, LoadedModel, load_model
 from .normalize import robust_stats, robust_stats_tensor
 from .tiling import (Geometry, Tile, auto_geometry, plan_tiles, read_tile, reflect_indices, release_pages,
@@ -50,15 +51,6 @@ DEFAULT_OVERLAP = 24
 #: a batch only costs memory; on a GPU it fills the device).
 MAX_BATCH = {"cpu": 8, "cuda": 64}
 BATCH_VOXELS = {"cpu": 2**21, "cuda": 2**25}
-#: Fraction of the free memory (CPU: available RAM; CUDA: free GPU memory) one forward pass may use.
-MEMORY_FRACTION = {"cpu": 0.25, "cuda": 0.7}
-#: Most bytes one forward pass may use on the CPU, whatever the free RAM: with the process's
-#: ~0.3 GiB of Python, PyTorch and model, and the pages one tile touches, the peak RSS stays
-#: under 3 GiB beyond the data (``docs/performance.md``). Larger tiles would save little: the
-#: overlap waste of 2.5 GiB tiles is within 10-20 % of that of 5 GiB tiles.
-MEMORY_CAP_CPU = int(2.5 * 1024**3)
-
-_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: On CUDA, a run holds the whole input and output on the GPU ("resident": tiles are cut,
 #: normalised and stitched there, and the statistics are taken there) when both, as float32,
@@ -123,48 +115,6 @@ def _drive(
                 progress(done, total)
     except StopIteration as stop:
         return stop.value
-
-
-@lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """True if this CPU computes bf16 natively (AVX512-BF16 or AMX), so bf16 autocast pays off."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU.
-
-    Raises
-    ------
-    ValueError
-        For an unknown device, or ``"cuda"`` without a CUDA GPU.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` -> bf16 on CPUs with native bf16 and on CUDA GPUs that support it, fp16 on older
-    GPUs, fp32 otherwise."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_bf16() else "fp32"
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of auto, {', '.join(_PRECISIONS)}; got {precision!r}")
-    if precision == "fp16" and device.type == "cpu":
-        raise ValueError("fp16 is for CUDA; on the CPU use bf16 or fp32")
-    return precision
 
 
 def _as_model(model) -> LoadedModel:
@@ -380,7 +330,7 @@ def activation_bytes_per_voxel(model: LoadedModel, precision: str = "fp32") -> f
             device = next(module.parameters()).device
         except StopIteration:
             device = torch.device("cpu")
-        dtype = _PRECISIONS.get(precision)
+        dtype = PRECISIONS.get(precision)
         x = torch.zeros(1, 1, *([side] * model.ndim), device=device)
         if dtype is not None and model.ndim == 3:
             x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -396,35 +346,6 @@ def activation_bytes_per_voxel(model: LoadedModel, precision: str = "fp32") -> f
             module.train(was_training)
         per[precision] = 1.1 * counter.peak / side**model.ndim
     return max(32.0, per[precision])
-
-
-def memory_budget(device: torch.device) -> int:
-    """Bytes one forward pass may use: a fraction (:data:`MEMORY_FRACTION`) of the free memory.
-
-    CUDA: free GPU memory (``torch.cuda.mem_get_info``) plus what PyTorch's caching allocator
-    holds unused. CPU: the available RAM (``psutil``, else ``/proc/meminfo``), and at most
-    :data:`MEMORY_CAP_CPU`.
-    """
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(MEMORY_FRACTION["cuda"] * free)
-    available = None
-    try:
-        import psutil
-
-        available = psutil.virtual_memory().available
-    except ImportError:  # pragma: no cover - psutil comes with napari
-        try:
-            with open("/proc/meminfo", encoding="ascii") as fh:
-                for line in fh:
-                    if line.startswith("MemAvailable:"):
-                        available = int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    if available is None:  # pragma: no cover
-        available = 4 * 1024**3
-    return min(MEMORY_CAP_CPU, int(MEMORY_FRACTION["cpu"] * available))
 
 
 @dataclass(frozen=True)
@@ -543,15 +464,6 @@ def plan_geometry(
 # The tile loop
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    """True for the errors of running out of memory: CUDA OOM, MemoryError, or the CPU
-    allocator's RuntimeError."""
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
 def _nonfinite_output(center: float, scale: float) -> ValueError:
     return ValueError(
         "the network produced NaN/Inf values; the input's intensities (median "
@@ -629,7 +541,7 @@ class _Runner:
             self._forward(tiles)
             return True
         except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
-            if not _is_out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
         if self.dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -738,10 +650,7 @@ def _make_runner(lm: LoadedModel, view, out_view, plan: Plan, dev: torch.device,
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = CUDA_CUDNN_BENCHMARK
     net = net.to(memory_format=memory_format)
-    autocast = (
-        torch.autocast(device_type=dev.type, dtype=_PRECISIONS[prec])
-        if _PRECISIONS[prec] is not None else contextlib.nullcontext()
-    )
+    autocast = device_autocast(dev, prec)
     cls = _ResidentRunner if resident else _Runner
     return cls(net, view, out_view, plan, dev, autocast, memory_format, center, scale, n_bad, stages)
 

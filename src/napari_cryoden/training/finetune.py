@@ -69,7 +69,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inference.engine import resolve_device, resolve_precision
+from ..device import autocast_dtype, resolve_device, resolve_precision
 from ..inference.normalize import robust_stats
 from ..io.atomic import atomic_path
 from ..models import networks
@@ -962,7 +962,7 @@ def fine_tune(
 
     dev = resolve_device(config.device)
     prec = resolve_precision(config.precision, dev)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
+    dtype = autocast_dtype(prec)
 
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's RNG untouched
         torch.manual_seed(int(config.seed))

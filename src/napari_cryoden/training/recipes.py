@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..device import hardware_name
 from ..evaluation.baselines import GAUSSIAN_SIGMAS
 from ..evaluation.experiments import (
     HELD_OUT, REALISTIC_SET, half_sum_noise_std, micrograph_held_out_set, realistic_held_out_set,
@@ -175,21 +175,6 @@ RECIPES = {
         "held_out": {"n": 8, "shape": [512, 512], "seed": 24680},
     },
 }
-
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
-
 
 def held_out_set(maps: dict[str, np.ndarray], *, n: int = 40, seed: int = 12345, box: int = 64):
     """The fixed held-out test set: half single centred particles, half 10-40 particles.
@@ -385,7 +370,7 @@ def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, n
             "seed": r["seed"],
             "precision": "bf16 autocast" + (" (generator), fp32 (discriminator)" if r["mode"] != "ae" else ""),
             "seconds": round(train_seconds, 1),
-            "hardware": _hardware(dev),
+            "hardware": hardware_name(dev),
             "torch": torch.__version__,
             "final_losses": result.history[-1] if result.history else {},
         },
@@ -549,7 +534,7 @@ def train_micrograph_n2n(r: dict, particles: dict[str, np.ndarray], *, steps: in
         (per logged step: mean loss, mean and largest gradient norm before clipping, learning
         rate, monitor results), ``device``, ``precision``.
     """
-    from ..inference.engine import resolve_device, resolve_precision
+    from ..device import resolve_device, resolve_precision
     from .supervised import SupervisedStep
 
     steps = int(r["steps"] if steps is None else steps)
@@ -756,7 +741,7 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
             "precision": f"{res['precision']} autocast" if res["precision"] != "fp32" else "fp32",
             "seconds": round(res["seconds"], 1),
             "simulation_seconds": round(res["simulation_seconds"], 1),
-            "hardware": _hardware(res["device"]),
+            "hardware": hardware_name(res["device"]),
             "torch": torch.__version__,
             "final_losses": res["history"][-1] if res["history"] else {},
             **({"held_out_curve": {

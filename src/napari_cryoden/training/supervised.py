@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..inference.engine import resolve_device, resolve_precision
+from ..device import autocast_dtype, resolve_device, resolve_precision
 
 __all__ = ["LOSSES", "MODES", "SupervisedStep", "TrainConfig", "TrainResult", "content_loss", "rampdown_factor",
            "train"]
@@ -313,7 +313,7 @@ class SupervisedStep:
         self.mode, self.content = mode, content_loss(loss)
         self.l1_weight, self.n_critic, self.gp_weight = float(l1_weight), int(n_critic), float(gp_weight)
         self.dev = torch.device(device)
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.dtype = autocast_dtype(precision)
         if channels_last is None:
             channels_last = self.dev.type == "cpu" and self.dtype is not None
         cl = torch.channels_last_3d if ndim == 3 else torch.channels_last
