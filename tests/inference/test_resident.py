@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cryoden.inference import engine
-from napari_cryoden.inference.engine import gather_tile, iter_denoise, tensor_stats, to_device, to_host
+from napari_cryoden.inference import resident as resident_module
+from napari_cryoden.inference.engine import iter_denoise
+from napari_cryoden.inference.resident import gather_tile, tensor_stats, to_device, to_host
 from napari_cryoden.inference.normalize import robust_stats, robust_stats_tensor
 from napari_cryoden.inference.stream import denoise_file, header_stats
 from napari_cryoden.inference.tiling import plan_tiles, read_tile
@@ -201,7 +202,7 @@ def test_auto_is_not_resident_on_the_cpu(net3d):
     info = {}
     _drive(iter_denoise(_volume((8, 16, 16)), net3d, tile=8, overlap=8, device="cpu", info=info))
     assert info["resident"] is False
-    assert engine._use_resident(None, torch.device("cpu"), 10) is False
+    assert resident_module.use_resident(None, torch.device("cpu"), 10) is False
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
@@ -209,7 +210,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 @cuda
 def test_cuda_copies_in_slabs(monkeypatch):
-    monkeypatch.setattr(engine, "COPY_SLAB_BYTES", 3 * 17 * 19 * 4)  # 3 slices a slab: 5 slabs, both buffers
+    monkeypatch.setattr(resident_module, "COPY_SLAB_BYTES", 3 * 17 * 19 * 4)  # 3 slices a slab: 5 slabs, both buffers
     vol = (np.arange(13 * 17 * 19) % 30011).astype(np.int16).reshape(13, 17, 19)
     dev = torch.device("cuda")
     tensor = to_device(vol, dev)

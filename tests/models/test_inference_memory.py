@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from napari_cryoden.inference.engine import _PeakBytes, activation_bytes_per_voxel
+from napari_cryoden.inference.measure import _PeakBytes, activation_bytes_per_voxel
 from napari_cryoden.models import LoadedModel, UpsampleUnet48
 from napari_cryoden.models.networks import _BatchNormAfterReLU, upsample_concat
 

@@ -272,9 +272,9 @@ def _memory_share(device: str, share: int) -> int | None:
 
 def _scatter_model(client, model):
     """Load `model` here and send it to every worker once; the future stands for it in tasks."""
-    from .engine import _as_model
+    from .engine import as_model
 
-    lm = _as_model(model)
+    lm = as_model(model)
     return lm, client.scatter(lm, broadcast=True, hash=False)
 
 
@@ -452,14 +452,14 @@ def _plan_task(path: str, model, options: dict, share: int) -> dict:
     """Worker side of :func:`iter_split_denoise_file`: what :func:`iter_denoise` decides before
     its first tile (checks, plan, NaN/Inf count, normalisation statistics), for the whole file."""
     from .. import io
-    from .engine import _as_model, prepare_run, resolve_device
+    from .engine import as_model, prepare_run, resolve_device
 
     volume = io.read_mrc(path, mmap_threshold=options["mmap_threshold"])  # as the single-file path reads it
     data = volume.data
     memory_bytes = options["memory_bytes"]
     if memory_bytes is None and options["tile"] is None:
         memory_bytes = _memory_share(str(resolve_device(options["device"])), share)
-    run = prepare_run(data, _as_model(model), tile=options["tile"], overlap=options["overlap"],
+    run = prepare_run(data, as_model(model), tile=options["tile"], overlap=options["overlap"],
                       device=options["device"], precision=options["precision"], batch_size=options["batch_size"],
                       nonfinite=options["nonfinite"], image_stack=options["image_stack"], memory_bytes=memory_bytes)
     plan, dev, prec, n_bad, center, scale = run.plan, run.device, run.precision, run.n_bad, run.center, run.scale
@@ -621,6 +621,6 @@ def split_denoise_file(
     >>> with connect("local", n_workers=2) as client:  # doctest: +SKIP
     ...     split_denoise_file(client, "tomo.mrc", "tomo_denoised.mrc", device="cpu")
     """
-    from .engine import _drive
+    from .engine import drive
 
-    return _drive(iter_split_denoise_file(client, input_path, output_path, model, **kwargs), progress, cancel)
+    return drive(iter_split_denoise_file(client, input_path, output_path, model, **kwargs), progress, cancel)

@@ -14,29 +14,26 @@ from __future__ import annotations
 import logging
 import math
 import os
-import weakref
 from dataclasses import dataclass
 from typing import Callable, Generator, Sequence
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
-from ..device import (MEMORY_CAP_CPU, MEMORY_FRACTION, PRECISIONS, cpu_has_bf16, is_out_of_memory,  # noqa: F401
-                      memory_budget, resolve_device, resolve_precision)
+from ..device import is_out_of_memory, memory_budget, resolve_device, resolve_precision
 from ..device import autocast as device_autocast
 from ..models.registry import DEFAULT_MODEL, LoadedModel, load_model
 from .normalize import robust_stats, robust_stats_tensor
-from .tiling import (Geometry, Tile, auto_geometry, plan_tiles, read_tile, reflect_indices, release_pages,
+from .tiling import (Geometry, Tile, auto_geometry, plan_tiles, read_tile, release_pages,
                      split_tile)
+from .measure import DEFAULT_OVERLAP, activation_bytes_per_voxel, model_overlap, receptive_margin
+from .resident import gather_tile, resident_bytes, tensor_stats, to_device, to_host, use_resident
 from .timing import Stages
 
 __all__ = [
-    "DEFAULT_OVERLAP", "DEFAULT_TILE", "NONFINITE_CHOICES", "Cancelled", "activation_bytes_per_voxel",
+    "DEFAULT_OVERLAP", "DEFAULT_TILE", "as_model", "drive", "NONFINITE_CHOICES", "Cancelled", "activation_bytes_per_voxel",
     "count_nonfinite", "denoise", "denoise_tiles", "input_mode", "iter_denoise", "memory_budget", "model_overlap",
-    "plan_geometry", "receptive_margin", "resident_bytes", "resolve_device", "resolve_precision", "gather_tile",
-    "tensor_stats", "to_device", "to_host",
+    "plan_geometry", "receptive_margin", "resolve_device", "resolve_precision"
 ]
 
 log = logging.getLogger(__name__)
@@ -44,21 +41,12 @@ log = logging.getLogger(__name__)
 #: Largest automatic tile core, as the edge of a cube: cores hold at most ``DEFAULT_TILE[d]**3``
 #: voxels (a 2D core as many pixels), so that one tile does not take minutes on the CPU.
 DEFAULT_TILE = {"cpu": 256, "cuda": 512}
-#: Context margin when a model's receptive field cannot be measured (covers UpsampleUnet48, 23).
-DEFAULT_OVERLAP = 24
 #: Most tiles in one forward pass when the batch is automatic, and the input voxels per pass
 #: that batching aims at: small tiles (2D slices) are batched, big 3D tiles are not (on the CPU
 #: a batch only costs memory; on a GPU it fills the device).
 MAX_BATCH = {"cpu": 8, "cuda": 64}
 BATCH_VOXELS = {"cpu": 2**21, "cuda": 2**25}
 
-#: On CUDA, a run holds the whole input and output on the GPU ("resident": tiles are cut,
-#: normalised and stitched there, and the statistics are taken there) when both, as float32,
-#: take at most this fraction of the free GPU memory; larger volumes go tile by tile from the host.
-RESIDENT_FRACTION = 0.25
-#: Bytes per slab of the host<->device copies of a resident run, through two pinned buffers so
-#: that reading (or writing) one slab on the host overlaps the copy of the other.
-COPY_SLAB_BYTES = 32 * 1024**2
 #: CUDA settings of the forward pass, both off (``benchmarks/inference.py --breakdown``, H200,
 #: torch 2.11, UpsampleUnet48 on 200 x 512 x 512 in bf16): channels-last memory
 #: (``channels_last_3d``) made the 3D convolutions so slow that a run did not end in minutes, and
@@ -94,12 +82,13 @@ class Cancelled(Exception):
     """Raised by :func:`denoise` when its `cancel` callable returned True."""
 
 
-def _drive(
+def drive(
     gen: Generator[tuple[int, int], None, object],
     progress: Callable[[int, int], None] | None,
     cancel: Callable[[], bool] | None,
 ):
-    """Run a generator of ``(done, total)`` to its end and return its value.
+    """Run a generator of ``(done, total)`` (:func:`iter_denoise` and the like) to its end and
+    return its value.
 
     `cancel` is polled before each step: True closes `gen` and raises :class:`Cancelled`.
     `progress` is called with each ``(done, total)``. Shared by :func:`denoise` and
@@ -117,7 +106,23 @@ def _drive(
         return stop.value
 
 
-def _as_model(model) -> LoadedModel:
+def as_model(model) -> LoadedModel:
+    """`model` as a :class:`~napari_cryoden.models.registry.LoadedModel`.
+
+    Parameters
+    ----------
+    model : str, path-like, LoadedModel or torch.nn.Module
+        A registry name or card path (loaded with
+        :func:`~napari_cryoden.models.registry.load_model`), a loaded model (returned as is), or
+        a bare module (taken as a 3D model; its ``stride`` attribute, if any, sets the stride).
+
+    Raises
+    ------
+    TypeError
+        For anything else.
+    napari_cryoden.models.ModelError
+        If a named model cannot be loaded.
+    """
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, torch.nn.Module):
@@ -174,179 +179,7 @@ def input_mode(data_ndim: int, model: LoadedModel, *, image_stack: bool = False)
 
 
 # ------------------------------------------------------------------------------------------
-# Receptive field, memory and geometry
-
-_MARGINS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, ...]]" = weakref.WeakKeyDictionary()
-_MARGINS_BY_WEIGHTS: dict[str, tuple[int, ...]] = {}  # registry models, by the sha256 of their weights
-_BYTES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def receptive_margin(model: LoadedModel, *, max_length: int = 2048) -> tuple[int, ...]:
-    """Per-axis context margin that makes tiled inference equal one pass over the whole volume.
-
-    Tiles start on the stride grid of the padded volume, so a core starts at stride phase 0 and
-    an output voxel of phase ``r`` (position modulo the stride ``s``) has ``r`` core voxels on
-    its left. If it depends on inputs ``a(r)`` voxels to its left and ``b(r)`` to its right, the
-    margin must be at least ``max_r(a(r) - r)`` and ``max_r(b(r) - (s - 1 - r))``: exactly the
-    reach, left of its first voxel and right of its last, of a window of ``s`` consecutive
-    outputs starting at phase 0. That reach is measured, per spatial axis, from the gradient of
-    the window's sum with respect to a random input long along that axis (and one stride wide
-    along the others); two random inputs are joined, so an inactive ReLU does not hide part of
-    the field. The margin is rounded up to a multiple of the stride. Cached per module and per
-    weights file (the card's sha256); about 0.1-2 s on 2 CPU cores.
-
-    Returns
-    -------
-    tuple of int
-        One margin per spatial axis of the model, a multiple of the stride.
-
-    Raises
-    ------
-    ValueError
-        If the field reaches past `max_length` voxels (a network with global operations cannot
-        be tiled seam-free).
-    """
-    module = model.module
-    digest = model.card.get("sha256") if isinstance(model.card, dict) else None
-    cached = _MARGINS.get(module) or (_MARGINS_BY_WEIGHTS.get(digest) if digest else None)
-    if cached is not None:
-        return cached
-    s = max(1, model.stride)
-    try:
-        device = next(module.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    margins = []
-    for axis in range(model.ndim):
-        length = max(64, 8 * s)
-        while True:
-            shape = [s] * model.ndim
-            shape[axis] = length
-            centre = (length // 2) // s * s  # phase 0
-            x = torch.randn(2, 1, *shape, generator=gen).to(device).requires_grad_(True)
-            with torch.enable_grad():
-                y = module(x)
-                index = [slice(None), 0] + [min(s // 2, n - 1) for n in y.shape[2:]]
-                index[2 + axis] = slice(centre, centre + s)
-                (grad,) = torch.autograd.grad(y[tuple(index)].sum(), x)
-            other = tuple(d for d in range(2, grad.ndim) if d != 2 + axis)
-            dep = torch.nonzero(grad.abs().sum(dim=(0, 1, *other)) > 0).ravel()
-            lo, hi = (int(dep.min()), int(dep.max())) if dep.numel() else (centre, centre + s - 1)
-            if lo > 0 and hi < length - 1:  # the field does not reach the probe's ends
-                break
-            if length >= max_length:
-                raise ValueError(
-                    f"model {model.name!r}: the receptive field reaches past {max_length} voxels along axis "
-                    f"{axis}; give the overlap explicitly"
-                )
-            length *= 2
-        reach = max(centre - lo, hi - (centre + s - 1), 0)
-        margins.append(-(-reach // s) * s)
-    _MARGINS[module] = result = tuple(margins)
-    if digest:
-        _MARGINS_BY_WEIGHTS[digest] = result
-    return result
-
-
-def model_overlap(model: LoadedModel) -> tuple[int, ...]:
-    """Default context margin per spatial axis of `model`.
-
-    The model card's ``overlap`` when it has one, else :func:`receptive_margin` (falling back to
-    :data:`DEFAULT_OVERLAP` with a warning if that cannot be measured); rounded up so that twice
-    the margin is a multiple of the stride.
-    """
-    s = max(1, model.stride)
-    card_overlap = model.card.get("overlap") if isinstance(model.card, dict) else None
-    if isinstance(card_overlap, int) and not isinstance(card_overlap, bool) and card_overlap >= 0:
-        margins = (card_overlap,) * model.ndim
-    else:
-        try:
-            margins = receptive_margin(model)
-        except (ValueError, RuntimeError) as exc:
-            log.warning("cannot measure the receptive field of %s (%s); using an overlap of %d",
-                        model.name, exc, DEFAULT_OVERLAP)
-            margins = (DEFAULT_OVERLAP,) * model.ndim
-    return tuple(-(-2 * m // s) * s // 2 for m in margins)
-
-
-class _PeakBytes(TorchDispatchMode):
-    """Counts the bytes of the tensors that ops create and that are alive, and their peak.
-
-    Every op's output storages are counted once from their creation until the last Python
-    tensor that views them is gone (in-place ops and views add nothing). Weights, which exist
-    before, are not counted; neither are an op's internal scratch buffers.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.refs: dict[int, int] = {}
-        self.nbytes: dict[int, int] = {}
-        self.seen: set[int] = set()
-        self.current = self.peak = 0
-
-    def _release(self, key: int, ident: int) -> None:
-        self.seen.discard(ident)
-        self.refs[key] -= 1
-        if not self.refs[key]:
-            del self.refs[key]
-            self.current -= self.nbytes.pop(key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor) or id(t) in self.seen:
-                continue
-            storage = t.untyped_storage()
-            key = storage.data_ptr()
-            if key not in self.refs:
-                self.refs[key], self.nbytes[key] = 0, storage.nbytes()
-                self.current += storage.nbytes()
-                self.peak = max(self.peak, self.current)
-            self.refs[key] += 1
-            self.seen.add(id(t))
-            weakref.finalize(t, self._release, key, id(t))
-        return out
-
-
-def activation_bytes_per_voxel(model: LoadedModel, precision: str = "fp32") -> float:
-    """Peak memory of a forward pass per input voxel, in bytes, measured on a small probe.
-
-    The model runs once on a probe input of ``4 * stride`` voxels per axis (3D models; 2D: ``8 *
-    stride`` pixels), the way inference runs it (autocast in `precision`, channels-last memory
-    format under bf16/fp16), while every tensor that ops create is counted from its creation to
-    its release (a ``TorchDispatchMode``); the peak of the live bytes, divided by the probe's
-    voxels and times 1.1 for the ops' scratch buffers, is the estimate. On the CPU it matched
-    the measured peak RSS increase of a 128³ forward pass within 10 % for UpsampleUnet48 (about
-    300 bytes per voxel in bf16) and FastUNet3D (about 55). Not less than 32 bytes (input,
-    output and their copies). Cached per module and precision.
-    """
-    module = model.module
-    per = _BYTES.setdefault(module, {})
-    if precision not in per:
-        s = max(1, model.stride)
-        side = 4 * s if model.ndim == 3 else 8 * s
-        try:
-            device = next(module.parameters()).device
-        except StopIteration:
-            device = torch.device("cpu")
-        dtype = PRECISIONS.get(precision)
-        x = torch.zeros(1, 1, *([side] * model.ndim), device=device)
-        if dtype is not None and model.ndim == 3:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        counter = _PeakBytes()
-        was_training = module.training
-        module.eval()
-        try:
-            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
-                                                        enabled=dtype is not None):
-                with counter:
-                    module(x)
-        finally:
-            module.train(was_training)
-        per[precision] = 1.1 * counter.peak / side**model.ndim
-    return max(32.0, per[precision])
-
+# Geometry
 
 @dataclass(frozen=True)
 class Plan:
@@ -608,33 +441,6 @@ class _ResidentRunner(_Runner):
                 raise _nonfinite_output(self.center, self.scale)
 
 
-def gather_tile(volume: torch.Tensor, tile: Tile) -> torch.Tensor:
-    """One tile of `volume`, reflect-padded where needed, gathered where `volume` lives.
-
-    The tensor counterpart of :func:`~napari_cryoden.inference.tiling.read_tile`: the same
-    voxels (:func:`~napari_cryoden.inference.tiling.reflect_indices` at the borders).
-
-    Parameters
-    ----------
-    volume : torch.Tensor, (Z, Y, X) (or any dimensionality matching `tile`), on any device
-    tile : Tile
-        Its axes may start before 0 or end past the volume (reflected there).
-
-    Returns
-    -------
-    torch.Tensor
-        Of ``tile.shape`` and `volume`'s dtype and device; a view of `volume` for an interior tile.
-    """
-    block = volume
-    for axis, (ax, length) in enumerate(zip(tile.axes, volume.shape)):
-        if ax.start >= 0 and ax.start + ax.size <= length:
-            block = block.narrow(axis, ax.start, ax.size)
-        else:
-            index = torch.from_numpy(reflect_indices(ax.start, ax.size, length)).to(volume.device)
-            block = block.index_select(axis, index)
-    return block
-
-
 def _make_runner(lm: LoadedModel, view, out_view, plan: Plan, dev: torch.device, prec: str,
                  center: float, scale: float, n_bad: int, *, stages: Stages | None = None,
                  resident: bool = False) -> _Runner:
@@ -653,149 +459,6 @@ def _make_runner(lm: LoadedModel, view, out_view, plan: Plan, dev: torch.device,
     autocast = device_autocast(dev, prec)
     cls = _ResidentRunner if resident else _Runner
     return cls(net, view, out_view, plan, dev, autocast, memory_format, center, scale, n_bad, stages)
-
-
-# ------------------------------------------------------------------------------------------
-# Resident runs: the whole volume on the device
-
-_PINNED: dict[str, list[torch.Tensor]] = {}
-
-
-def resident_bytes(n_voxels: int) -> int:
-    """Device bytes that a resident run holds besides the forward passes: the input and the
-    output as float32."""
-    return 8 * int(n_voxels)
-
-
-def _use_resident(resident: bool | None, dev: torch.device, n_voxels: int) -> bool:
-    if resident is not None:
-        return bool(resident)
-    if dev.type != "cuda":
-        return False
-    free, _total = torch.cuda.mem_get_info(dev)
-    return resident_bytes(n_voxels) <= RESIDENT_FRACTION * free
-
-
-def _pinned_pair(n_floats: int) -> list[torch.Tensor]:
-    """Two pinned float32 host buffers of at least `n_floats`, kept for the next run (pinning
-    memory is slow)."""
-    pair = _PINNED.get("pair")
-    if pair is None or pair[0].numel() < n_floats:
-        pair = _PINNED["pair"] = [torch.empty(n_floats, dtype=torch.float32, pin_memory=True) for _ in range(2)]
-    return pair
-
-
-def _slabs(shape: tuple[int, ...]) -> tuple[list[tuple[int, int]], int]:
-    """Slabs ``(start, stop)`` along the first axis of about :data:`COPY_SLAB_BYTES` of float32
-    each, and the floats in one index of that axis."""
-    per = max(1, int(np.prod(shape[1:], dtype=np.int64)))
-    step = max(1, COPY_SLAB_BYTES // (4 * per))
-    return [(z, min(z + step, shape[0])) for z in range(0, shape[0], step)], per
-
-
-def to_device(volume: np.ndarray, dev: torch.device, stages: Stages | None = None) -> torch.Tensor:
-    """A float32 copy of `volume` on `dev`.
-
-    On CUDA the volume goes in slabs of :data:`COPY_SLAB_BYTES` along its first axis through two
-    pinned buffers: reading (and converting) one slab on the host overlaps the asynchronous copy
-    of the other. A memory-mapped volume's pages are let go after each slab.
-
-    Parameters
-    ----------
-    volume : ndarray or memmap of real dtype, at least 1D
-        E.g. a (Z, Y, X) tomogram; any real dtype is converted to float32.
-    dev : torch.device
-    stages : Stages, optional
-        Charges the host reads to "read" and the copies to "h2d".
-
-    Returns
-    -------
-    torch.Tensor of float32
-        Same shape as `volume`, on `dev`.
-    """
-    stages = stages or Stages()
-    if dev.type != "cuda":
-        with stages("read"):
-            tensor = torch.from_numpy(np.array(volume, dtype=np.float32, copy=True)).to(dev)
-            release_pages(volume)
-        return tensor
-    shape = tuple(volume.shape)
-    dst = torch.empty(shape, dtype=torch.float32, device=dev)
-    slabs, per = _slabs(shape)
-    bufs, events = _pinned_pair((slabs[0][1] - slabs[0][0]) * per), [None, None]
-    for i, (a, b) in enumerate(slabs):
-        k = i % 2
-        if events[k] is not None:
-            events[k].synchronize()  # that buffer's last copy is done
-        host = bufs[k][: (b - a) * per].view(b - a, *shape[1:])
-        with stages("read"):
-            np.copyto(host.numpy(), volume[a:b], casting="unsafe")
-            release_pages(volume)
-        with stages("h2d"):
-            dst[a:b].copy_(host, non_blocking=True)
-            events[k] = torch.cuda.Event()
-            events[k].record()
-    return dst
-
-
-def to_host(tensor: torch.Tensor, out: np.ndarray, stages: Stages | None = None) -> None:
-    """Copy the float32 `tensor` into `out`.
-
-    On CUDA in slabs along the first axis through two pinned buffers: copying one slab into `out`
-    on the host overlaps the asynchronous device-to-host copy of the next. A memory-mapped
-    `out`'s pages are let go after each slab (written pages stay in the page cache).
-
-    Parameters
-    ----------
-    tensor : torch.Tensor of float32, at least 1D, on any device
-    out : ndarray or memmap of float32
-        Same shape as `tensor`; overwritten.
-    stages : Stages, optional
-        Charges the whole copy to "d2h".
-    """
-    stages = stages or Stages()
-    with stages("d2h"):
-        if tensor.device.type != "cuda":
-            np.copyto(out, tensor.numpy())
-            release_pages(out)
-            return
-        shape = tuple(tensor.shape)
-        slabs, per = _slabs(shape)
-        bufs = _pinned_pair((slabs[0][1] - slabs[0][0]) * per)
-        pending: list[tuple] = []
-
-        def drain() -> None:
-            event, host, a, b = pending.pop(0)
-            event.synchronize()
-            np.copyto(out[a:b], host.numpy())
-            release_pages(out)
-
-        for i, (a, b) in enumerate(slabs):
-            host = bufs[i % 2][: (b - a) * per].view(b - a, *shape[1:])
-            host.copy_(tensor[a:b], non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            pending.append((event, host, a, b))
-            if len(pending) == 2:  # the other buffer is drained while this one fills
-                drain()
-        while pending:
-            drain()
-
-
-def tensor_stats(tensor: torch.Tensor) -> tuple[float, float, float, float]:
-    """``(min, max, mean, std)`` of a tensor where it lives (e.g. on the GPU), the mean and the
-    population std accumulated in float64: the MRC header statistics, as
-    :func:`~napari_cryoden.inference.stream.header_stats` takes them from a host array.
-
-    Returns
-    -------
-    tuple of 4 float
-        In the tensor's units (the output's intensity scale).
-    """
-    wide = tensor.to(torch.float64)
-    var, mean = torch.var_mean(wide, correction=0)
-    lo, hi = torch.aminmax(tensor)
-    return float(lo), float(hi), float(mean), math.sqrt(max(float(var), 0.0))
 
 
 class _Cores:
@@ -861,7 +524,7 @@ def denoise_tiles(
         If even the smallest tile does not fit in memory.
     """
     vol = volume if isinstance(volume, np.ndarray) else np.asarray(volume)
-    lm = _as_model(model)
+    lm = as_model(model)
     view = vol if plan.mode != "image" else vol[None]
     if input_mode(vol.ndim, lm) != plan.mode or tuple(view.shape) != tuple(plan.shape):
         raise ValueError(f"the plan is for {plan.mode} data of shape {plan.shape}, got shape {vol.shape}")
@@ -922,7 +585,7 @@ def prepare_run(
     ``nonfinite`` and ``nonfinite_action``.
 
     `resident` (True, False, or None for automatic: on CUDA when the float32 input and output
-    take at most :data:`RESIDENT_FRACTION` of the free GPU memory) copies the input to the device
+    take at most :data:`~napari_cryoden.inference.resident.RESIDENT_FRACTION` of the free GPU memory) copies the input to the device
     first (:func:`to_device`) and counts the NaN/Inf voxels and takes the statistics there; the
     memory one forward pass may use is then the budget less :func:`resident_bytes`.
 
@@ -942,7 +605,7 @@ def prepare_run(
     prec = resolve_precision(precision, dev)
     stages = stages or Stages()
     stages.device = dev
-    resident = _use_resident(resident, dev, vol.size)
+    resident = use_resident(resident, dev, vol.size)
     if resident and memory_bytes is None and tile is None:
         memory_bytes = max(memory_budget(dev) - resident_bytes(vol.size), 1)
     plan = plan_geometry(lm, vol.shape, dev, prec, tile=tile, overlap=overlap, batch_size=batch_size,
@@ -1013,7 +676,7 @@ def iter_denoise(
     vol = volume
     if not isinstance(vol, np.ndarray):
         vol = np.asarray(vol)
-    lm = _as_model(model)
+    lm = as_model(model)
     if out is not None and out.shape != vol.shape:
         raise ValueError(f"out has shape {out.shape}, expected {vol.shape}")
     stages = Stages(timings)
@@ -1175,4 +838,4 @@ def denoise(
     gen = iter_denoise(volume, model, tile=tile, overlap=overlap, device=device, precision=precision,
                        nonfinite=nonfinite, info=info, batch_size=batch_size, image_stack=image_stack,
                        memory_bytes=memory_bytes)
-    return _drive(gen, progress, cancel)
+    return drive(gen, progress, cancel)

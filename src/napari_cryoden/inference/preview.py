@@ -16,7 +16,7 @@ from typing import Generator
 import numpy as np
 
 from ..models.registry import LoadedModel
-from .engine import _as_model, input_mode, iter_denoise, model_overlap
+from .engine import as_model, input_mode, iter_denoise, model_overlap
 from .normalize import robust_stats
 from .tiling import reflect_indices
 
@@ -95,7 +95,7 @@ def iter_denoise_slab(
     ValueError
         As :func:`~napari_cryoden.inference.iter_denoise`.
     """
-    lm = _as_model(model)
+    lm = as_model(model)
     mode = input_mode(np.ndim(volume), lm, image_stack=image_stack)
     if mode == "image":
         result = yield from iter_denoise(volume, lm, image_stack=image_stack, overlap=overlap, info=info, **kwargs)

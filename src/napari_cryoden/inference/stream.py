@@ -261,7 +261,7 @@ def iter_denoise_file(
     """
     start = time.perf_counter()
     io, inference = _packages()
-    from .engine import _as_model
+    from .engine import as_model
 
     src, dst = Path(input_path), Path(output_path)
     check_output(src, dst, overwrite=overwrite)
@@ -271,7 +271,7 @@ def iter_denoise_file(
     on_gpu = resident is not False and device != "cpu" and inference.resolve_device(device).type == "cuda"
     with stages("read"):
         volume = io.read_mrc(src, mmap_threshold=0 if on_gpu else mmap_threshold)
-    lm = _as_model(model)
+    lm = as_model(model)
     data = volume.data
     stack = is_image_stack_path(src) if image_stack is None else bool(image_stack)
     streamed = streams(dst, data.size, mmap_threshold)
@@ -323,6 +323,6 @@ def denoise_file(
     >>> from napari_cryoden.inference.stream import denoise_file
     >>> denoise_file("tomo.mrc", "tomo_denoised.mrc", device="cpu")  # doctest: +SKIP
     """
-    from .engine import _drive
+    from .engine import drive
 
-    return _drive(iter_denoise_file(input_path, output_path, model, **kwargs), progress, cancel)
+    return drive(iter_denoise_file(input_path, output_path, model, **kwargs), progress, cancel)
