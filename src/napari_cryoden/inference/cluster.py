@@ -551,12 +551,13 @@ def iter_split_denoise_file(
     streamed = streams(dst, math.prod(shape), mmap_threshold)
     info = {} if info is None else info
     info.update(voxel_size=made["voxel_size"], voxel_size_known=made["voxel_size_known"], shape=shape,
-                streamed=streamed, model=lm.name, nonfinite=n_bad, nonfinite_action=nonfinite if n_bad else None)
-    if n_bad:
-        info["nonfinite_value"] = center
-        log.warning("replacing %d NaN/Inf voxels of the input by the median %g before denoising", n_bad, center)
-    info.update(mode=plan.mode, tile=g.tile, overlap=g.overlap, batch=g.batch, waste=plan.waste, tiles=len(tiles),
-                precision=made["precision"], device=made["device"].split(":", 1)[0])
+                streamed=streamed, model=lm.name)
+    import torch
+
+    from .engine import RunSetup
+
+    run = RunSetup(plan, torch.device(made["device"]), made["precision"], n_bad, center, scale)
+    run.report(nonfinite, len(tiles), info)
     label = label if label is not None else f"cryoden {lm.name}"
     core_bytes = 4 * math.prod(g.tile) * g.batch
     groups = _task_groups(len(tiles), g.batch, threads * max(1, int(tasks_per_thread)),

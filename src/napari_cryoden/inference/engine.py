@@ -558,6 +558,24 @@ class RunSetup:
     #: The input as float32 on the device, for a resident run; else None.
     device_volume: torch.Tensor | None = None
 
+    def report(self, nonfinite: str, n_tiles: int, info: dict | None = None) -> dict:
+        """What the run tells its caller before the first tile, added to `info` (and returned):
+        ``nonfinite``, ``nonfinite_action`` and, when voxels are replaced, ``nonfinite_value``
+        (also logged as a warning), the plan's ``mode``, ``tile``, ``overlap``, ``batch``,
+        ``waste`` and ``tiles``, and ``precision``, ``device`` and ``resident``. Shared by
+        :func:`iter_denoise` and the cluster's split runs, so both report alike."""
+        info = {} if info is None else info
+        g = self.plan.geometry
+        info.update(nonfinite=self.n_bad, nonfinite_action=nonfinite if self.n_bad else None)
+        if self.n_bad:
+            info["nonfinite_value"] = self.center
+            log.warning("replacing %d NaN/Inf voxels of the input by the median %g before denoising",
+                        self.n_bad, self.center)
+        info.update(mode=self.plan.mode, tile=g.tile, overlap=g.overlap, batch=g.batch, waste=self.plan.waste,
+                    tiles=n_tiles, precision=self.precision, device=self.device.type,
+                    resident=self.device_volume is not None)
+        return info
+
 
 def prepare_run(
     vol: np.ndarray,
@@ -687,15 +705,9 @@ def iter_denoise(
     plan, dev, prec, n_bad, center, scale = run.plan, run.device, run.precision, run.n_bad, run.center, run.scale
     g = plan.geometry
     tiles = plan_tiles(plan.shape, g.tile, g.overlap, g.stride)
-    if n_bad:
-        if info is not None:
-            info["nonfinite_value"] = center
-        log.warning("replacing %d NaN/Inf voxels of the input by the median %g before denoising", n_bad, center)
+    run.report(nonfinite, len(tiles), info)
     if out is None:
         out = np.empty(vol.shape, dtype=np.float32)
-    if info is not None:
-        info.update(mode=plan.mode, tile=g.tile, overlap=g.overlap, batch=g.batch, waste=plan.waste,
-                    tiles=len(tiles), precision=prec, device=dev.type, resident=run.device_volume is not None)
 
     dvol = run.device_volume
     if dvol is not None:
