@@ -459,10 +459,11 @@ def _run_denoise_batch(args: argparse.Namespace) -> int:
     model = load_model(args.model or DEFAULT_MODEL)
     written = skipped = 0
     claimed: dict[Path, Path] = {}
+    input_ids = _file_ids(inputs)
     for i, src in enumerate(inputs, 1):
         start = time.perf_counter()
         try:
-            dst = _claim_output(src, out_dir, claimed, args)
+            dst = _claim_output(src, out_dir, claimed, args, input_ids)
             if dst is None:
                 skipped += 1
                 continue
@@ -477,10 +478,24 @@ def _run_denoise_batch(args: argparse.Namespace) -> int:
     return _batch_summary(args, written, len(inputs) + len(unmatched), skipped, failed)
 
 
-def _claim_output(src: Path, out_dir: Path, claimed: dict[Path, Path], args: argparse.Namespace) -> Path | None:
+def _file_ids(paths: Sequence[Path]) -> dict[tuple[int, int], Path]:
+    """(device, inode) -> path of each existing file of `paths` (symlinks followed)."""
+    ids = {}
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        ids.setdefault((st.st_dev, st.st_ino), path)
+    return ids
+
+
+def _claim_output(src: Path, out_dir: Path, claimed: dict[Path, Path], args: argparse.Namespace,
+                  inputs: dict[tuple[int, int], Path]) -> Path | None:
     """The output of batch input `src` in `out_dir`, or None when it exists and is skipped (said in
-    a note). Raises :class:`CliError` when another input claimed the same output, and what
-    :func:`_check_output` raises."""
+    a note). Raises :class:`CliError` when another input claimed the same output, when the output
+    is another of the batch's `inputs` (from :func:`_file_ids`) and ``--overwrite`` is given (an
+    input is never replaced), and what :func:`_check_output` raises."""
     dst = out_dir / _batch_output_name(src)
     if dst in claimed:
         raise CliError(f"its output {dst} is also the output of {claimed[dst]}; rename one")
@@ -488,6 +503,10 @@ def _claim_output(src: Path, out_dir: Path, claimed: dict[Path, Path], args: arg
     if (dst.exists() or dst.is_symlink()) and not args.overwrite and not _is_input(src, dst):
         _note(f"skipping {src}: {dst} exists (pass --overwrite to replace it)")
         return None
+    other = inputs.get(next(iter(_file_ids([dst])), None))
+    if other is not None and not _is_input(src, dst):  # the input itself: _check_output says so
+        raise CliError(f"its output {dst} is another input of this run ({other}); an input is never "
+                       "replaced, not even with --overwrite: choose another --output-dir")
     _check_output(src, dst, overwrite=args.overwrite)
     return dst
 
@@ -541,10 +560,11 @@ def _run_denoise_batch_cluster(args: argparse.Namespace, inputs: list[Path], n_u
     out_dir = Path(args.output_dir)
     written = skipped = 0
     claimed: dict[Path, Path] = {}
+    input_ids = _file_ids(inputs)
     jobs = []
     for src in inputs:
         try:
-            dst = _claim_output(src, out_dir, claimed, args)
+            dst = _claim_output(src, out_dir, claimed, args, input_ids)
             if dst is None:
                 skipped += 1
                 continue
