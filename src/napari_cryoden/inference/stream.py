@@ -127,6 +127,36 @@ def streams(dst: Path, n_voxels: int, mmap_threshold: int) -> bool:
     return not compressed and n_voxels * 4 >= mmap_threshold
 
 
+def reserve_space(path: Path, name: Path | None = None) -> None:
+    """Allocate the disk blocks of the whole file `path` (its current size) before it is written
+    through a memory map.
+
+    A memory-mapped write to a sparse file on a full disk is a ``SIGBUS`` that kills the process
+    with no message and leaves the file behind; with the blocks reserved, a full disk is an
+    ``OSError`` (``ENOSPC``) here, before any data is computed.
+
+    Raises
+    ------
+    OSError
+        ``ENOSPC`` (or ``EFBIG`` beyond the file size limit) naming `name` (default `path`), with
+        the bytes needed.
+    """
+    import errno
+    import os
+
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # no fallocate here: writing will tell
+            return
+        raise OSError(exc.errno, f"{exc.strerror} (the output needs {size / 2**20:.1f} MiB)",
+                      str(name if name is not None else path)) from None
+    finally:
+        os.close(fd)
+
+
 def write_denoised(
     src: Path, dst: Path, shape: tuple[int, ...], voxel_size, label: str, fill, *, overwrite: bool, streamed: bool,
 ) -> Generator[tuple[int, int], None, None]:
@@ -150,6 +180,7 @@ def write_denoised(
     with atomic_path(dst, overwrite=overwrite) as tmp:
         mrc = mrcfile.new_mmap(tmp, shape=tuple(shape), mrc_mode=2, overwrite=True)
         try:
+            reserve_space(tmp, dst)
             yield from fill(mrc.data)
             vs = np.broadcast_to(np.asarray(voxel_size, dtype=float), (len(shape),)).tolist()
             vs_zyx = ([vs[0]] if len(shape) == 2 else []) + vs  # 2D: z = y, as write_mrc
