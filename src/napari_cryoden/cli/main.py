@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -296,6 +297,28 @@ def _check_output(src: Path, dst: Path, *, overwrite: bool) -> None:
     folder = dst.parent
     if not folder.is_dir():
         raise CliError(f"OUTPUT folder {folder} does not exist")
+
+
+def check_distinct_outputs(outputs: Sequence[Path], *, overwrite: bool) -> None:
+    """Check every output of a command before anything is written.
+
+    Raises :class:`CliError` when two of `outputs` are the same file (by name, link or an
+    existing file's identity), when one exists and `overwrite` is False, is a folder, or has
+    no folder.
+    """
+    from ..io import same_file
+
+    for i, dst in enumerate(outputs):
+        for other in outputs[:i]:
+            if Path(os.path.abspath(dst)) == Path(os.path.abspath(other)) or (
+                    dst.exists() and other.exists() and same_file(dst, other)):
+                raise CliError(f"{dst} is given twice as an output; give each output its own name")
+        if dst.is_dir():
+            raise CliError(f"OUTPUT {dst} is a folder; give a file name")
+        if (dst.exists() or dst.is_symlink()) and not overwrite:
+            raise CliError(f"OUTPUT {dst} exists; pass --overwrite to replace it")
+        if not dst.resolve().parent.is_dir():
+            raise CliError(f"folder of {dst} does not exist")
 
 
 def _voxel_size_note(input_voxel_size: Sequence[float], known: bool, model) -> str | None:
@@ -665,11 +688,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     from ..simulate import sample_tomogram
 
     outputs = [Path(args.output)] + ([Path(args.clean)] if args.clean else [])
-    for dst in outputs:
-        if dst.exists() and not args.overwrite:
-            raise CliError(f"OUTPUT {dst} exists; pass --overwrite to replace it")
-        if not dst.resolve().parent.is_dir():
-            raise CliError(f"folder of {dst} does not exist")
+    check_distinct_outputs(outputs, overwrite=args.overwrite)
     noisy, clean, voxel_size = sample_tomogram(seed=args.seed)
     write_mrc(outputs[0], noisy, voxel_size, overwrite=args.overwrite, label="cryoden sample (noisy)")
     if args.clean:

@@ -946,7 +946,9 @@ def fine_tune(
     ------
     ValueError
         For bad settings (see :func:`check_settings`), a checkpoint that does not match the data
-        or settings, or a loss that is not finite (training diverged).
+        or settings, a damaged or tampered checkpoint (``checkpoint unreadable: ...``: missing
+        fields, wrong types, NaN, a step count outside 0 to the steps planned, tensors that do
+        not fit), or a loss that is not finite (training diverged).
     napari_cryoden.models.ModelError
         If `model` cannot be loaded.
     """
@@ -1022,19 +1024,31 @@ def fine_tune(
     step, seconds_before = 0, 0.0
     if resume:
         tensors, state = _load_checkpoint(folder)
-        _check_resume(state, config, net, data_fp, folder)
-        g.load_state_dict(_sub(tensors, "model"))
-        _restore_optimizer("opt_g", stepper.opt_g, tensors, state.get("opt_g_extra", {}))
-        if stepper.discriminator is not None:
-            stepper.discriminator.load_state_dict(_sub(tensors, "disc"))
-            _restore_optimizer("opt_d", stepper.opt_d, tensors, state.get("opt_d_extra", {}))
-        best_state = _sub(tensors, "best")
-        rng.bit_generator.state = state["rng"]
-        torch_rng.set_state(tensors["rng.torch"])
-        step, seconds_before = int(state["step"]), float(state["seconds"])
-        best_val, best_step = state["best_val"], state["best_step"]
-        initial_val, final_val = state["initial_val"], state["final_val"]
-        history = [TrainEvent(**e) for e in state["history"]]
+        try:
+            _check_resume(state, config, net, data_fp, folder)
+            _check_state(state)
+            g.load_state_dict(_sub(tensors, "model"))
+            _restore_optimizer("opt_g", stepper.opt_g, tensors, state.get("opt_g_extra", {}))
+            if stepper.discriminator is not None:
+                stepper.discriminator.load_state_dict(_sub(tensors, "disc"))
+                _restore_optimizer("opt_d", stepper.opt_d, tensors, state.get("opt_d_extra", {}))
+            best_state = _sub(tensors, "best")
+            _check_finite_weights(best_state, "its best weights")
+            shapes = {k: tuple(v.shape) for k, v in g.state_dict().items()}
+            if {k: tuple(v.shape) for k, v in best_state.items()} != shapes:
+                raise ValueError("its best weights do not fit the network")
+            rng.bit_generator.state = state["rng"]
+            torch_rng.set_state(tensors["rng.torch"])
+            step, seconds_before = state["step"], float(state["seconds"])
+            best_val, best_step = float(state["best_val"]), state["best_step"]
+            initial_val, final_val = float(state["initial_val"]), float(state["final_val"])
+            history = [TrainEvent(**e) for e in state["history"]]
+        except _CheckpointMismatch:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            text = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__
+            raise ValueError(f"checkpoint unreadable: {folder / CHECKPOINT_NAME}.safetensors: {text}; "
+                             "start afresh with --overwrite") from None
     else:
         initial_val = final_val = best_val = validate()
         best_step, best_state = 0, _cpu_state(g)
@@ -1145,27 +1159,68 @@ def fine_tune(
     )
 
 
+class _CheckpointMismatch(ValueError):
+    """A readable checkpoint of another run (other data, network or settings)."""
+
+
+def _finite_number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} is {value!r}, not a finite number")
+    return float(value)
+
+
+def _check_state(state: dict) -> None:
+    """Refuse a tampered or damaged checkpoint state: wrong types, NaN, impossible step counts.
+
+    Raises
+    ------
+    ValueError
+        Naming the first bad field.
+    """
+    planned = state["config"]["steps"]
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= planned:
+        raise ValueError(f"step is {step!r}, not a step count from 0 to the {planned} steps planned")
+    if _finite_number(state["seconds"], "seconds") < 0:
+        raise ValueError(f"seconds is {state['seconds']!r}, negative")
+    for key in ("best_val", "initial_val", "final_val"):
+        _finite_number(state[key], key)
+    best_step = state["best_step"]
+    if isinstance(best_step, bool) or not isinstance(best_step, int) or not 0 <= best_step <= step:
+        raise ValueError(f"best_step is {best_step!r}, not a step from 0 to {step}")
+    if not isinstance(state["history"], list) or not all(isinstance(e, dict) for e in state["history"]):
+        raise ValueError("history is not a list of records")
+
+
+def _check_finite_weights(weights: dict[str, torch.Tensor], what: str) -> None:
+    """Raise ValueError when a floating-point tensor of `weights` holds NaN or Inf."""
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{what} hold NaN or Inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+
+
 def _check_resume(state: dict, config: FineTuneConfig, net: _Net, data_fp: dict, folder: Path) -> None:
-    """Refuse a checkpoint made with other data, another network or other settings."""
+    """Refuse a checkpoint made with other data, another network or other settings
+    (:class:`_CheckpointMismatch`)."""
     where = f"the checkpoint in {folder}"
     if (state.get("architecture"), state.get("arch_kwargs"), state.get("parent")) != (
         net.architecture, net.arch_kwargs, net.parent
     ):
-        raise ValueError(f"{where} is of {state.get('parent') or state.get('architecture')} "
+        raise _CheckpointMismatch(f"{where} is of {state.get('parent') or state.get('architecture')} "
                          f"({state.get('architecture')} {state.get('arch_kwargs')}), not of "
                          f"{net.parent or net.architecture}; resume with the same model")
     old = state.get("data", {})
     if (old.get("shape") != data_fp["shape"] or old.get("target") != data_fp["target"]
             or not math.isclose(old.get("center", math.nan), data_fp["center"], rel_tol=1e-9, abs_tol=1e-12)
             or not math.isclose(old.get("scale", math.nan), data_fp["scale"], rel_tol=1e-9)):
-        raise ValueError(f"{where} was made with other data (shape {old.get('shape')}); resume with the same data")
+        raise _CheckpointMismatch(f"{where} was made with other data (shape {old.get('shape')}); resume with the same data")
     now = _config_json(config)
     old = {**_LEGACY_SETTINGS, **state["config"]}
     diff = [f.name for f in fields(FineTuneConfig)
             if f.name not in _RESUMABLE_CHANGES and old.get(f.name) != now[f.name]]
     if diff:
         pairs = ", ".join(f"{k} {old.get(k)!r} -> {now[k]!r}" for k in diff)
-        raise ValueError(f"{where} was made with other settings ({pairs}); resume with the same settings")
+        raise _CheckpointMismatch(f"{where} was made with other settings ({pairs}); resume with the same settings")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1238,10 +1293,11 @@ def save_finetuned(
     Raises
     ------
     ValueError
-        For a bad or taken name, reserved or non-serialisable `card_extra` entries, or a voxel
-        size that is not a positive number.
+        For a bad or taken name, reserved or non-serialisable `card_extra` entries, a voxel
+        size that is not a positive number, or weights holding NaN or Inf.
     """
     card_path = check_model_name(name, folder=folder, overwrite=overwrite)
+    _check_finite_weights(result.module.state_dict(), f"the weights of {name!r}")
     extra = dict(card_extra or {})
     reserved = sorted(set(extra) & _RESERVED_CARD_KEYS)
     if reserved:
