@@ -41,7 +41,7 @@ from . import benchmark as _benchmark_cmd  # stdlib-only at import time
 from . import simulate as _simulate_cmd  # stdlib-only at import time
 from . import train as _train_cmd  # stdlib-only at import time
 from ._common import format_seconds as _format_seconds
-from ._common import int_at_least
+from ._common import int_at_least, printable
 
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "SUBCOMMANDS", "main"]
 
@@ -81,17 +81,17 @@ def _one_line(exc: BaseException) -> str:
     """The exception's message on one line (name of the exception type when it has none)."""
     text = " ".join(str(exc).split())
     if isinstance(exc, OSError) and exc.strerror:
-        name = exc.filename if exc.filename is not None else ""
+        name = printable(exc.filename) if exc.filename is not None else ""
         text = f"{name}: {exc.strerror}" if name else exc.strerror
     return text or type(exc).__name__
 
 
 def _error(message: str, stream: TextIO | None = None) -> None:
-    print(f"{PROG}: error: {message}", file=stream or sys.stderr, flush=True)
+    print(f"{PROG}: error: {printable(message)}", file=stream or sys.stderr, flush=True)
 
 
 def _note(message: str) -> None:
-    print(f"{PROG}: note: {message}", file=sys.stderr, flush=True)
+    print(f"{PROG}: note: {printable(message)}", file=sys.stderr, flush=True)
 
 
 _positive_int = int_at_least(1, "a positive integer")
@@ -656,7 +656,10 @@ def _run_models(args: argparse.Namespace) -> int:
     del args
     from ..models import DEFAULT_MODEL as default, available_models, builtin_model_dir, user_model_dir
 
-    models = available_models()
+    skipped: list[str] = []
+    models = available_models(skipped)
+    for reason in skipped:
+        _note(f"skipped a malformed model card: {reason}")
     if not models:
         _note(f"no models found in {builtin_model_dir()} or {user_model_dir()}")
         return EXIT_OK
@@ -668,7 +671,7 @@ def _run_models(args: argparse.Namespace) -> int:
         if name == default:
             extra.append("default")
         tail = f" [{', '.join(extra)}]" if extra else ""
-        print(f"{name:<{width}}  {_short_description(card)}{tail}")
+        print(printable(f"{name:<{width}}  {_short_description(card)}{tail}"))
     return EXIT_OK
 
 

@@ -74,8 +74,8 @@ from ..inference.normalize import robust_stats
 from ..io.atomic import atomic_path
 from ..models import networks
 from ..models.registry import (
-    ARCHITECTURES, NORMALIZATION, LoadedModel, build, builtin_model_dir, load_model, model_card, save_model,
-    user_model_dir,
+    ARCHITECTURES, NORMALIZATION, LoadedModel, build, builtin_model_dir, check_arch_kwargs, load_model, model_card,
+    save_model, user_model_dir,
 )
 from .supervised import LOSSES, SupervisedStep, content_loss, rampdown_factor
 
@@ -350,13 +350,9 @@ def _resolve_net(model, architecture, arch_kwargs, *, load: bool) -> _Net:
     if model is None:
         if architecture is None:
             raise ValueError("give a model to fine-tune or an architecture to train from scratch")
-        if architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
-        cls, allowed, ndim = ARCHITECTURES[architecture]
         kwargs = dict(arch_kwargs or {})
-        bad = sorted(set(kwargs) - allowed)
-        if bad:
-            raise ValueError(f"arch_kwargs {bad} not allowed for {architecture} (allowed: {sorted(allowed)})")
+        check_arch_kwargs(architecture, kwargs)  # ModelError, a ValueError
+        cls, allowed, ndim = ARCHITECTURES[architecture]
         if "final_activation" in allowed:
             kwargs.setdefault("final_activation", "identity")  # outputs are zero-centred
         return _Net(architecture, kwargs, ndim, int(getattr(cls, "stride", 1)), None, {})
