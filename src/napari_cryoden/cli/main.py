@@ -769,7 +769,7 @@ def _run_metrics(args: argparse.Namespace) -> int:
     report = compare(image.data, reference.data, voxel_size=voxel_size, roi=roi, half_maps=args.half_maps)
     data = report.to_json()
     nyquist = report.curve.nyquist
-    if report.scores is not None and data["psnr"] is None:
+    if report.scores is not None and report.scores["psnr"] == float("inf"):
         notes.append("psnr is null: the data are identical (infinite PSNR)")
     for key, threshold in (("res_fsc_0.5_A", 0.5), ("res_fsc_0.143_A", 0.143)):
         if data[key] is None:
