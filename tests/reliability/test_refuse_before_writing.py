@@ -163,3 +163,31 @@ def test_nan_weights_are_never_saved_as_a_model(tmp_path):
     with pytest.raises(ValueError, match="NaN or Inf"):
         save_finetuned(result, "nan-model", folder=tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Training batches that cannot fit
+
+
+def test_huge_training_batch_is_refused_before_training(checkpointed, capsys):
+    tmp_path, argv = checkpointed
+    capsys.readouterr()
+    rc = main([*argv, "--name", "huge", "--steps", "2", "--batch", "1000000000", "--overwrite"])
+    assert rc == 2
+    _one_error(capsys.readouterr().err, "batch 1000000000 x patch 16^3 needs", "lower batch or patch")
+    assert not (tmp_path / "models" / "huge.json").exists()
+
+
+def test_out_of_memory_during_a_step_is_exit_1_in_one_line(checkpointed, capsys, monkeypatch):
+    from napari_cryoden.training import supervised
+
+    def oom(self, batch):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 bytes.\nError code 12")
+
+    monkeypatch.setattr(supervised.SupervisedStep, "__call__", oom)
+    tmp_path, argv = checkpointed
+    capsys.readouterr()
+    rc = main([*argv, "--name", "oom", "--steps", "2", "--overwrite"])
+    assert rc == 1
+    _one_error(capsys.readouterr().err, "out of memory at training step 1 (batch 2, patch 16)")
+    assert not (tmp_path / "models" / "oom.json").exists()

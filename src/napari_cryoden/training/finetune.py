@@ -69,7 +69,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inference.engine import resolve_device, resolve_precision
+from ..inference.engine import _is_out_of_memory, memory_budget, resolve_device, resolve_precision
 from ..inference.normalize import robust_stats
 from ..io.atomic import atomic_path
 from ..models import networks
@@ -489,6 +489,7 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
         if p > shape[axis]:
             raise ValueError(f"patch {p} is larger than the data along axis {axis} ({shape[axis]} voxels, "
                              f"shape {shape}); use a smaller patch")
+    _check_batch_memory(int(c.batch), p, net.ndim, dev)
     n0 = shape[0]
     if p > n0:
         raise ValueError(f"patch {p} is larger than the data along axis 0 ({n0} slices, shape {shape}); "
@@ -526,6 +527,18 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
     return _Plan(net, val, starts, center, scale, shape)
 
 
+def _check_batch_memory(batch: int, patch: int, ndim: int, dev: torch.device) -> None:
+    """Refuse a batch whose float32 input and target patches alone exceed the memory budget
+    (:func:`~napari_cryoden.inference.engine.memory_budget`), before anything is allocated; the
+    network's activations need many times more."""
+    need = 2 * 4 * batch * patch**ndim
+    budget = memory_budget(dev)
+    if need > budget:
+        raise ValueError(f"batch {batch} x patch {patch}^{ndim} needs {need / 2**30:.3g} GiB for the float32 patches "
+                         f"alone, more than the {budget / 2**30:.3g} GiB training may use on {dev.type}; "
+                         "lower batch or patch")
+
+
 def check_settings(
     config: FineTuneConfig,
     source: np.ndarray,
@@ -545,7 +558,8 @@ def check_settings(
     matching the network (a 2D architecture on 3D data or vice versa is refused); a patch that
     is a multiple of the network stride, fits the data across axes 1-2 and fits the training part
     of axis 0 outside the validation slab; a validation slab inside axis 0 and at least a patch
-    thick; data with at least one finite voxel; the device; and, with `workdir`, a checkpoint to
+    thick; a batch of patches that fits in the memory budget; data with at least one finite
+    voxel; the device; and, with `workdir`, a checkpoint to
     resume (``resume=True``) or none in the way (``resume=False`` and ``overwrite=False``).
 
     Parameters
@@ -945,6 +959,8 @@ def fine_tune(
         or settings, a damaged or tampered checkpoint (``checkpoint unreadable: ...``: missing
         fields, wrong types, NaN, a step count outside 0 to the steps planned, tensors that do
         not fit), or a loss that is not finite (training diverged).
+    MemoryError
+        If a training step runs out of memory (CPU or GPU); one line naming batch and patch.
     napari_cryoden.models.ModelError
         If `model` cannot be loaded.
     """
@@ -1111,6 +1127,11 @@ def fine_tune(
             losses = stepper(lambda: patches.batch(rng))
         except ValueError as exc:
             raise ValueError(f"training stopped at step {step + 1}: {exc}") from None
+        except (RuntimeError, MemoryError) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            raise MemoryError(f"out of memory at training step {step + 1} (batch {config.batch}, patch "
+                              f"{config.patch}); lower batch or patch") from None
         step += 1
         n_sum += 1
         for k, v in losses.items():
