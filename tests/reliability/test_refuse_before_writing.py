@@ -191,3 +191,47 @@ def test_out_of_memory_during_a_step_is_exit_1_in_one_line(checkpointed, capsys,
     assert rc == 1
     _one_error(capsys.readouterr().err, "out of memory at training step 1 (batch 2, patch 16)")
     assert not (tmp_path / "models" / "oom.json").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Training inputs and work folder
+
+
+def _train_argv(tmp_path: Path, even: Path, odd: Path) -> list[str]:
+    return ["train", "--mode", "n2n", "--even", str(even), "--odd", str(odd), "--name", "m",
+            "--architecture", "UpsampleUnet48", "--arch-kwargs", '{"ch": 4}', "--patch", "16", "--batch", "2",
+            "--steps", "2", "--val-every", "2", "--device", "cpu", "--precision", "fp32",
+            "--workdir", str(tmp_path / "work"), "-q"]
+
+
+@pytest.mark.parametrize("how", ["same-file", "same-data"])
+def test_training_on_one_volume_twice_is_refused(how, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CRYODEN_USER_MODELS", str(tmp_path / "models"))
+    data = np.random.default_rng(0).normal(size=SHAPE)
+    even = _write(tmp_path / "even.mrc", data)
+    odd = even if how == "same-file" else _write(tmp_path / "copy.mrc", data)
+    assert main(_train_argv(tmp_path, even, odd)) == 2
+    _one_error(capsys.readouterr().err, "same file" if how == "same-file" else "hold the same data",
+               "Noise2Noise needs two independent halves")
+    assert not (tmp_path / "models").exists() and not (tmp_path / "work").exists()
+
+
+def test_config_that_is_a_folder_or_nested_too_deeply_is_exit_2(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path)]) == 2
+    _one_error(capsys.readouterr().err, "is a folder")
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert main(["train", "--config", str(deep)]) == 2
+    _one_error(capsys.readouterr().err, "not valid TOML")
+
+
+def test_a_users_checkpoint_json_in_the_workdir_is_not_replaced(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CRYODEN_USER_MODELS", str(tmp_path / "models"))
+    rng = np.random.default_rng(0)
+    even, odd = _write(tmp_path / "even.mrc", rng.normal(size=SHAPE)), _write(tmp_path / "odd.mrc", rng.normal(size=SHAPE))
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "checkpoint.json").write_text('{"mine": true}')
+    assert main(_train_argv(tmp_path, even, odd)) == 2
+    _one_error(capsys.readouterr().err, "checkpoint.json", "--overwrite")
+    assert (tmp_path / "work" / "checkpoint.json").read_text() == '{"mine": true}'
+    assert main([*_train_argv(tmp_path, even, odd), "--overwrite"]) == 0

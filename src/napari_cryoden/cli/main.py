@@ -894,10 +894,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt_on_sigterm():
-    """Make SIGTERM (a batch scheduler's time limit, ``kill``) clean up like Ctrl-C.
+#: Signals that clean up like Ctrl-C: a batch scheduler's time limit or ``kill`` (SIGTERM), and a
+#: closed terminal or SSH session (SIGHUP).
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
-    Returns the previous handler, or None when not in the main thread (signals cannot be set there).
+
+def _interrupt_on_sigterm() -> dict | None:
+    """Make SIGTERM and SIGHUP clean up like Ctrl-C (:data:`_STOP_SIGNALS`).
+
+    Returns the previous handlers by signal, or None when not in the main thread (signals cannot
+    be set there).
     """
     if threading.current_thread() is not threading.main_thread():
         return None
@@ -905,7 +911,7 @@ def _interrupt_on_sigterm():
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGTERM, handler)
+    return {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -919,7 +925,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     -------
     int
         0 success, 1 failure, 2 bad input or option, 130 interrupted (see the module docstring).
+        An interrupt at any point, even while the arguments are parsed, is one line, never a
+        traceback.
     """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        _error("interrupted; nothing was written")
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -948,8 +964,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"internal error: {type(exc).__name__}: {_one_line(exc)}")
         return EXIT_FAILURE
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in (previous or {}).items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -594,9 +594,9 @@ def _check_workdir(workdir, resume: bool, overwrite: bool) -> Path | None:
     ckpt = folder / f"{CHECKPOINT_NAME}.safetensors"
     if resume and not ckpt.is_file():
         raise ValueError(f"no checkpoint to resume in {folder} (expected {ckpt.name})")
-    if not resume and ckpt.is_file() and not overwrite:
-        raise ValueError(f"{folder} holds the checkpoint of an earlier run; resume it, or choose another "
-                         "work folder (or overwrite it)")
+    if not resume and not overwrite and (ckpt.is_file() or ckpt.with_suffix(".json").exists()):
+        raise ValueError(f"{folder} holds the checkpoint of an earlier run (or a {ckpt.with_suffix('.json').name} "
+                         "of its own); resume it, or choose another work folder (or overwrite it)")
     return folder
 
 
