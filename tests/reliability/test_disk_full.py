@@ -97,3 +97,38 @@ def test_streamed_output_with_room_is_complete(tmp_path, tiny_model_dir):
     assert proc.returncode == 0, proc.stderr
     with mrcfile.open(out) as mrc:
         assert mrc.data.shape == SHAPE and np.isfinite(mrc.data).all()
+
+
+@pytest.mark.parametrize("failing", [1, 3, 5])
+def test_simulate_overwrite_failing_midway_keeps_the_old_set(failing, tmp_path, capsys, monkeypatch):
+    """Disk full at the n-th file of ``cryoden simulate tomogram --overwrite``: the old set stays
+    whole (the new one is written in a hidden staging folder and renamed into place)."""
+    import hashlib
+
+    import napari_cryoden.io as io
+    from napari_cryoden.cli import main
+
+    tomo = ["--shape", "24,32,40", "--tilt-step", "6", "--quiet"]
+    out = tmp_path / "sim"
+    assert main(["simulate", "tomogram", str(out), *tomo, "--seed", "1"]) == 0
+    before = {n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in os.listdir(out)}
+    real_mrc, real_path, calls = io.write_mrc, io.atomic_path, []
+
+    def count():
+        calls.append(1)
+        if len(calls) == failing:
+            raise OSError(28, "No space left on device")
+
+    def flaky_mrc(*args, **kwargs):
+        count()
+        return real_mrc(*args, **kwargs)
+
+    def flaky_path(*args, **kwargs):
+        count()
+        return real_path(*args, **kwargs)
+
+    monkeypatch.setattr(io, "write_mrc", flaky_mrc)
+    monkeypatch.setattr(io, "atomic_path", flaky_path)
+    assert main(["simulate", "tomogram", str(out), *tomo, "--seed", "2", "--overwrite"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert {n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in os.listdir(out)} == before
