@@ -285,16 +285,25 @@ def _add_denoise(p: argparse.ArgumentParser) -> None:
 
 
 def _check_output(src: Path, dst: Path, *, overwrite: bool) -> None:
-    """Refuse an output that is the input, exists without `overwrite`, or has no folder."""
+    """Refuse an output whose name is too long for its folder, that is the input, exists without
+    `overwrite`, or has no folder."""
     from ..io import same_file
 
+    folder = dst.parent
+    try:
+        limit = os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    size = len(os.fsencode(dst.name))
+    if size > limit:
+        raise CliError(f"OUTPUT name {dst.name[:40]}... is {size} bytes long, more than the {limit} bytes a file "
+                       f"name may have in {folder}; choose a shorter name")
     if same_file(src, dst):
         raise CliError(f"OUTPUT {dst} is the input file; choose another output name")
     if dst.is_dir():
         raise CliError(f"OUTPUT {dst} is a folder; give a file name")
     if (dst.exists() or dst.is_symlink()) and not overwrite:
         raise CliError(f"OUTPUT {dst} exists; pass --overwrite to replace it")
-    folder = dst.parent
     if not folder.is_dir():
         raise CliError(f"OUTPUT folder {folder} does not exist")
 
