@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -404,6 +405,9 @@ def _denoise_one(src: Path, dst: Path, model, device, precision: str, args: argp
         if info.get("nonfinite"):
             _note(f"replaced {info['nonfinite']} NaN/Inf voxels of {src.name} by the median "
                   f"{info['nonfinite_value']:g} (use --nonfinite refuse to stop instead)")
+        if not info.get("voxel_size_known", True):
+            _note(f"{src.name} has no valid voxel size in its header (zero, negative or not a number); "
+                  f"the output's header says {_format_voxel_size(info.get('voxel_size') or (1.0,))}")
         if not args.quiet:
             note = _voxel_size_note(info.get("voxel_size", ()), info.get("voxel_size_known", True), model)
             if note:
@@ -959,7 +963,11 @@ def _main(argv: Sequence[str] | None) -> int:
 
     previous = _interrupt_on_sigterm()
     try:
-        return SUBCOMMANDS[args.command].run(args)
+        with warnings.catch_warnings():
+            # A run prints its own lines only: library warnings (odd headers, float overflow in
+            # statistics) are not the user's to read; what matters is said in notes and errors.
+            warnings.simplefilter("ignore")
+            return SUBCOMMANDS[args.command].run(args)
     except KeyboardInterrupt:
         _error("interrupted; nothing was written")
         return EXIT_INTERRUPTED

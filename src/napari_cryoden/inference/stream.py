@@ -79,6 +79,8 @@ def header_stats(data: np.ndarray, *, chunk_bytes: int | None = None) -> tuple[f
     pairwise (Chan, Golub & LeVeque 1979), so the result matches ``data.mean()``/``data.std()``
     without reading the array whole; a slab needs one temporary of its own size, and the pages
     of a memmap are let go after each slab. `chunk_bytes` defaults to :data:`STATS_CHUNK_BYTES`.
+    Deviations are squared in float64 where float32 would overflow (values beyond 1e18), and the
+    mean and std are clipped to float32's range, as the header stores them.
     """
     if data.ndim == 0 or data.size == 0:
         raise ValueError("no data to summarise")
@@ -89,8 +91,10 @@ def header_stats(data: np.ndarray, *, chunk_bytes: int | None = None) -> tuple[f
         slab = np.asarray(data[i : i + step])
         k = slab.size
         slab_mean = float(slab.mean(dtype=np.float64))
-        lo, hi = min(lo, float(slab.min())), max(hi, float(slab.max()))
-        dev = np.subtract(slab, slab_mean, dtype=np.float64 if slab.dtype == np.float64 else np.float32)
+        slab_lo, slab_hi = float(slab.min()), float(slab.max())
+        lo, hi = min(lo, slab_lo), max(hi, slab_hi)
+        wide = slab.dtype == np.float64 or max(-slab_lo, slab_hi) > 1e18  # squares of float32 would overflow
+        dev = np.subtract(slab, slab_mean, dtype=np.float64 if wide else np.float32)
         np.square(dev, out=dev)
         slab_m2 = float(dev.sum(dtype=np.float64))
         del dev, slab
@@ -100,7 +104,8 @@ def header_stats(data: np.ndarray, *, chunk_bytes: int | None = None) -> tuple[f
         m2 += slab_m2 + delta * delta * n * k / total
         n = total
         release_pages(data)
-    return lo, hi, mean, math.sqrt(m2 / n)
+    top = float(np.finfo(np.float32).max)  # the header's fields are float32
+    return lo, hi, min(max(mean, -top), top), min(math.sqrt(m2 / n), top)
 
 
 def _packages():

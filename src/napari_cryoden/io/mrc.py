@@ -404,10 +404,24 @@ def write_mrc(
     vs_zyx = ([vs[0]] if arr.ndim == 2 else []) + vs  # 2D: z = y
     compression = {".gz": "gzip", ".bz2": "bzip2"}.get(_split_suffix(path)[1])
     with atomic_path(path, overwrite=overwrite) as tmp:
-        with mrcfile.new(tmp, overwrite=True, compression=compression) as mrc:
+        # mrcfile's statistics are float32 sums: the mean and rms overflow near 1e38 (fixed below)
+        with mrcfile.new(tmp, overwrite=True, compression=compression) as mrc, \
+                np.errstate(over="ignore", invalid="ignore"):
             mrc.set_data(arr.astype(np.float32, copy=False))
             mrc.voxel_size = (vs_zyx[2], vs_zyx[1], vs_zyx[0])
             if label:
                 mrc.add_label(label[:80])
             mrc.update_header_stats()
+            _finite_header_stats(mrc)
     return path
+
+
+def _finite_header_stats(mrc) -> None:
+    """Recompute the header's mean and rms in float64 (clipped to float32's range) when
+    mrcfile's float32 statistics overflowed on finite data, so the header stays valid."""
+    h = mrc.header
+    if np.isfinite([h.dmin, h.dmax, h.dmean, h.rms]).all() or not np.isfinite([h.dmin, h.dmax]).all():
+        return
+    top = float(np.finfo(np.float32).max)
+    h.dmean = float(np.clip(np.mean(mrc.data, dtype=np.float64), -top, top))
+    h.rms = float(np.clip(np.std(mrc.data, dtype=np.float64), 0.0, top))
