@@ -50,7 +50,7 @@ def _write(path: Path, data, edit=None) -> Path:
     return path
 
 
-def test_values_near_float32_max_give_a_valid_header_and_no_warning(tmp_path, tiny_model_dir):
+def test_values_near_float32_max_give_true_header_stats_and_no_warning(tmp_path, tiny_model_dir):
     data = np.random.default_rng(0).choice([-3e38, 3e38], size=SHAPE)
     src = _write(tmp_path / "big.mrc", data)
     out = tmp_path / "out.mrc"
@@ -76,7 +76,7 @@ def _assert_header_stats(path: Path) -> None:
         assert float(h.rms) == pytest.approx(data.std(), rel=1e-5, abs=1e-30)
 
 
-def test_write_mrc_header_of_values_near_float32_max_is_valid(tmp_path):
+def test_write_mrc_header_stats_of_values_near_float32_max(tmp_path):
     data = np.full(SHAPE, 3e38, np.float32)
     data[0] = -3e38
     _assert_header_stats(write_mrc(tmp_path / "out.mrc", data))
