@@ -405,10 +405,10 @@ def _denoise_one(src: Path, dst: Path, model, device, precision: str, args: argp
         if info.get("nonfinite"):
             _note(f"replaced {info['nonfinite']} NaN/Inf voxels of {src.name} by the median "
                   f"{info['nonfinite_value']:g} (use --nonfinite refuse to stop instead)")
-        if not info.get("voxel_size_known", True):
-            _note(f"{src.name} has no valid voxel size in its header (zero, negative or not a number); "
-                  f"the output's header says {_format_voxel_size(info.get('voxel_size') or (1.0,))}")
         if not args.quiet:
+            if not info.get("voxel_size_known", True):
+                _note(f"{src.name} has no valid voxel size in its header (zero, negative or not a number); "
+                      f"the output's header says {_format_voxel_size(info.get('voxel_size') or (1.0,))}")
             note = _voxel_size_note(info.get("voxel_size", ()), info.get("voxel_size_known", True), model)
             if note:
                 _note(note)
