@@ -166,7 +166,7 @@ def write_denoised(
     src: Path, dst: Path, shape: tuple[int, ...], voxel_size, label: str, fill, *, overwrite: bool, streamed: bool,
 ) -> Generator[tuple[int, int], None, None]:
     """Write the float32 output `dst` atomically while `fill(out)` computes it, yielding its
-    progress.
+    progress (a streamed output's disk space is reserved first, :func:`reserve_space`).
 
     `fill(out)` is a generator that writes the denoised volume into `out` and returns it; given
     None (in-memory outputs) it allocates the array itself. Streamed outputs are memory-mapped
@@ -251,6 +251,9 @@ def iter_denoise_file(
         ``ModelError`` are ValueErrors).
     FileExistsError
         If the output exists and `overwrite` is False.
+    OSError
+        If the disk has no room for a streamed output (``ENOSPC``, found before any tile is
+        computed: :func:`reserve_space`); nothing is left behind.
     """
     start = time.perf_counter()
     io, inference = _packages()

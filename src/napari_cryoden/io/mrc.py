@@ -300,8 +300,9 @@ def read_mrc(path: str | os.PathLike, *, mmap_threshold: int = DEFAULT_MMAP_THRE
     Raises
     ------
     MrcError
-        If the file is missing, not MRC, corrupt or truncated; the message names the file and
-        the problem in one line.
+        If the file is missing, not MRC, corrupt or truncated, or (``.gz``/``.bz2``) goes on
+        more than :data:`TRAILING_SLACK_BYTES` past the size its header describes; the message
+        names the file and the problem in one line.
     """
     import mrcfile
 
