@@ -132,3 +132,30 @@ def test_simulate_overwrite_failing_midway_keeps_the_old_set(failing, tmp_path, 
     assert main(["simulate", "tomogram", str(out), *tomo, "--seed", "2", "--overwrite"]) == 1
     assert "No space left on device" in capsys.readouterr().err
     assert {n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in os.listdir(out)} == before
+
+
+#: A streaming ``cryoden`` whose progress bar truncates the input at its first report, as
+#: another program rewriting the tomogram would.
+TRUNCATING_CLI = STREAMING_CLI.replace("sys.exit(main(sys.argv[1:]))", """
+cli_main = sys.modules["napari_cryoden.cli.main"]
+real_update = cli_main.ProgressBar.update
+def update(self, done, total):
+    real_update(self, done, total)
+    os.truncate(sys.argv[2], 4096)
+cli_main.ProgressBar.update = update
+sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_input_truncated_while_memory_mapped_is_one_line_and_leaves_nothing(tmp_path, tiny_model_dir):
+    src = _input(tmp_path)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.run([sys.executable, "-c", TRUNCATING_CLI, "denoise", str(src), str(out_dir / "out.mrc"),
+                           "--model", "tiny-test", "--tile", "16", "--overlap", "4", "--batch", "1", "--device", "cpu",
+                           "--precision", "fp32"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)  # not -7 (SIGBUS)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("cryoden: ")]
+    assert len(errors) == 1 and "truncated by another program" in errors[0], proc.stderr
+    assert os.listdir(out_dir) == []

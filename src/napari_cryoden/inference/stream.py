@@ -162,6 +162,31 @@ def reserve_space(path: Path, name: Path | None = None) -> None:
         os.close(fd)
 
 
+def while_file_whole(path: Path, steps: Generator):
+    """Run the generator `steps` (and return its value) while the memory-mapped file `path`
+    keeps its size: before each resumption the open file is checked, so a file truncated by
+    another process stops the run with an OSError instead of a bus error (SIGBUS) at the next
+    read past its new end. A truncation in the middle of a batch of tiles is not caught."""
+    import os
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        value = None
+        while True:
+            now = os.fstat(fd).st_size
+            if now < size:
+                raise OSError(f"{path}: the input was truncated by another program while being read "
+                              f"({now} of {size} bytes left); nothing was written")
+            try:
+                value = yield steps.send(value)
+            except StopIteration as stop:
+                return stop.value
+    finally:
+        os.close(fd)
+        steps.close()
+
+
 def write_denoised(
     src: Path, dst: Path, shape: tuple[int, ...], voxel_size, label: str, fill, *, overwrite: bool, streamed: bool,
 ) -> Generator[tuple[int, int], None, None]:
@@ -272,9 +297,14 @@ def iter_denoise_file(
     label = label if label is not None else f"cryoden {lm.name}"
     kwargs = dict(tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision,
                   nonfinite=nonfinite, info=info, image_stack=stack, memory_bytes=memory_bytes)
-    yield from write_denoised(src, dst, data.shape, volume.voxel_size, label,
-                              lambda out: inference.iter_denoise(data, lm, out=out, **kwargs),
-                              overwrite=overwrite, streamed=streamed)
+    def fill(out):
+        steps = inference.iter_denoise(data, lm, out=out, **kwargs)
+        if volume.metadata.get("memory_mapped"):
+            steps = while_file_whole(src, steps)
+        return (yield from steps)
+
+    yield from write_denoised(src, dst, data.shape, volume.voxel_size, label, fill, overwrite=overwrite,
+                              streamed=streamed)
     return FileResult(
         output=dst, shape=tuple(data.shape), voxel_size=tuple(volume.voxel_size), model=lm.name,
         tiles=int(info.get("tiles", 0)), streamed=streamed, seconds=time.perf_counter() - start, info=info,
