@@ -151,7 +151,7 @@ def test_paths_with_newlines_give_one_line_errors(tmp_path, tiny_model_dir, caps
     src = _input(tmp_path)
     missing = tmp_path / "no\nsuch.mrc"
     assert main(["denoise", str(missing), str(tmp_path / "out.mrc"), "--model", "tiny-test", *FAST]) == 2
-    _one_error(capsys.readouterr().err, "no such file")
+    _one_error(capsys.readouterr().err, "no\\nsuch.mrc: no such file")  # the newline shown as \n
     blocker = tmp_path / "a\nfile"
     blocker.write_text("")
     # an OSError naming the path: the output folder's parent is a file

@@ -79,8 +79,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _one_line(exc: BaseException) -> str:
-    """The exception's message on one line (name of the exception type when it has none)."""
-    text = " ".join(str(exc).split())
+    """The exception's message on one line (name of the exception type when it has none).
+
+    Bad-input messages (ours, naming paths) keep their newlines as ``\\n``, so a path with a
+    newline stays recognisable; others (multi-line library messages) are joined with spaces.
+    """
+    if isinstance(exc, (CliError, ValueError, FileExistsError)):
+        text = printable(str(exc).strip())
+    else:
+        text = " ".join(str(exc).split())
     if isinstance(exc, OSError) and exc.strerror:
         name = printable(exc.filename) if exc.filename is not None else ""
         text = f"{name}: {exc.strerror}" if name else exc.strerror
