@@ -316,7 +316,7 @@ def _check_output(src: Path, dst: Path, *, overwrite: bool) -> None:
         raise CliError(f"OUTPUT folder {folder} does not exist")
 
 
-def check_distinct_outputs(outputs: Sequence[Path], *, overwrite: bool) -> None:
+def _check_distinct_outputs(outputs: Sequence[Path], *, overwrite: bool) -> None:
     """Check every output of a command before anything is written.
 
     Raises :class:`CliError` when two of `outputs` are the same file (by name, link or an
@@ -711,7 +711,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     from ..simulate import sample_tomogram
 
     outputs = [Path(args.output)] + ([Path(args.clean)] if args.clean else [])
-    check_distinct_outputs(outputs, overwrite=args.overwrite)
+    _check_distinct_outputs(outputs, overwrite=args.overwrite)
     noisy, clean, voxel_size = sample_tomogram(seed=args.seed)
     write_mrc(outputs[0], noisy, voxel_size, overwrite=args.overwrite, label="cryoden sample (noisy)")
     if args.clean:
