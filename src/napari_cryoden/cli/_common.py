@@ -31,3 +31,10 @@ def format_seconds(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters (newline, carriage return, ESC, ...) written as Python
+    escapes (``\\n``, ``\\x1b``), so a message naming any path or card prints on one line and
+    cannot drive the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))

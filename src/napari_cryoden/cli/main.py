@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -40,7 +42,7 @@ from . import benchmark as _benchmark_cmd  # stdlib-only at import time
 from . import simulate as _simulate_cmd  # stdlib-only at import time
 from . import train as _train_cmd  # stdlib-only at import time
 from ._common import format_seconds as _format_seconds
-from ._common import int_at_least
+from ._common import int_at_least, printable
 
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "SUBCOMMANDS", "main"]
 
@@ -77,20 +79,27 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _one_line(exc: BaseException) -> str:
-    """The exception's message on one line (name of the exception type when it has none)."""
-    text = " ".join(str(exc).split())
+    """The exception's message on one line (name of the exception type when it has none).
+
+    Bad-input messages (ours, naming paths) keep their newlines as ``\\n``, so a path with a
+    newline stays recognisable; others (multi-line library messages) are joined with spaces.
+    """
+    if isinstance(exc, (CliError, ValueError, FileExistsError)):
+        text = printable(str(exc).strip())
+    else:
+        text = " ".join(str(exc).split())
     if isinstance(exc, OSError) and exc.strerror:
-        name = exc.filename if exc.filename is not None else ""
+        name = printable(exc.filename) if exc.filename is not None else ""
         text = f"{name}: {exc.strerror}" if name else exc.strerror
     return text or type(exc).__name__
 
 
 def _error(message: str, stream: TextIO | None = None) -> None:
-    print(f"{PROG}: error: {message}", file=stream or sys.stderr, flush=True)
+    print(f"{PROG}: error: {printable(message)}", file=stream or sys.stderr, flush=True)
 
 
 def _note(message: str) -> None:
-    print(f"{PROG}: note: {message}", file=sys.stderr, flush=True)
+    print(f"{PROG}: note: {printable(message)}", file=sys.stderr, flush=True)
 
 
 _positive_int = int_at_least(1, "a positive integer")
@@ -285,18 +294,49 @@ def _add_denoise(p: argparse.ArgumentParser) -> None:
 
 
 def _check_output(src: Path, dst: Path, *, overwrite: bool) -> None:
-    """Refuse an output that is the input, exists without `overwrite`, or has no folder."""
+    """Refuse an output whose name is too long for its folder, that is the input, exists without
+    `overwrite`, or has no folder."""
     from ..io import same_file
 
+    folder = dst.parent
+    try:
+        limit = os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    size = len(os.fsencode(dst.name))
+    if size > limit:
+        raise CliError(f"OUTPUT name {dst.name[:40]}... is {size} bytes long, more than the {limit} bytes a file "
+                       f"name may have in {folder}; choose a shorter name")
     if same_file(src, dst):
         raise CliError(f"OUTPUT {dst} is the input file; choose another output name")
     if dst.is_dir():
         raise CliError(f"OUTPUT {dst} is a folder; give a file name")
     if (dst.exists() or dst.is_symlink()) and not overwrite:
         raise CliError(f"OUTPUT {dst} exists; pass --overwrite to replace it")
-    folder = dst.parent
     if not folder.is_dir():
         raise CliError(f"OUTPUT folder {folder} does not exist")
+
+
+def _check_distinct_outputs(outputs: Sequence[Path], *, overwrite: bool) -> None:
+    """Check every output of a command before anything is written.
+
+    Raises :class:`CliError` when two of `outputs` are the same file (by name, link or an
+    existing file's identity), when one exists and `overwrite` is False, is a folder, or has
+    no folder.
+    """
+    from ..io import same_file
+
+    for i, dst in enumerate(outputs):
+        for other in outputs[:i]:
+            if Path(os.path.abspath(dst)) == Path(os.path.abspath(other)) or (
+                    dst.exists() and other.exists() and same_file(dst, other)):
+                raise CliError(f"{dst} is given twice as an output; give each output its own name")
+        if dst.is_dir():
+            raise CliError(f"OUTPUT {dst} is a folder; give a file name")
+        if (dst.exists() or dst.is_symlink()) and not overwrite:
+            raise CliError(f"OUTPUT {dst} exists; pass --overwrite to replace it")
+        if not dst.resolve().parent.is_dir():
+            raise CliError(f"folder of {dst} does not exist")
 
 
 def _voxel_size_note(input_voxel_size: Sequence[float], known: bool, model) -> str | None:
@@ -374,6 +414,9 @@ def _denoise_one(src: Path, dst: Path, model, device, precision: str, args: argp
             _note(f"replaced {info['nonfinite']} NaN/Inf voxels of {src.name} by the median "
                   f"{info['nonfinite_value']:g} (use --nonfinite refuse to stop instead)")
         if not args.quiet:
+            if not info.get("voxel_size_known", True):
+                _note(f"{src.name} has no valid voxel size in its header (zero, negative or not a number); "
+                      f"the output's header says {_format_voxel_size(info.get('voxel_size') or (1.0,))}")
             note = _voxel_size_note(info.get("voxel_size", ()), info.get("voxel_size_known", True), model)
             if note:
                 _note(note)
@@ -461,10 +504,11 @@ def _run_denoise_batch(args: argparse.Namespace) -> int:
     model = load_model(args.model or DEFAULT_MODEL)
     written = skipped = 0
     claimed: dict[Path, Path] = {}
+    input_ids = _file_ids(inputs)
     for i, src in enumerate(inputs, 1):
         start = time.perf_counter()
         try:
-            dst = _claim_output(src, out_dir, claimed, args)
+            dst = _claim_output(src, out_dir, claimed, args, input_ids)
             if dst is None:
                 skipped += 1
                 continue
@@ -481,10 +525,24 @@ def _run_denoise_batch(args: argparse.Namespace) -> int:
     return _batch_summary(args, written, len(inputs) + len(unmatched), skipped, failed)
 
 
-def _claim_output(src: Path, out_dir: Path, claimed: dict[Path, Path], args: argparse.Namespace) -> Path | None:
+def _file_ids(paths: Sequence[Path]) -> dict[tuple[int, int], Path]:
+    """(device, inode) -> path of each existing file of `paths` (symlinks followed)."""
+    ids = {}
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        ids.setdefault((st.st_dev, st.st_ino), path)
+    return ids
+
+
+def _claim_output(src: Path, out_dir: Path, claimed: dict[Path, Path], args: argparse.Namespace,
+                  inputs: dict[tuple[int, int], Path]) -> Path | None:
     """The output of batch input `src` in `out_dir`, or None when it exists and is skipped (said in
-    a note). Raises :class:`CliError` when another input claimed the same output, and what
-    :func:`_check_output` raises."""
+    a note). Raises :class:`CliError` when another input claimed the same output, when the output
+    is another of the batch's `inputs` (from :func:`_file_ids`) and ``--overwrite`` is given (an
+    input is never replaced), and what :func:`_check_output` raises."""
     dst = out_dir / _batch_output_name(src)
     if dst in claimed:
         raise CliError(f"its output {dst} is also the output of {claimed[dst]}; rename one")
@@ -492,6 +550,10 @@ def _claim_output(src: Path, out_dir: Path, claimed: dict[Path, Path], args: arg
     if (dst.exists() or dst.is_symlink()) and not args.overwrite and not _is_input(src, dst):
         _note(f"skipping {src}: {dst} exists (pass --overwrite to replace it)")
         return None
+    other = inputs.get(next(iter(_file_ids([dst])), None))
+    if other is not None and not _is_input(src, dst):  # the input itself: _check_output says so
+        raise CliError(f"its output {dst} is another input of this run ({other}); an input is never "
+                       "replaced, not even with --overwrite: choose another --output-dir")
     _check_output(src, dst, overwrite=args.overwrite)
     return dst
 
@@ -545,10 +607,11 @@ def _run_denoise_batch_cluster(args: argparse.Namespace, inputs: list[Path], n_u
     out_dir = Path(args.output_dir)
     written = skipped = 0
     claimed: dict[Path, Path] = {}
+    input_ids = _file_ids(inputs)
     jobs = []
     for src in inputs:
         try:
-            dst = _claim_output(src, out_dir, claimed, args)
+            dst = _claim_output(src, out_dir, claimed, args, input_ids)
             if dst is None:
                 skipped += 1
                 continue
@@ -617,7 +680,10 @@ def _run_models(args: argparse.Namespace) -> int:
     del args
     from ..models import DEFAULT_MODEL as default, available_models, builtin_model_dir, user_model_dir
 
-    models = available_models()
+    skipped: list[str] = []
+    models = available_models(skipped)
+    for reason in skipped:
+        _note(f"skipped a malformed model card: {reason}")
     if not models:
         _note(f"no models found in {builtin_model_dir()} or {user_model_dir()}")
         return EXIT_OK
@@ -629,7 +695,7 @@ def _run_models(args: argparse.Namespace) -> int:
         if name == default:
             extra.append("default")
         tail = f" [{', '.join(extra)}]" if extra else ""
-        print(f"{name:<{width}}  {_short_description(card)}{tail}")
+        print(printable(f"{name:<{width}}  {_short_description(card)}{tail}"))
     return EXIT_OK
 
 
@@ -649,11 +715,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     from ..simulate import sample_tomogram
 
     outputs = [Path(args.output)] + ([Path(args.clean)] if args.clean else [])
-    for dst in outputs:
-        if dst.exists() and not args.overwrite:
-            raise CliError(f"OUTPUT {dst} exists; pass --overwrite to replace it")
-        if not dst.resolve().parent.is_dir():
-            raise CliError(f"folder of {dst} does not exist")
+    _check_distinct_outputs(outputs, overwrite=args.overwrite)
     noisy, clean, voxel_size = sample_tomogram(seed=args.seed)
     write_mrc(outputs[0], noisy, voxel_size, overwrite=args.overwrite, label="cryoden sample (noisy)")
     if args.clean:
@@ -731,7 +793,7 @@ def _run_metrics(args: argparse.Namespace) -> int:
     report = compare(image.data, reference.data, voxel_size=voxel_size, roi=roi, half_maps=args.half_maps)
     data = report.to_json()
     nyquist = report.curve.nyquist
-    if report.scores is not None and data["psnr"] is None:
+    if report.scores is not None and report.scores["psnr"] == float("inf"):
         notes.append("psnr is null: the data are identical (infinite PSNR)")
     for key, threshold in (("res_fsc_0.5_A", 0.5), ("res_fsc_0.143_A", 0.143)):
         if data[key] is None:
@@ -856,10 +918,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt_on_sigterm():
-    """Make SIGTERM (a batch scheduler's time limit, ``kill``) clean up like Ctrl-C.
+#: Signals that clean up like Ctrl-C: a batch scheduler's time limit or ``kill`` (SIGTERM), and a
+#: closed terminal or SSH session (SIGHUP).
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
-    Returns the previous handler, or None when not in the main thread (signals cannot be set there).
+
+def _interrupt_on_sigterm() -> dict | None:
+    """Make SIGTERM and SIGHUP clean up like Ctrl-C (:data:`_STOP_SIGNALS`).
+
+    Returns the previous handlers by signal, or None when not in the main thread (signals cannot
+    be set there).
     """
     if threading.current_thread() is not threading.main_thread():
         return None
@@ -867,7 +935,7 @@ def _interrupt_on_sigterm():
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGTERM, handler)
+    return {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -881,7 +949,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     -------
     int
         0 success, 1 failure, 2 bad input or option, 130 interrupted (see the module docstring).
+        An interrupt at any point, even while the arguments are parsed, is one line, never a
+        traceback.
     """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        _error("interrupted; nothing was written")
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -896,7 +974,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous = _interrupt_on_sigterm()
     try:
-        return SUBCOMMANDS[args.command].run(args)
+        with warnings.catch_warnings():
+            # A run prints its own lines only: library warnings (odd headers, float overflow in
+            # statistics) are not the user's to read; what matters is said in notes and errors.
+            warnings.simplefilter("ignore")
+            return SUBCOMMANDS[args.command].run(args)
     except KeyboardInterrupt:
         _error("interrupted; nothing was written")
         return EXIT_INTERRUPTED
@@ -910,8 +992,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"internal error: {type(exc).__name__}: {_one_line(exc)}")
         return EXIT_FAILURE
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in (previous or {}).items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

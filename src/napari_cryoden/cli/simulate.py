@@ -209,35 +209,47 @@ def _prepare_dir(out_dir: Path, names: list[str], overwrite: bool) -> list[Path]
 
 
 class _Writer:
-    """Writes files atomically; on failure removes the files of this run that were new."""
+    """Writes the set into a hidden staging folder inside OUT_DIR, then renames every file into
+    place: a failure while writing (a full disk, Ctrl-C) leaves OUT_DIR as it was, never a mix of
+    new and old files. Renames within a folder need no space."""
 
-    def __init__(self, overwrite: bool):
+    def __init__(self, out_dir: Path, overwrite: bool):
+        import tempfile
+
         self.overwrite = overwrite
-        self.created: list[Path] = []
+        self.stage = Path(tempfile.mkdtemp(prefix=".cryoden-simulate.", dir=out_dir))
+        self.staged: list[tuple[Path, Path]] = []
 
     def mrc(self, path: Path, data, voxel_size: float, label: str) -> None:
         from ..io import write_mrc
 
-        new = not path.exists()
-        write_mrc(path, data, voxel_size, overwrite=self.overwrite, label=label)
-        if new:
-            self.created.append(path)
+        write_mrc(self.stage / path.name, data, voxel_size, label=label)
+        self.staged.append((self.stage / path.name, path))
 
     def json(self, path: Path, obj: dict) -> None:
         from ..io import atomic_path
 
-        new = not path.exists()
-        with atomic_path(path, overwrite=self.overwrite) as tmp:
+        with atomic_path(self.stage / path.name, overwrite=False) as tmp:
             tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if new:
-            self.created.append(path)
+        self.staged.append((self.stage / path.name, path))
+
+    def commit(self) -> None:
+        """Move the staged files into place (FileExistsError, before any move, for a file that
+        appeared meanwhile without `overwrite`)."""
+        import os
+
+        if not self.overwrite:
+            existing = [final for _, final in self.staged if final.exists() or final.is_symlink()]
+            if existing:
+                raise FileExistsError(f"{existing[0]} appeared while writing; pass --overwrite to replace it")
+        for staged, final in self.staged:
+            os.replace(staged, final)
+        self.stage.rmdir()
 
     def undo(self) -> None:
-        for path in self.created:
-            try:
-                path.unlink()
-            except OSError:
-                pass
+        import shutil
+
+        shutil.rmtree(self.stage, ignore_errors=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -284,15 +296,18 @@ def run(args: argparse.Namespace) -> int:
 
     new_dir = not out_dir.exists()
     out_dir.mkdir(exist_ok=True)
-    writer = _Writer(args.overwrite)
+    writer = None
     try:
+        writer = _Writer(out_dir, args.overwrite)
         for path, data in zip(paths, outputs):
             if isinstance(data, dict):
                 writer.json(path, data)
             else:
                 writer.mrc(path, data, voxel_size, label=f"cryoden simulate {kind} ({path.stem})")
+        writer.commit()
     except BaseException:
-        writer.undo()
+        if writer is not None:
+            writer.undo()
         if new_dir:
             try:
                 out_dir.rmdir()  # only if empty

@@ -264,12 +264,18 @@ def _read_config(path: Path) -> dict[str, Any]:
         except ImportError:
             raise ValueError("--config needs Python 3.11 or the 'tomli' package") from None
     try:
+        if path.is_dir():
+            raise ValueError(f"--config {path}: is a folder, not a TOML file")
         with open(path, "rb") as fh:
             table = tomllib.load(fh)
     except FileNotFoundError:
         raise ValueError(f"--config {path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
+    except OSError as exc:
+        raise ValueError(f"--config {path}: cannot read it ({exc.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"--config {path}: not valid TOML ({' '.join(str(exc).split())})") from None
+    except RecursionError:
+        raise ValueError(f"--config {path}: not valid TOML (nested too deeply)") from None
     values = {}
     for key, value in table.items():
         dest = key.replace("-", "_")
@@ -393,6 +399,17 @@ class _Interrupt:
 # The command
 
 
+def _same_data(a, b, chunk: int = 16) -> bool:
+    """True when arrays `a` and `b` have the same shape and voxels (compared `chunk` slices at a
+    time, stopping at the first difference; NaN equals NaN)."""
+    import numpy as np
+
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return all(np.array_equal(a[i : i + chunk], b[i : i + chunk], equal_nan=np.issubdtype(a.dtype, np.inexact))
+               for i in range(0, a.shape[0], chunk))
+
+
 def _resume_hint(values: dict, workdir: Path) -> str:
     return (f"the checkpoint is kept in {workdir}; to continue, run the same command with --resume"
             + ("" if values.get("workdir") else f" (it uses --workdir {workdir} by default)"))
@@ -419,11 +436,22 @@ def run(args: argparse.Namespace) -> int:
     if not resume and not overwrite and (workdir / "checkpoint.safetensors").is_file():
         raise ValueError(f"{workdir} holds the checkpoint of an earlier run: add --resume to continue it, or "
                          "--overwrite to start afresh" + ("" if values["workdir"] else " (or give another --workdir)"))
+    if not resume and not overwrite and (workdir / "checkpoint.json").exists():
+        raise ValueError(f"{workdir} holds a checkpoint.json that training would replace: give another --workdir, "
+                         "or --overwrite to replace it")
 
-    from ..io import read_mrc
+    from ..io import read_mrc, same_file
 
     files = {d: Path(values[d]) for d in _DATA[mode]}
+    if len(files) == 2 and same_file(*files.values()):
+        first, second = _DATA[mode]
+        raise ValueError(f"--{first} and --{second} are the same file ({files[first]}); "
+                         f"{'Noise2Noise needs two independent halves' if mode == 'n2n' else 'give the clean version'}")
     volumes = {d: read_mrc(path) for d, path in files.items()}
+    if len(volumes) == 2 and _same_data(*(v.data for v in volumes.values())):
+        first, second = _DATA[mode]
+        raise ValueError(f"--{first} {files[first].name} and --{second} {files[second].name} hold the same data; "
+                         f"{'Noise2Noise needs two independent halves' if mode == 'n2n' else 'give the clean version'}")
     source = volumes[_DATA[mode][0]]
     target = volumes[_DATA[mode][1]] if len(_DATA[mode]) > 1 else None
     if target is not None and source.metadata.get("voxel_size_known", True) and target.metadata.get(

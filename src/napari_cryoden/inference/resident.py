@@ -191,9 +191,11 @@ def tensor_stats(tensor: torch.Tensor) -> tuple[float, float, float, float]:
     Returns
     -------
     tuple of 4 float
-        In the tensor's units (the output's intensity scale).
+        In the tensor's units (the output's intensity scale); the mean and std clipped to the
+        float32 range of the header fields.
     """
     wide = tensor.to(torch.float64)
     var, mean = torch.var_mean(wide, correction=0)
     lo, hi = torch.aminmax(tensor)
-    return float(lo), float(hi), float(mean), math.sqrt(max(float(var), 0.0))
+    top = float(np.finfo(np.float32).max)  # the header's fields are float32, as header_stats clips
+    return float(lo), float(hi), min(max(float(mean), -top), top), min(math.sqrt(max(float(var), 0.0)), top)

@@ -81,6 +81,8 @@ def header_stats(data: np.ndarray, *, chunk_bytes: int | None = None) -> tuple[f
     pairwise (Chan, Golub & LeVeque 1979), so the result matches ``data.mean()``/``data.std()``
     without reading the array whole; a slab needs one temporary of its own size, and the pages
     of a memmap are let go after each slab. `chunk_bytes` defaults to :data:`STATS_CHUNK_BYTES`.
+    Deviations are squared in float64 where float32 would overflow (values beyond 1e18), and the
+    mean and std are clipped to float32's range, as the header stores them.
     """
     if data.ndim == 0 or data.size == 0:
         raise ValueError("no data to summarise")
@@ -91,8 +93,10 @@ def header_stats(data: np.ndarray, *, chunk_bytes: int | None = None) -> tuple[f
         slab = np.asarray(data[i : i + step])
         k = slab.size
         slab_mean = float(slab.mean(dtype=np.float64))
-        lo, hi = min(lo, float(slab.min())), max(hi, float(slab.max()))
-        dev = np.subtract(slab, slab_mean, dtype=np.float64 if slab.dtype == np.float64 else np.float32)
+        slab_lo, slab_hi = float(slab.min()), float(slab.max())
+        lo, hi = min(lo, slab_lo), max(hi, slab_hi)
+        wide = slab.dtype == np.float64 or max(-slab_lo, slab_hi) > 1e18  # squares of float32 would overflow
+        dev = np.subtract(slab, slab_mean, dtype=np.float64 if wide else np.float32)
         np.square(dev, out=dev)
         slab_m2 = float(dev.sum(dtype=np.float64))
         del dev, slab
@@ -102,7 +106,8 @@ def header_stats(data: np.ndarray, *, chunk_bytes: int | None = None) -> tuple[f
         m2 += slab_m2 + delta * delta * n * k / total
         n = total
         release_pages(data)
-    return lo, hi, mean, math.sqrt(m2 / n)
+    top = float(np.finfo(np.float32).max)  # the header's fields are float32
+    return lo, hi, min(max(mean, -top), top), min(math.sqrt(m2 / n), top)
 
 
 def prefetch(path) -> bool:
@@ -151,12 +156,67 @@ def streams(dst: Path, n_voxels: int, mmap_threshold: int) -> bool:
     return not compressed and n_voxels * 4 >= mmap_threshold
 
 
+def reserve_space(path: Path, name: Path | None = None) -> None:
+    """Allocate the disk blocks of the whole file `path` (its current size) before it is written
+    through a memory map.
+
+    A memory-mapped write to a sparse file on a full disk is a ``SIGBUS`` that kills the process
+    with no message and leaves the file behind; with the blocks reserved, a full disk is an
+    ``OSError`` (``ENOSPC``) here, before any data is computed.
+
+    Raises
+    ------
+    OSError
+        ``ENOSPC`` (or ``EFBIG`` beyond the file size limit) naming `name` (default `path`), with
+        the bytes needed.
+    """
+    import errno
+    import os
+
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # no fallocate here: writing will tell
+            return
+        raise OSError(exc.errno, f"{exc.strerror} (the output needs {size / 2**20:.1f} MiB)",
+                      str(name if name is not None else path)) from None
+    finally:
+        os.close(fd)
+
+
+def while_file_whole(path: Path, steps: Generator):
+    """Run the generator `steps` (and return its value) while the memory-mapped file `path`
+    keeps its size: before each resumption the open file is checked, so a file truncated by
+    another process stops the run with an OSError instead of a bus error (SIGBUS) at the next
+    read past its new end. A truncation in the middle of a batch of tiles is not caught."""
+    import os
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        value = None
+        while True:
+            now = os.fstat(fd).st_size
+            if now < size:
+                raise OSError(f"{path}: the input was truncated by another program while being read "
+                              f"({now} of {size} bytes left); nothing was written")
+            try:
+                value = yield steps.send(value)
+            except StopIteration as stop:
+                return stop.value
+    finally:
+        os.close(fd)
+        steps.close()
+
+
 def write_denoised(
     src: Path, dst: Path, shape: tuple[int, ...], voxel_size, label: str, fill, *, overwrite: bool, streamed: bool,
     info: dict | None = None, stages: Stages | None = None,
 ) -> Generator[tuple[int, int], None, None]:
     """Write the float32 output `dst` atomically while `fill(out)` computes it, yielding its
-    progress.
+    progress (a streamed output's disk space is reserved first, :func:`reserve_space`).
 
     `fill(out)` is a generator that writes the denoised volume into `out` and returns it; given
     None (in-memory outputs) it allocates the array itself. Streamed outputs are memory-mapped
@@ -181,6 +241,7 @@ def write_denoised(
     with atomic_path(dst, overwrite=overwrite) as tmp:
         mrc = mrcfile.new_mmap(tmp, shape=tuple(shape), mrc_mode=2, overwrite=True)
         try:
+            reserve_space(tmp, dst)
             yield from fill(mrc.data)
             with stages("write"):
                 vs = np.broadcast_to(np.asarray(voxel_size, dtype=float), (len(shape),)).tolist()
@@ -258,6 +319,9 @@ def iter_denoise_file(
         ``ModelError`` are ValueErrors).
     FileExistsError
         If the output exists and `overwrite` is False.
+    OSError
+        If the disk has no room for a streamed output (``ENOSPC``, found before any tile is
+        computed: :func:`reserve_space`); nothing is left behind.
     """
     start = time.perf_counter()
     io, inference = _packages()
@@ -282,9 +346,15 @@ def iter_denoise_file(
     kwargs = dict(tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision,
                   nonfinite=nonfinite, info=info, image_stack=stack, memory_bytes=memory_bytes, resident=resident,
                   timings=timings)
-    yield from write_denoised(src, dst, data.shape, volume.voxel_size, label,
-                              lambda out: inference.iter_denoise(data, lm, out=out, **kwargs),
-                              overwrite=overwrite, streamed=streamed, info=info, stages=stages)
+
+    def fill(out):
+        steps = inference.iter_denoise(data, lm, out=out, **kwargs)
+        if volume.metadata.get("memory_mapped"):
+            steps = while_file_whole(src, steps)
+        return (yield from steps)
+
+    yield from write_denoised(src, dst, data.shape, volume.voxel_size, label, fill, overwrite=overwrite,
+                              streamed=streamed, info=info, stages=stages)
     return FileResult(
         output=dst, shape=tuple(data.shape), voxel_size=tuple(volume.voxel_size), model=lm.name,
         tiles=int(info.get("tiles", 0)), streamed=streamed, seconds=time.perf_counter() - start, info=info,

@@ -1,20 +1,29 @@
 """Atomic writes: write to a temporary file in the target's folder, then rename into place.
 
 The temporary file is ``.<target name>.<host>-<pid>.<random>.part<target extensions>``: hidden,
-never the target's name, and tagged with the writing process. A process killed with SIGKILL
-cannot remove its own temporary file; the next write to the same target removes the temporary
-files of processes on this host that no longer exist (:func:`remove_stale_parts`).
+never the target's name, and tagged with the writing process (a target name too long for that
+is cut and completed by a hash, so the temporary name stays within the 255-byte limit). The
+writer holds an ``flock`` on it while writing. A process killed with SIGKILL cannot remove its
+own temporary file; the next write to the same target removes the temporary files of this host
+whose writer is provably gone: no process of that pid, and no lock held on the file (a live
+writer in another PID namespace keeps its lock; :func:`remove_stale_parts`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: the pid check alone protects live writers
+    fcntl = None
 
 __all__ = ["atomic_path", "remove_stale_parts", "same_file"]
 
@@ -29,6 +38,43 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32] or "host"
+
+
+#: Longest target name (bytes) used whole in a temporary name: 255 bytes less the dot, host
+#: (32), pid, random part, ``.part`` and up to 16 bytes of extensions.
+_MAX_NAME_IN_PART = 170
+
+
+def _name_in_part(target: Path) -> str:
+    """The target's name as it appears in its temporary files: whole, or when longer than
+    :data:`_MAX_NAME_IN_PART` bytes, its start and a hash of the whole name."""
+    raw = target.name.encode("utf-8", "surrogateescape")
+    if len(raw) <= _MAX_NAME_IN_PART:
+        return target.name
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    return raw[: _MAX_NAME_IN_PART - 17].decode("utf-8", "ignore") + "~" + digest
+
+
+def _part_suffix(target: Path) -> str:
+    ext = "".join(target.suffixes[-2:])
+    return ".part" + (ext if len(ext.encode("utf-8", "surrogateescape")) <= 16 else "")
+
+
+def _locked_by_another(path: Path) -> bool:
+    """True when another open file description holds an ``flock`` on `path` (a live writer)."""
+    if fcntl is None:  # pragma: no cover
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return True  # cannot tell: keep it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also releases the lock we took
+    return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -52,12 +98,13 @@ def remove_stale_parts(target: str | os.PathLike) -> list[Path]:
     Returns
     -------
     list of Path
-        The files removed. Temporary files of live processes, of other hosts (a shared file
-        system) and of other targets are never touched.
+        The files removed. Temporary files of live processes (a pid that exists here, or a lock
+        held on the file), of other hosts (a shared file system) and of other targets are never
+        touched.
     """
     target = Path(target)
     folder = target.parent if str(target.parent) else Path(".")
-    pattern = re.compile(re.escape(f".{target.name}.{_host()}-") + r"(\d+)\.[^.]+\.part")
+    pattern = re.compile(re.escape(f".{_name_in_part(target)}.{_host()}-") + r"(\d+)\.[^.]+\.part")
     removed = []
     try:
         names = os.listdir(folder)
@@ -65,7 +112,8 @@ def remove_stale_parts(target: str | os.PathLike) -> list[Path]:
         return removed
     for name in names:
         m = pattern.match(name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if (m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))
+                and not _locked_by_another(folder / name)):
             with contextlib.suppress(OSError):
                 (folder / name).unlink()
                 removed.append(folder / name)
@@ -101,14 +149,16 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
     folder = target.parent if str(target.parent) else Path(".")
     remove_stale_parts(target)
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.name}.{_host()}-{os.getpid()}.", suffix=".part" + "".join(target.suffixes[-2:]), dir=folder,
+        prefix=f".{_name_in_part(target)}.{_host()}-{os.getpid()}.", suffix=_part_suffix(target), dir=folder,
     )
-    os.close(fd)
     tmp = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a result gets the usual permissions
     try:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):  # a file system without locks: the pid check alone
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until the end: the writer lives
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a result gets the usual permissions
         yield tmp
         os.chmod(tmp, 0o666 & ~umask)  # again: some writers (safetensors) replace the file with a 0600 one
         if overwrite:
@@ -128,3 +178,5 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    finally:
+        os.close(fd)

@@ -44,8 +44,11 @@ _MODE_BYTES = {0: 1.0, 1: 2.0, 2: 4.0, 3: 4.0, 4: 8.0, 6: 2.0, 12: 2.0, 101: 0.5
 #: Compressed files whose header claims more data than this (1 TiB) are refused before
 #: decompressing: their size cannot be checked against the file's.
 MAX_DATA_BYTES = 2**40
-#: Compressed files claiming at most this many bytes are handed to mrcfile without counting.
+#: Compressed files claiming at most this many bytes are decompressed without counting first.
 _CHEAP_BYTES = 8 * 1024**2
+#: Bytes a compressed file may hold past the size its header describes; more is refused, and
+#: decompression stops there (a file of zeros appended to a small map is a decompression bomb).
+TRAILING_SLACK_BYTES = 1024**2
 
 
 class MrcError(ValueError):
@@ -130,7 +133,7 @@ def _decompressed_size(path: Path, limit: int) -> int:
     return n
 
 
-def _check_header_size(path: Path, head: bytes, compressed: bool) -> None:
+def _check_header_size(path: Path, head: bytes, compressed: bool) -> int | None:
     """Refuse a header whose dimensions are not positive or imply more bytes than the file holds.
 
     This runs on the raw 1024 bytes, before :mod:`mrcfile` reads anything, so an absurd header
@@ -138,12 +141,16 @@ def _check_header_size(path: Path, head: bytes, compressed: bool) -> None:
     allocation: mrcfile reads the extended header and the data into buffers of the claimed size.
     For compressed files claiming more than :data:`_CHEAP_BYTES`, the decompressed stream is
     counted first (in 1 MiB chunks, no allocation), and claims over :data:`MAX_DATA_BYTES` are
-    refused outright. Headers whose byte order cannot be told are left to mrcfile, which refuses
-    them.
+    refused outright; so are compressed files holding more than :data:`TRAILING_SLACK_BYTES`
+    past the described size. Headers whose byte order cannot be told are left to mrcfile, which
+    refuses them.
+
+    Returns the bytes the header describes (header, extended header and data), or None when
+    the byte order cannot be told.
     """
     order = {0x44: "<", 0x41: "<", 0x11: ">"}.get(head[212])
     if order is None:
-        return
+        return None
     nx, ny, nz, mode = (int(v) for v in np.frombuffer(head[:16], dtype=f"{order}i4"))
     nsymbt = int(np.frombuffer(head[92:96], dtype=f"{order}i4")[0])
     if min(nx, ny, nz) <= 0:
@@ -163,11 +170,12 @@ def _check_header_size(path: Path, head: bytes, compressed: bool) -> None:
                 "bytes this reader accepts"
             )
         if needed <= _CHEAP_BYTES:
-            return  # small enough to let mrcfile find out
+            return needed  # small enough to be read whole and checked then (_read_compressed)
         try:
-            size = _decompressed_size(path, needed)
+            size = _decompressed_size(path, needed + TRAILING_SLACK_BYTES + 1)
         except (OSError, EOFError, ValueError) as exc:
             raise MrcError(f"{path}: corrupt compressed file: {' '.join(str(exc).split())}") from None
+        _check_trailing(path, size, needed)
         what = "the decompressed file has"
     else:
         size = path.stat().st_size
@@ -178,6 +186,39 @@ def _check_header_size(path: Path, head: bytes, compressed: bool) -> None:
             f"(mode {mode}) and {nsymbt} bytes of extended header, {needed} bytes in all, "
             f"but {what} {size} bytes"
         )
+    return needed
+
+
+def _check_trailing(path: Path, size: int, needed: int) -> None:
+    """Refuse a decompressed stream of `size` (or more) bytes that goes on more than
+    :data:`TRAILING_SLACK_BYTES` past the `needed` bytes its header describes."""
+    if size > needed + TRAILING_SLACK_BYTES:
+        raise MrcError(
+            f"{path}: corrupt compressed MRC file: the decompressed data go on past the {needed} bytes "
+            f"the header describes (more than {TRAILING_SLACK_BYTES} bytes of trailing data)"
+        )
+
+
+def _read_compressed(path: Path, needed: int | None):
+    """An :class:`mrcfile.mrcinterpreter.MrcInterpreter` (strict) on the decompressed stream of
+    `path`, of which at most `needed` + :data:`TRAILING_SLACK_BYTES` bytes are read (1 MiB
+    chunks); mrcfile itself would read the whole stream into memory to measure it."""
+    from io import BytesIO
+
+    from mrcfile.mrcinterpreter import MrcInterpreter
+
+    limit = (needed if needed is not None else _HEADER_BYTES) + TRAILING_SLACK_BYTES + 1
+    buffer = BytesIO()
+    with _COMPRESSED[_split_suffix(path)[1]](path, "rb") as fh:
+        while buffer.tell() < limit:
+            chunk = fh.read(min(1 << 20, limit - buffer.tell()))
+            if not chunk:
+                break
+            buffer.write(chunk)
+    if needed is not None:
+        _check_trailing(path, buffer.tell(), needed)
+    buffer.seek(0)
+    return MrcInterpreter(iostream=buffer, permissive=False)
 
 
 def _header_summary(mrc) -> dict:
@@ -259,8 +300,9 @@ def read_mrc(path: str | os.PathLike, *, mmap_threshold: int = DEFAULT_MMAP_THRE
     Raises
     ------
     MrcError
-        If the file is missing, not MRC, corrupt or truncated; the message names the file and
-        the problem in one line.
+        If the file is missing, not MRC, corrupt or truncated, or (``.gz``/``.bz2``) goes on
+        more than :data:`TRAILING_SLACK_BYTES` past the size its header describes; the message
+        names the file and the problem in one line.
     """
     import mrcfile
 
@@ -276,15 +318,19 @@ def read_mrc(path: str | os.PathLike, *, mmap_threshold: int = DEFAULT_MMAP_THRE
         head = _read_head(path)
     except (OSError, EOFError, ValueError) as exc:
         raise MrcError(f"{path}: cannot read the MRC header: {' '.join(str(exc).split())}") from None
-    _check_header_size(path, head, compressed)
+    needed = _check_header_size(path, head, compressed)
     use_mmap = not compressed and path.stat().st_size >= mmap_threshold
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            if use_mmap:
+            if compressed:
+                mrc = _read_compressed(path, needed)
+            elif use_mmap:
                 mrc = mrcfile.mmap(path, mode="r", permissive=False)
             else:
                 mrc = mrcfile.open(path, mode="r", permissive=False)
+    except MrcError:
+        raise
     except (ValueError, OSError, EOFError, MemoryError, OverflowError) as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         raise MrcError(f"{path}: corrupt or truncated MRC file: {msg}") from None
@@ -368,12 +414,15 @@ def write_mrc(
             _write_with_stats(tmp, arr, vs_zyx, label, stats)
         return path
     with atomic_path(path, overwrite=overwrite) as tmp:
-        with mrcfile.new(tmp, overwrite=True, compression=compression) as mrc:
+        # mrcfile's statistics are float32 sums: the mean and rms overflow near 1e38 (fixed below)
+        with mrcfile.new(tmp, overwrite=True, compression=compression) as mrc, \
+                np.errstate(over="ignore", invalid="ignore"):
             mrc.set_data(arr.astype(np.float32, copy=False))
             mrc.voxel_size = (vs_zyx[2], vs_zyx[1], vs_zyx[0])
             if label:
                 mrc.add_label(label[:80])
             mrc.update_header_stats()
+            _finite_header_stats(mrc)
     return path
 
 
@@ -397,3 +446,14 @@ def _write_with_stats(tmp: Path, arr: np.ndarray, vs_zyx: list, label: str | Non
             chunk = flat[start : start + step] if flat is not None else (
                 arr.reshape(-1)[start : start + step].astype(np.float32))
             fh.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+
+
+def _finite_header_stats(mrc) -> None:
+    """Recompute the header's mean and rms in float64 (clipped to float32's range) when
+    mrcfile's float32 statistics overflowed on finite data, so the header stays valid."""
+    h = mrc.header
+    if np.isfinite([h.dmin, h.dmax, h.dmean, h.rms]).all() or not np.isfinite([h.dmin, h.dmax]).all():
+        return
+    top = float(np.finfo(np.float32).max)
+    h.dmean = float(np.clip(np.mean(mrc.data, dtype=np.float64), -top, top))
+    h.rms = float(np.clip(np.std(mrc.data, dtype=np.float64), 0.0, top))

@@ -108,7 +108,23 @@ def _pair(image, reference, roi):
         )
     if a.ndim not in (2, 3):
         raise ValueError(f"metrics need a 2D image or a 3D volume, got an array of shape {a.shape}")
-    return crop(a, roi), crop(b, roi)
+    a, b = crop(a, roi), crop(b, roi)
+    for name, arr in (("image", a), ("reference", b)):
+        bad = _count_nonfinite(arr)
+        if bad:
+            raise ValueError(f"the {name} has {bad} NaN/Inf voxel{'s' if bad != 1 else ''} (of {arr.size} compared); "
+                             "the metrics need finite data")
+    return a, b
+
+
+def _count_nonfinite(arr: np.ndarray, chunk_bytes: int = 16 * 1024**2) -> int:
+    """NaN and ±Inf voxels of `arr`, counted in slabs along the first axis (a memory map is never
+    read whole into a temporary)."""
+    if not np.issubdtype(arr.dtype, np.inexact) or arr.size == 0:
+        return 0
+    step = max(1, chunk_bytes // max(1, arr[0].nbytes)) if arr.ndim > 1 else arr.shape[0]
+    return sum(int(arr[i : i + step].size - np.count_nonzero(np.isfinite(arr[i : i + step])))
+               for i in range(0, arr.shape[0], step))
 
 
 #: SSIM's window edge (scikit-image's default); every axis compared needs at least this many voxels.
@@ -168,7 +184,9 @@ def compare(
     ------
     ValueError
         If the shapes differ, the data is not 2D or 3D, the region is empty or too small (SSIM
-        needs 7 voxels along every axis, the FSC 4), or the reference is constant.
+        needs 7 voxels along every axis, the FSC 4), the reference is constant, or either array
+        holds NaN or Inf in the region compared (the message gives their number): no score or
+        resolution is made up from them.
 
     Examples
     --------

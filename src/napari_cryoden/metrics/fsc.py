@@ -50,6 +50,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import math
+
 import numpy as np
 
 __all__ = ["FSC_THRESHOLDS", "METHODS", "TORCH_MAX_VOXELS", "FSCCurve", "fourier_shell_correlation", "frc_per_slice"]
@@ -134,8 +136,9 @@ class FSCCurve:
         return float(1.0 / (f0 + min(max(t, 0.0), 1.0) * (f1 - f0)))
 
     def pairs(self) -> list[list[float]]:
-        """``[resolution_A, fsc]`` for every shell but shell 0 (whose resolution is infinite)."""
-        return [[float(r), float(v)] for r, v in zip(self.resolution[1:], self.fsc[1:])]
+        """``[resolution_A, fsc]`` for every shell but shell 0 (whose resolution is infinite); a
+        value that is not finite is None (JSON ``null``)."""
+        return [[float(r), float(v) if math.isfinite(v) else None] for r, v in zip(self.resolution[1:], self.fsc[1:])]
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "available_models",
     "build",
     "builtin_model_dir",
+    "check_arch_kwargs",
     "load_model",
     "model_card",
     "save_model",
@@ -52,6 +54,64 @@ ARCHITECTURES: dict[str, tuple[type[nn.Module], frozenset[str], int]] = {
 
 _CARD_REQUIRED = ("name", "architecture", "arch_kwargs", "sha256", "voxel_size_A", "normalization")
 _ALLOWED_KWARG_TYPES = (bool, int, float, str)
+#: Cards larger than this (bytes) are refused unread.
+MAX_CARD_BYTES = 1024**2
+#: Largest channel count (``ch``, ``refine``) a card may ask for: 5x the shipped models' 48.
+MAX_CHANNELS = 256
+
+
+def _check_channels(value: Any, minimum: int) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_CHANNELS:
+        return f"an integer from {minimum} to {MAX_CHANNELS}"
+    return None
+
+
+def _check_bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _check_activation(value: Any) -> str | None:
+    return None if value in networks.FINAL_ACTIVATIONS else f"one of {', '.join(sorted(networks.FINAL_ACTIVATIONS))}"
+
+
+#: Keyword argument -> check (None when the value is fine, else what was expected).
+_KWARG_CHECKS = {
+    "ch": lambda v: _check_channels(v, 1),
+    "refine": lambda v: _check_channels(v, 0),
+    "shared_weights": _check_bool,
+    "final_activation": _check_activation,
+}
+
+
+def check_arch_kwargs(architecture: str, kwargs: Any) -> None:
+    """Check an architecture's keyword arguments (names, types and ranges) before building it.
+
+    Parameters
+    ----------
+    architecture : str
+        A key of :data:`ARCHITECTURES`.
+    kwargs : dict
+        ``ch`` (and ``refine``) must be integers up to :data:`MAX_CHANNELS` (``ch`` at least 1),
+        ``shared_weights`` a boolean, ``final_activation`` a name of
+        :data:`~napari_cryoden.models.networks.FINAL_ACTIVATIONS`.
+
+    Raises
+    ------
+    ModelError
+        Naming the first bad argument; nothing is allocated.
+    """
+    if architecture not in ARCHITECTURES:
+        raise ModelError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    if not isinstance(kwargs, dict):
+        raise ModelError("arch_kwargs must be a JSON object")
+    allowed = ARCHITECTURES[architecture][1]
+    bad = [k for k, v in kwargs.items() if k not in allowed or not isinstance(v, _ALLOWED_KWARG_TYPES)]
+    if bad:
+        raise ModelError(f"arch_kwargs {bad} not allowed for {architecture} (allowed: {sorted(allowed)})")
+    for key, value in kwargs.items():
+        expected = _KWARG_CHECKS[key](value)
+        if expected:
+            raise ModelError(f"arch_kwargs {key} of {architecture} must be {expected}, got {value!r}")
 
 
 class ModelError(ValueError):
@@ -110,36 +170,73 @@ def _model_dirs() -> list[Path]:
     return [builtin_model_dir(), user_model_dir()]
 
 
-def _read_card(path: Path) -> dict:
+def _read_card_text(path: Path) -> str:
+    """The text of a card file: a regular file of at most :data:`MAX_CARD_BYTES`, opened without
+    blocking (a FIFO or a device named ``*.json`` is refused, never read)."""
+    import stat
+
     try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot open the model card ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelError(f"{path}: model card is not a regular file")
+        if st.st_size > MAX_CARD_BYTES:
+            raise ModelError(f"{path}: model card is {st.st_size} bytes, more than the {MAX_CARD_BYTES} accepted")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read(MAX_CARD_BYTES + 1)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model card ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_CARD_BYTES:
+        raise ModelError(f"{path}: model card is more than {MAX_CARD_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{path}: model card is not UTF-8 text ({exc.reason})") from None
+
+
+def _read_card(path: Path) -> dict:
+    text = _read_card_text(path)
+    try:
+        card = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise ModelError(f"{path}: model card is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ModelError(f"{path}: model card is nested too deeply") from None
     if not isinstance(card, dict):
         raise ModelError(f"{path}: model card must be a JSON object")
     missing = [k for k in _CARD_REQUIRED if k not in card]
     if missing:
         raise ModelError(f"{path}: model card lacks {', '.join(missing)}")
-    arch = card["architecture"]
-    if arch not in ARCHITECTURES:
-        raise ModelError(f"{path}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    kwargs = card["arch_kwargs"]
-    if not isinstance(kwargs, dict):
-        raise ModelError(f"{path}: arch_kwargs must be a JSON object")
-    allowed = ARCHITECTURES[arch][1]
-    bad = [k for k, v in kwargs.items() if k not in allowed or not isinstance(v, _ALLOWED_KWARG_TYPES)]
-    if bad:
-        raise ModelError(f"{path}: arch_kwargs {bad} not allowed for {arch} (allowed: {sorted(allowed)})")
+    try:
+        check_arch_kwargs(card["architecture"], card["arch_kwargs"])
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    voxel = card["voxel_size_A"]
+    if voxel is not None and (isinstance(voxel, bool) or not isinstance(voxel, (int, float))
+                              or not math.isfinite(voxel) or voxel <= 0):
+        raise ModelError(f"{path}: voxel_size_A must be a positive number (Å/voxel) or null, got {voxel!r}")
     return card
 
 
-def available_models() -> dict[str, dict]:
+def available_models(skipped: list[str] | None = None) -> dict[str, dict]:
     """Every model that can be loaded by name, built-in first; a user model may not shadow one.
+
+    Parameters
+    ----------
+    skipped : list, optional
+        Receives a one-line reason for each malformed card (``ModelError`` message), which is
+        skipped.
 
     Returns
     -------
     dict
-        Model name -> its card (with ``"_path"`` set to the card file). Malformed cards are skipped.
+        Model name (the card file's stem, whatever the card's ``name``) -> its card, with
+        ``"name"`` set to that stem and ``"_path"`` to the card file.
     """
     found: dict[str, dict] = {}
     for folder in _model_dirs():
@@ -150,9 +247,11 @@ def available_models() -> dict[str, dict]:
                 continue
             try:
                 card = _read_card(path)
-            except ModelError:
+            except ModelError as exc:
+                if skipped is not None:
+                    skipped.append(str(exc))
                 continue
-            found.setdefault(path.stem, {**card, "_path": str(path)})
+            found.setdefault(path.stem, {**card, "name": path.stem, "_path": str(path)})
     return found
 
 
@@ -162,10 +261,10 @@ def build(architecture: str, **kwargs: Any) -> nn.Module:
     Raises
     ------
     ModelError
-        If the architecture is unknown.
+        If the architecture is unknown or a keyword argument is not allowed, of the wrong type
+        or out of range (:func:`check_arch_kwargs`).
     """
-    if architecture not in ARCHITECTURES:
-        raise ModelError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    check_arch_kwargs(architecture, kwargs)
     return ARCHITECTURES[architecture][0](**kwargs)
 
 
@@ -198,13 +297,13 @@ def model_card(name_or_path: str | os.PathLike) -> dict:
         If no such model exists or its card is malformed.
     """
     path = _resolve(name_or_path)
-    return {**_read_card(path), "_path": str(path)}
+    return {**_read_card(path), "name": path.stem, "_path": str(path)}
 
 
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> LoadedModel:
     """Load a model by registry name or by the path of its card or weights.
 
-    Weights are read with :func:`safetensors.torch.load_file` (never pickle) after their sha256 is
+    The model's name is its card file's stem, whatever the card's ``name`` says. Weights are read with :func:`safetensors.torch.load_file` (never pickle) after their sha256 is
     checked against the card.
 
     Raises
@@ -237,7 +336,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> LoadedModel:
         raise ModelError(f"{weights}: tensors do not fit architecture {arch}: {first}") from None
     module.eval()
     return LoadedModel(
-        name=card["name"], module=module, card=card,
+        name=card_path.stem, module=module, card={**card, "name": card_path.stem},
         stride=int(getattr(module, "stride", 1)), ndim=ARCHITECTURES[arch][2],
     )
 

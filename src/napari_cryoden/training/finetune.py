@@ -69,13 +69,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..device import autocast_dtype, resolve_device, resolve_precision
+from ..device import autocast_dtype, is_out_of_memory, memory_budget, resolve_device, resolve_precision
 from ..inference.normalize import robust_stats
 from ..io.atomic import atomic_path
 from ..models import networks
 from ..models.registry import (
-    ARCHITECTURES, NORMALIZATION, LoadedModel, build, builtin_model_dir, load_model, model_card, save_model,
-    user_model_dir,
+    ARCHITECTURES, NORMALIZATION, LoadedModel, build, builtin_model_dir, check_arch_kwargs, load_model, model_card,
+    save_model, user_model_dir,
 )
 from .supervised import LOSSES, SupervisedStep, content_loss, rampdown_factor
 
@@ -350,13 +350,9 @@ def _resolve_net(model, architecture, arch_kwargs, *, load: bool) -> _Net:
     if model is None:
         if architecture is None:
             raise ValueError("give a model to fine-tune or an architecture to train from scratch")
-        if architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
-        cls, allowed, ndim = ARCHITECTURES[architecture]
         kwargs = dict(arch_kwargs or {})
-        bad = sorted(set(kwargs) - allowed)
-        if bad:
-            raise ValueError(f"arch_kwargs {bad} not allowed for {architecture} (allowed: {sorted(allowed)})")
+        check_arch_kwargs(architecture, kwargs)  # ModelError, a ValueError
+        cls, allowed, ndim = ARCHITECTURES[architecture]
         if "final_activation" in allowed:
             kwargs.setdefault("final_activation", "identity")  # outputs are zero-centred
         return _Net(architecture, kwargs, ndim, int(getattr(cls, "stride", 1)), None, {})
@@ -493,6 +489,7 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
         if p > shape[axis]:
             raise ValueError(f"patch {p} is larger than the data along axis {axis} ({shape[axis]} voxels, "
                              f"shape {shape}); use a smaller patch")
+    _check_batch_memory(int(c.batch), p, net.ndim, dev)
     n0 = shape[0]
     if p > n0:
         raise ValueError(f"patch {p} is larger than the data along axis 0 ({n0} slices, shape {shape}); "
@@ -530,6 +527,18 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
     return _Plan(net, val, starts, center, scale, shape)
 
 
+def _check_batch_memory(batch: int, patch: int, ndim: int, dev: torch.device) -> None:
+    """Refuse a batch whose float32 input and target patches alone exceed the memory budget
+    (:func:`~napari_cryoden.device.memory_budget`), before anything is allocated; the
+    network's activations need many times more."""
+    need = 2 * 4 * batch * patch**ndim
+    budget = memory_budget(dev)
+    if need > budget:
+        raise ValueError(f"batch {batch} x patch {patch}^{ndim} needs {need / 2**30:.3g} GiB for the float32 patches "
+                         f"alone, more than the {budget / 2**30:.3g} GiB training may use on {dev.type}; "
+                         "lower batch or patch")
+
+
 def check_settings(
     config: FineTuneConfig,
     source: np.ndarray,
@@ -549,7 +558,8 @@ def check_settings(
     matching the network (a 2D architecture on 3D data or vice versa is refused); a patch that
     is a multiple of the network stride, fits the data across axes 1-2 and fits the training part
     of axis 0 outside the validation slab; a validation slab inside axis 0 and at least a patch
-    thick; data with at least one finite voxel; the device; and, with `workdir`, a checkpoint to
+    thick; a batch of patches that fits in the memory budget; data with at least one finite
+    voxel; the device; and, with `workdir`, a checkpoint to
     resume (``resume=True``) or none in the way (``resume=False`` and ``overwrite=False``).
 
     Parameters
@@ -584,9 +594,9 @@ def _check_workdir(workdir, resume: bool, overwrite: bool) -> Path | None:
     ckpt = folder / f"{CHECKPOINT_NAME}.safetensors"
     if resume and not ckpt.is_file():
         raise ValueError(f"no checkpoint to resume in {folder} (expected {ckpt.name})")
-    if not resume and ckpt.is_file() and not overwrite:
-        raise ValueError(f"{folder} holds the checkpoint of an earlier run; resume it, or choose another "
-                         "work folder (or overwrite it)")
+    if not resume and not overwrite and (ckpt.is_file() or ckpt.with_suffix(".json").exists()):
+        raise ValueError(f"{folder} holds the checkpoint of an earlier run (or a {ckpt.with_suffix('.json').name} "
+                         "of its own); resume it, or choose another work folder (or overwrite it)")
     return folder
 
 
@@ -946,7 +956,11 @@ def fine_tune(
     ------
     ValueError
         For bad settings (see :func:`check_settings`), a checkpoint that does not match the data
-        or settings, or a loss that is not finite (training diverged).
+        or settings, a damaged or tampered checkpoint (``checkpoint unreadable: ...``: missing
+        fields, wrong types, NaN, a step count outside 0 to the steps planned, tensors that do
+        not fit), or a loss that is not finite (training diverged).
+    MemoryError
+        If a training step runs out of memory (CPU or GPU); one line naming batch and patch.
     napari_cryoden.models.ModelError
         If `model` cannot be loaded.
     """
@@ -1022,19 +1036,31 @@ def fine_tune(
     step, seconds_before = 0, 0.0
     if resume:
         tensors, state = _load_checkpoint(folder)
-        _check_resume(state, config, net, data_fp, folder)
-        g.load_state_dict(_sub(tensors, "model"))
-        _restore_optimizer("opt_g", stepper.opt_g, tensors, state.get("opt_g_extra", {}))
-        if stepper.discriminator is not None:
-            stepper.discriminator.load_state_dict(_sub(tensors, "disc"))
-            _restore_optimizer("opt_d", stepper.opt_d, tensors, state.get("opt_d_extra", {}))
-        best_state = _sub(tensors, "best")
-        rng.bit_generator.state = state["rng"]
-        torch_rng.set_state(tensors["rng.torch"])
-        step, seconds_before = int(state["step"]), float(state["seconds"])
-        best_val, best_step = state["best_val"], state["best_step"]
-        initial_val, final_val = state["initial_val"], state["final_val"]
-        history = [TrainEvent(**e) for e in state["history"]]
+        try:
+            _check_resume(state, config, net, data_fp, folder)
+            _check_state(state)
+            g.load_state_dict(_sub(tensors, "model"))
+            _restore_optimizer("opt_g", stepper.opt_g, tensors, state.get("opt_g_extra", {}))
+            if stepper.discriminator is not None:
+                stepper.discriminator.load_state_dict(_sub(tensors, "disc"))
+                _restore_optimizer("opt_d", stepper.opt_d, tensors, state.get("opt_d_extra", {}))
+            best_state = _sub(tensors, "best")
+            _check_finite_weights(best_state, "its best weights")
+            shapes = {k: tuple(v.shape) for k, v in g.state_dict().items()}
+            if {k: tuple(v.shape) for k, v in best_state.items()} != shapes:
+                raise ValueError("its best weights do not fit the network")
+            rng.bit_generator.state = state["rng"]
+            torch_rng.set_state(tensors["rng.torch"])
+            step, seconds_before = state["step"], float(state["seconds"])
+            best_val, best_step = float(state["best_val"]), state["best_step"]
+            initial_val, final_val = float(state["initial_val"]), float(state["final_val"])
+            history = [TrainEvent(**e) for e in state["history"]]
+        except _CheckpointMismatch:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            text = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__
+            raise ValueError(f"checkpoint unreadable: {folder / CHECKPOINT_NAME}.safetensors: {text}; "
+                             "start afresh with --overwrite") from None
     else:
         initial_val = final_val = best_val = validate()
         best_step, best_state = 0, _cpu_state(g)
@@ -1101,6 +1127,11 @@ def fine_tune(
             losses = stepper(lambda: patches.batch(rng))
         except ValueError as exc:
             raise ValueError(f"training stopped at step {step + 1}: {exc}") from None
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise MemoryError(f"out of memory at training step {step + 1} (batch {config.batch}, patch "
+                              f"{config.patch}); lower batch or patch") from None
         step += 1
         n_sum += 1
         for k, v in losses.items():
@@ -1145,27 +1176,68 @@ def fine_tune(
     )
 
 
+class _CheckpointMismatch(ValueError):
+    """A readable checkpoint of another run (other data, network or settings)."""
+
+
+def _finite_number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} is {value!r}, not a finite number")
+    return float(value)
+
+
+def _check_state(state: dict) -> None:
+    """Refuse a tampered or damaged checkpoint state: wrong types, NaN, impossible step counts.
+
+    Raises
+    ------
+    ValueError
+        Naming the first bad field.
+    """
+    planned = state["config"]["steps"]
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= planned:
+        raise ValueError(f"step is {step!r}, not a step count from 0 to the {planned} steps planned")
+    if _finite_number(state["seconds"], "seconds") < 0:
+        raise ValueError(f"seconds is {state['seconds']!r}, negative")
+    for key in ("best_val", "initial_val", "final_val"):
+        _finite_number(state[key], key)
+    best_step = state["best_step"]
+    if isinstance(best_step, bool) or not isinstance(best_step, int) or not 0 <= best_step <= step:
+        raise ValueError(f"best_step is {best_step!r}, not a step from 0 to {step}")
+    if not isinstance(state["history"], list) or not all(isinstance(e, dict) for e in state["history"]):
+        raise ValueError("history is not a list of records")
+
+
+def _check_finite_weights(weights: dict[str, torch.Tensor], what: str) -> None:
+    """Raise ValueError when a floating-point tensor of `weights` holds NaN or Inf."""
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{what} hold NaN or Inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+
+
 def _check_resume(state: dict, config: FineTuneConfig, net: _Net, data_fp: dict, folder: Path) -> None:
-    """Refuse a checkpoint made with other data, another network or other settings."""
+    """Refuse a checkpoint made with other data, another network or other settings
+    (:class:`_CheckpointMismatch`)."""
     where = f"the checkpoint in {folder}"
     if (state.get("architecture"), state.get("arch_kwargs"), state.get("parent")) != (
         net.architecture, net.arch_kwargs, net.parent
     ):
-        raise ValueError(f"{where} is of {state.get('parent') or state.get('architecture')} "
+        raise _CheckpointMismatch(f"{where} is of {state.get('parent') or state.get('architecture')} "
                          f"({state.get('architecture')} {state.get('arch_kwargs')}), not of "
                          f"{net.parent or net.architecture}; resume with the same model")
     old = state.get("data", {})
     if (old.get("shape") != data_fp["shape"] or old.get("target") != data_fp["target"]
             or not math.isclose(old.get("center", math.nan), data_fp["center"], rel_tol=1e-9, abs_tol=1e-12)
             or not math.isclose(old.get("scale", math.nan), data_fp["scale"], rel_tol=1e-9)):
-        raise ValueError(f"{where} was made with other data (shape {old.get('shape')}); resume with the same data")
+        raise _CheckpointMismatch(f"{where} was made with other data (shape {old.get('shape')}); resume with the same data")
     now = _config_json(config)
     old = {**_LEGACY_SETTINGS, **state["config"]}
     diff = [f.name for f in fields(FineTuneConfig)
             if f.name not in _RESUMABLE_CHANGES and old.get(f.name) != now[f.name]]
     if diff:
         pairs = ", ".join(f"{k} {old.get(k)!r} -> {now[k]!r}" for k in diff)
-        raise ValueError(f"{where} was made with other settings ({pairs}); resume with the same settings")
+        raise _CheckpointMismatch(f"{where} was made with other settings ({pairs}); resume with the same settings")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1238,10 +1310,11 @@ def save_finetuned(
     Raises
     ------
     ValueError
-        For a bad or taken name, reserved or non-serialisable `card_extra` entries, or a voxel
-        size that is not a positive number.
+        For a bad or taken name, reserved or non-serialisable `card_extra` entries, a voxel
+        size that is not a positive number, or weights holding NaN or Inf.
     """
     card_path = check_model_name(name, folder=folder, overwrite=overwrite)
+    _check_finite_weights(result.module.state_dict(), f"the weights of {name!r}")
     extra = dict(card_extra or {})
     reserved = sorted(set(extra) & _RESERVED_CARD_KEYS)
     if reserved:
