@@ -287,14 +287,16 @@ def test_models_lists_tiny_test(tiny_model_dir, capsys):
 
 
 def test_help_default_model_matches_registry(capsys):
-    from napari_cryoden.cli.main import DEFAULT_MODEL
+    from napari_cryoden.cli.main import DEFAULT_MODEL, DEFAULT_MODEL_2D
     from napari_cryoden.inference.engine import DEFAULT_TILE
     from napari_cryoden.models import DEFAULT_MODEL as registry_default
+    from napari_cryoden.models import DEFAULT_MODEL_2D as registry_default_2d
 
-    assert DEFAULT_MODEL == registry_default
+    assert (DEFAULT_MODEL, DEFAULT_MODEL_2D) == (registry_default, registry_default_2d)
     assert main(["denoise", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert f"default: {registry_default}" in out
+    assert f"{registry_default} for tomograms, {registry_default_2d} for micrographs" in out
+    assert "(default: auto)" in out
     assert f"{DEFAULT_TILE['cpu']} on the CPU, {DEFAULT_TILE['cuda']} on CUDA" in out
 
 

@@ -267,12 +267,12 @@ def _slab_step(shape: Sequence[int], axis: int) -> int:
 
 
 def _fill_nonfinite(slab: np.ndarray, value: float | None) -> np.ndarray:
+    """`slab` as float32, NaN/Inf replaced by `value` in a copy (the input is never written)."""
     slab = np.asarray(slab, dtype=np.float32)
     if value is not None:
         bad = ~np.isfinite(slab)
         if bad.any():
-            slab = slab.copy() if not slab.flags.writeable else slab
-            slab[bad] = value
+            slab = np.where(bad, np.float32(value), slab)
     return slab
 
 
