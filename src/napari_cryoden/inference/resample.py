@@ -8,7 +8,10 @@ Fourier-crops the input to the model's voxel size (the standard binning of cryo-
 Fourier-pads the result back to the input's grid (``resample="auto"``), or keeps it at the model's
 voxel size (``resample="binned"``).
 
-Fourier resampling is separable, so it is done one axis at a time (:func:`fourier_resample`):
+The transform is the DCT-II, the Fourier transform of the data mirrored at its borders, so that
+the borders do not ring (a plain FFT joins the left border to the right one); pixel centres stay
+aligned as with block binning. Fourier resampling is separable, so it is done one axis at a time
+(:func:`fourier_resample`):
 the in-plane axes (Y, X) slab by slab along the first axis, then the first axis (Z of a
 tomogram) on the reduced array. The full-size side is therefore read, and written, a slab at a
 time (memory maps stay paged out); only the array on the model's grid is held whole, which for
@@ -224,40 +227,31 @@ def plan_resample(
 # Fourier cropping and padding
 
 
-def _resize_half_spectrum(spec: np.ndarray, axis: int, n: int, m: int) -> np.ndarray:
-    """Crop or zero-pad the half spectrum `spec` (``rfft`` of `n` real samples along `axis`) to
-    that of `m` samples.
-
-    The Nyquist bin of an even grid is folded (crop: the +m/2 and -m/2 frequencies of the input
-    both land on it) or split in halves (pad: the input's Nyquist bin becomes the +n/2 and -n/2
-    frequencies), so that cropping undoes padding exactly.
-    """
-    shape = list(spec.shape)
-    shape[axis] = m // 2 + 1
-    out = np.zeros(shape, dtype=spec.dtype)
-    kept = min(n, m) // 2 + 1
-
-    def at(index):
-        sl = [slice(None)] * spec.ndim
-        sl[axis] = index
-        return tuple(sl)
-
-    out[at(slice(0, kept))] = spec[at(slice(0, kept))]
-    if m < n and m % 2 == 0:
-        out[at(m // 2)] = 2 * out[at(m // 2)].real
-    elif m > n and n % 2 == 0:
-        out[at(n // 2)] *= 0.5
-    return out
-
-
 def _resample_axis(data: np.ndarray, axis: int, m: int) -> np.ndarray:
-    """`data` (real) Fourier-resampled along `axis` to `m` samples, as float32; mean preserved."""
+    """`data` (real) Fourier-resampled along `axis` to `m` samples, as float32; mean preserved.
+
+    The transform is the DCT-II, the Fourier transform of the data mirrored at its ends: the
+    mirrored data has no jump where the periodic copies meet, so the edges do not ring as they
+    would with a plain FFT (whose implicit periodic extension joins the left and right borders).
+    Keeping the first `m` coefficients (or zero-padding to `m`) and transforming back samples the
+    same band-limited cosine series at the centres of `m` equal pixels spanning the same length:
+    pixel centres stay aligned with the input's, as with block binning, and cropping undoes padding
+    exactly.
+    """
     n = data.shape[axis]
     if n == m:
         return np.asarray(data, dtype=np.float32)
-    spec = scipy.fft.rfft(np.asarray(data, dtype=np.float32), axis=axis, norm="forward", workers=-1)
-    spec = _resize_half_spectrum(spec, axis, n, m)
-    return scipy.fft.irfft(spec, n=m, axis=axis, norm="forward", workers=-1).astype(np.float32, copy=False)
+    coef = scipy.fft.dct(np.asarray(data, dtype=np.float32), type=2, axis=axis, norm="ortho", workers=-1)
+    sl = [slice(None)] * coef.ndim
+    sl[axis] = slice(0, min(n, m))
+    shape = list(coef.shape)
+    shape[axis] = m
+    resized = np.zeros(shape, dtype=coef.dtype)
+    resized[tuple(sl)] = coef[tuple(sl)]
+    del coef
+    out = scipy.fft.idct(resized, type=2, axis=axis, norm="ortho", overwrite_x=True, workers=-1)
+    out *= np.float32(math.sqrt(m / n))
+    return out.astype(np.float32, copy=False)
 
 
 def _slab_step(shape: Sequence[int], axis: int) -> int:
@@ -283,7 +277,7 @@ def fourier_resample(
     out: np.ndarray | None = None,
     fill: float | None = None,
 ) -> np.ndarray:
-    """Resample `data` to `shape` by cropping or zero-padding its Fourier transform.
+    """Resample `data` to `shape` by cropping or zero-padding its Fourier (DCT-II) transform.
 
     Each axis whose length changes is resampled in turn (the operation is separable). The
     axes other than the first are done slab by slab along the first axis, reading the input and
