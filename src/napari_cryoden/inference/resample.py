@@ -119,15 +119,16 @@ class ResamplePlan:
         axis = self.axes[-1] if self.axes else len(self.input_shape) - 1
         return self.input_shape[axis] / self.model_shape[axis]
 
-    def describe(self) -> str:
-        """One phrase for the user, e.g. ``'input 0.667 Å → model 5 Å, binned ×7.5'``."""
+    def describe(self, what: str = "input") -> str:
+        """One phrase for the user, e.g. ``'input 0.667 Å → model 5 Å, binned ×7.5'`` (`what`
+        names the data: ``"layer"`` in the widget)."""
         axis = len(self.input_shape) - 1
         vin = self.input_voxel_size[axis]
         if not self.known:
             return "pixel size unknown: not resampled"
         if self.trained is None:
-            return f"input {_fmt(vin)} Å; the model has no voxel size: not resampled"
-        head = f"input {_fmt(vin)} Å → model {_fmt(self.trained)} Å"
+            return f"{what} {_fmt(vin)} Å; the model has no voxel size: not resampled"
+        head = f"{what} {_fmt(vin)} Å → model {_fmt(self.trained)} Å"
         if not self.resampled:
             return head + (", not resampled (off)" if self.mode == "off" else ", no resampling needed")
         f = self.factor
@@ -154,8 +155,8 @@ def plan_resample(
     voxel_size : sequence of float
         Å per voxel, array axis order (e.g. :attr:`napari_cryoden.io.MrcVolume.voxel_size`).
     model : LoadedModel or None
-        Its ``ndim`` and its card's ``voxel_size_A`` decide; None, or a card without a voxel
-        size, means no resampling.
+        Its ``ndim`` and its card's ``voxel_size_A`` decide (any object with ``ndim`` and
+        ``card`` does); None, or a card without a voxel size, means no resampling.
     mode : {"auto", "off", "binned"}, default="auto"
     known : bool, default=True
         False when the header had no voxel size; see :func:`voxel_size_known`.
