@@ -115,9 +115,12 @@ class ResamplePlan:
 
     @property
     def factor(self) -> float:
-        """Binning factor, input voxels per model voxel along the in-plane axes (< 1 up-samples)."""
-        axis = self.axes[-1] if self.axes else len(self.input_shape) - 1
-        return self.input_shape[axis] / self.model_shape[axis]
+        """Binning factor along X, the model's voxel size over the input's (< 1 up-samples); 1.0
+        when not resampled. The grid's own factor differs by the rounding of its shape."""
+        if not self.resampled:
+            return 1.0
+        axis = len(self.input_shape) - 1
+        return float(self.trained) / self.input_voxel_size[axis]
 
     def describe(self, what: str = "input") -> str:
         """One phrase for the user, e.g. ``'input 0.667 Å → model 5 Å, binned ×7.5'`` (`what`
