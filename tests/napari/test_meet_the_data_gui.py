@@ -18,21 +18,6 @@ pytestmark = [pytest.mark.qt, pytest.mark.filterwarnings("error::DeprecationWarn
 TIMEOUT_MS = 120_000
 
 
-@pytest.fixture
-def info_notifications():
-    from napari.utils.notifications import NotificationSeverity, notification_manager
-
-    seen: list[str] = []
-
-    def record(notification):
-        if notification.severity == NotificationSeverity.INFO:
-            seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
 def _fei1(path, rng, voxel=2.5, shape=(96, 80)):
     ext = np.zeros(1, dtype=mrcfile.dtypes.get_ext_header_dtype(b"FEI1"))
     ext["Metadata size"] = ext.dtype.itemsize

@@ -405,6 +405,24 @@ def header_shape(path: str | os.PathLike) -> tuple[int, ...]:
     return (ny, nx) if nz == 1 else (nz, ny, nx)
 
 
+def _checked_head(path: Path, *, count: bool = True) -> bool:
+    """Refuse (MrcError) a missing file, a folder, a file that is not MRC, or a header whose
+    sizes do not fit the file (:func:`_check_header_size`); True if the file is compressed."""
+    if not path.exists():
+        raise MrcError(f"{path}: no such file")
+    if path.is_dir():
+        raise MrcError(f"{path}: is a folder, not an MRC file")
+    if not looks_like_mrc(path):
+        raise MrcError(f"{path}: not an MRC file (no valid MRC header)")
+    compressed = bool(_split_suffix(path)[1])
+    try:
+        head = _read_head(path)
+    except (OSError, EOFError, ValueError) as exc:
+        raise MrcError(f"{path}: cannot read the MRC header: {' '.join(str(exc).split())}") from None
+    _check_header_size(path, head, compressed, count=count)
+    return compressed
+
+
 def check_mrc_header(path: str | os.PathLike) -> None:
     """Refuse, without reading the data, an MRC file that :func:`read_mrc` would refuse for its
     header: not MRC, dimensions or sizes that do not fit the file, or a header mrcfile rejects
@@ -418,17 +436,8 @@ def check_mrc_header(path: str | os.PathLike) -> None:
     MrcError
         One line naming the file and the problem.
     """
-    import mrcfile
-
     path = Path(path)
-    if not path.is_file() or not looks_like_mrc(path):
-        raise MrcError(f"{path}: not an MRC file (no valid MRC header)")
-    compressed = bool(_split_suffix(path)[1])
-    try:
-        head = _read_head(path)
-    except (OSError, EOFError, ValueError) as exc:
-        raise MrcError(f"{path}: cannot read the MRC header: {' '.join(str(exc).split())}") from None
-    _check_header_size(path, head, compressed, count=False)
+    compressed = _checked_head(path, count=False)
     if not compressed:
         mrc, _ = _open_tolerant(path, use_mmap=False, header_only=True)
         mrc.close()
@@ -455,21 +464,8 @@ def read_mrc(path: str | os.PathLike, *, mmap_threshold: int = DEFAULT_MMAP_THRE
         If the file is missing, not MRC, corrupt or truncated; the message names the file and
         the problem in one line.
     """
-    import mrcfile
-
     path = Path(path)
-    if not path.exists():
-        raise MrcError(f"{path}: no such file")
-    if path.is_dir():
-        raise MrcError(f"{path}: is a folder, not an MRC file")
-    if not looks_like_mrc(path):
-        raise MrcError(f"{path}: not an MRC file (no valid MRC header)")
-    compressed = bool(_split_suffix(path)[1])
-    try:
-        head = _read_head(path)
-    except (OSError, EOFError, ValueError) as exc:
-        raise MrcError(f"{path}: cannot read the MRC header: {' '.join(str(exc).split())}") from None
-    _check_header_size(path, head, compressed)
+    compressed = _checked_head(path)
     use_mmap = not compressed and path.stat().st_size >= mmap_threshold
     mrc, notes = _open_tolerant(path, use_mmap)
     try:
