@@ -65,7 +65,7 @@ exit status: 0 success, 1 run failed, 2 bad input or option, 130 interrupted
 
 #: Defaults of the training options, as in :class:`napari_cryoden.training.FineTuneConfig`
 #: (a test keeps them equal); shown in --help without importing torch.
-OPTION_DEFAULTS = {"loss": "l2", "adversarial": "none", "patch": 48, "batch": 4, "steps": 200, "lr": 1e-4,
+OPTION_DEFAULTS = {"loss": "l2", "adversarial": "none", "patch": None, "batch": 4, "steps": 200, "lr": 1e-4,
                    "val_every": 20, "n2v_fraction": 0.005, "n2v_mask": "auto", "seed": 0, "device": "auto",
                    "precision": "auto", "rampdown": 0.0, "max_grad_norm": None}
 _MODES = ("n2n", "supervised", "n2v")
