@@ -11,6 +11,7 @@ import torch
 from napari_cryoden.inference import denoise
 from napari_cryoden.models import NORMALIZATION, ModelError, available_models, load_model
 from napari_cryoden.training import FineTuneConfig, check_settings, fine_tune, save_finetuned
+from napari_cryoden.training import finetune
 from napari_cryoden.training.finetune import CHECKPOINT_NAME, check_model_name, n2v_manipulate
 
 SHAPE = (40, 32, 32)
@@ -474,3 +475,30 @@ def test_n2v_auto_mask_is_used_and_recorded(rng, tmp_path):
     assert card["training"]["n2v_mask"] == "auto"
     with pytest.raises(ValueError, match="n2v_mask must be one of"):
         check_settings(cfg(mode="n2v", n2v_mask="cube"), noisy, None, **SCRATCH)
+
+
+# ------------------------------------------------------------------ defaults that fit the data (issue 21)
+@pytest.mark.parametrize("shape, stride, ndim, axis, patch", [
+    ((36, 206, 94), 8, 3, 1, 32),  # the microtubule crop: Z too thin for 48, the slab across Y
+    ((44, 206, 94), 8, 3, 1, 40),
+    ((64, 128, 128), 8, 3, 1, 48),
+    ((512, 512), 32, 2, 0, 64),  # a micrograph: a multiple of the 2D stride
+    ((96, 100), 32, 2, 1, 32),
+])
+def test_default_patch_and_validation_axis_fit_the_data(shape, stride, ndim, axis, patch):
+    assert finetune.validation_axis(shape) == axis
+    assert finetune.default_patch(shape, stride, ndim) == patch
+
+
+@pytest.mark.parametrize("shape, arch", [((36, 206, 94), SCRATCH), ((64, 128, 128), SCRATCH),
+                                         ((512, 512), {"architecture": "N2NUNet2D", "arch_kwargs": {"ch": 4}})])
+def test_defaults_train_thin_tomograms_and_micrographs(shape, arch):
+    _, even, odd = _volume(shape, seed=2)
+    res = fine_tune(even, odd, FineTuneConfig(steps=1, val_every=1, batch=1, val_patches=1, device="cpu",
+                                              precision="fp32"), **arch)
+    axis = finetune.validation_axis(shape)
+    patch = finetune.default_patch(shape, 32 if len(shape) == 2 else 8, len(shape))
+    n = shape[axis]
+    assert (res.config.val_axis, res.config.patch) == (axis, patch)
+    assert res.config.val_slab == (n - max(patch, -(-n // 10)), n)
+    assert res.steps_done == 1 and np.isfinite(res.best_val)
