@@ -1330,6 +1330,7 @@ def save_finetuned(
         "seed": cfg.seed if cfg else None,
         "augment": cfg.augment if cfg else None,
         "val_slab": list(cfg.val_slab) if cfg and cfg.val_slab else None,
+        "val_axis": cfg.val_axis if cfg else None,
         "val_loss_initial": result.initial_val,
         "val_loss_best": result.best_val,
         "val_loss_final": result.final_val,
