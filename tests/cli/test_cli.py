@@ -286,6 +286,21 @@ def test_models_lists_tiny_test(tiny_model_dir, capsys):
     assert "untrained test network" in line
 
 
+def test_models_long_prints_whole_descriptions(tiny_model_dir, capsys):
+    from napari_cryoden.models import available_models
+
+    assert main(["models"]) == 0
+    short = {ln.split()[0]: ln for ln in capsys.readouterr().out.strip().splitlines()}
+    assert main(["models", "--long"]) == 0
+    long = {ln.split()[0]: ln for ln in capsys.readouterr().out.strip().splitlines()}
+    for name, card in available_models().items():
+        whole = " ".join(str(card.get("description") or card.get("architecture")).split())
+        assert whole in long[name]
+        if len(whole) > 100:
+            assert whole not in short[name] and "…" in short[name]
+    assert "2D default]" in long.get("n2n-unet-2d", "2D default]")
+
+
 def test_help_default_model_matches_registry(capsys):
     from napari_cryoden.cli.main import DEFAULT_MODEL, DEFAULT_MODEL_2D
     from napari_cryoden.inference.engine import DEFAULT_TILE

@@ -647,18 +647,21 @@ def _is_input(a: Path, b: Path) -> bool:
 
 
 def _add_models(p: argparse.ArgumentParser) -> None:
-    del p  # no options yet
+    p.add_argument("--long", action="store_true",
+                   help="print each description whole (default: its first line, cut at 100 characters)")
 
 
-def _short_description(card: dict, limit: int = 100) -> str:
+def _short_description(card: dict, limit: int | None = 100) -> str:
     text = str(card.get("description") or card.get("architecture") or "").strip()
+    if limit is None:
+        return " ".join(text.split()) or "(no description)"
     text = text.splitlines()[0] if text else "(no description)"
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    del args
-    from ..models import DEFAULT_MODEL as default, available_models, builtin_model_dir, user_model_dir
+    from ..models import DEFAULT_MODEL as default, DEFAULT_MODEL_2D as default_2d, available_models, builtin_model_dir
+    from ..models import user_model_dir
 
     models = available_models()
     if not models:
@@ -671,8 +674,10 @@ def _run_models(args: argparse.Namespace) -> int:
             extra.append(f"{card['voxel_size_A']:g} Å/voxel")
         if name == default:
             extra.append("default")
+        elif name == default_2d:
+            extra.append("2D default")
         tail = f" [{', '.join(extra)}]" if extra else ""
-        print(f"{name:<{width}}  {_short_description(card)}{tail}")
+        print(f"{name:<{width}}  {_short_description(card, None if getattr(args, 'long', False) else 100)}{tail}")
     return EXIT_OK
 
 
