@@ -141,3 +141,11 @@ def test_unknown_pixel_size_is_shown_and_can_be_typed_in(viewer_model, qtbot, ti
     assert viewer.layers["mic denoised"].data.shape == (40, 40)
     widget.pixel_size.value = 5.0
     assert widget.pixel_info.value == "layer 5 Å → model 10 Å, binned ×2"
+
+
+def test_side_by_side_resets_the_view(viewer_model, qtbot, monkeypatch):
+    widget = _widget(viewer_model, qtbot)
+    calls = []
+    monkeypatch.setattr(type(viewer_model), "reset_view", lambda *a, **k: calls.append(1))
+    widget.side_by_side.value = True
+    assert calls == [1]

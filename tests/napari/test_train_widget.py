@@ -456,3 +456,16 @@ def test_micrograph_starts_from_the_2d_default(viewer_model, qtbot, rng, tiny_mo
     viewer.add_image(rng.normal(size=(16, 64, 64)).astype(np.float32), name="tomo")
     widget.source.value = viewer.layers["tomo"]
     assert widget.start.value == SCRATCH
+
+
+def test_save_uses_the_name_set_when_training_started_and_the_plot_starts_empty(viewer_model, qtbot, tiny_model_dir,
+                                                                                 rng):
+    viewer = viewer_model
+    _add_halves(viewer, rng)
+    widget = _widget(viewer, qtbot, start="tiny-test", steps=2, val_every=1, name="first-name")
+    assert not widget.axes.get_visible()  # no made-up axes before the first loss
+    widget.run()
+    widget.name.value = "typed-while-training"
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    assert widget.axes.get_visible()
+    assert widget.saved_path is not None and widget.saved_path.stem == "first-name"

@@ -71,8 +71,8 @@ from ._common import (
 )
 
 __all__ = [
-    "AUTO_OVERLAP", "AUTO_TILE", "DEVICES", "PRECISIONS", "DenoiseWidget", "denoise_kwargs", "denoised_layer_kwargs",
-    "preview_layer_kwargs",
+    "AUTO_OVERLAP", "AUTO_TILE", "DEVICES", "PRECISIONS", "DenoiseWidget", "contrast_limits", "denoise_kwargs",
+    "denoised_layer_kwargs", "preview_layer_kwargs",
 ]
 
 #: Spin box values that mean "let the core choose".
@@ -141,7 +141,9 @@ def denoised_layer_kwargs(
     """Attributes of the layer that shows a denoised copy of the layer `name`.
 
     The result is in the input's intensity scale (the core never rescales), so it keeps the input
-    layer's scale, translate and contrast limits and the two can be compared side by side.
+    layer's scale and translate and the two can be compared side by side. The widget replaces
+    `contrast_limits` by the result's own (:func:`contrast_limits`): denoising narrows the
+    histogram, and the input's range would show a flat grey image.
 
     Parameters
     ----------
@@ -180,6 +182,32 @@ def denoised_layer_kwargs(
         "contrast_limits": (lo, hi),
         "metadata": metadata,
     }
+
+
+def contrast_limits(data: np.ndarray, *, slab: int = 16) -> tuple[float, float]:
+    """Display range of a denoised array: the 1st and 99th percentiles of its finite values in a
+    central slab (at most `slab` slices around the middle of the first axis of a 3D array, the
+    whole of a 2D one), so that one slice's outliers or a memory map's size do not decide it.
+
+    Returns
+    -------
+    (low, high) : tuple of float
+        ``high > low`` (a constant array gets ``(v, v + 1)``); ``(0.0, 1.0)`` without finite values.
+
+    Examples
+    --------
+    >>> contrast_limits(np.arange(100, dtype=np.float32).reshape(10, 10))
+    (0.99, 98.01)
+    """
+    arr = np.asarray(data)
+    if arr.ndim == 3:
+        mid = arr.shape[0] // 2
+        arr = arr[max(0, mid - slab // 2): mid + slab // 2 + 1]
+    values = arr[np.isfinite(arr)]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(values, [1, 99]))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
 def preview_layer_kwargs(
@@ -552,6 +580,7 @@ class DenoiseWidget(QWidget):
     # ------------------------------------------------------------------ grid
     def _on_side_by_side(self, value: bool) -> None:
         _grid(self._viewer).enabled = bool(value)
+        self._viewer.reset_view()  # the grid's panels (or the single view) fit the canvas
 
     def _on_grid_changed(self, event=None) -> None:
         self.side_by_side.value = bool(_grid(self._viewer).enabled)
@@ -713,9 +742,11 @@ class DenoiseWidget(QWidget):
         if self._pending_preview:
             self._show_preview(pending, *result)
             return
+        pending = {**pending, "contrast_limits": contrast_limits(result)}  # its own, not the input's
         self._viewer.add_image(result, **pending)
         if self.side_by_side.value:
             _grid(self._viewer).enabled = True
+            self._viewer.reset_view()  # both panels in view
         self.status.value = f"added {pending['name']!r}"
 
     def _show_preview(self, pending: dict[str, Any], z_start: int, slab: np.ndarray) -> None:

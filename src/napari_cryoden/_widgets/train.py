@@ -685,6 +685,7 @@ class TrainWidget(QWidget):
         self._updating = False
         self._watched_window: QWidget | None = None
         self._scratch_chosen = False
+        self._name_when_done: str | None = None
         self._start_picked = False  # the user chose the starting model: it no longer follows the data
         self._setting_start = False
         self._val_axis = 0
@@ -760,6 +761,7 @@ class TrainWidget(QWidget):
         self.axes.set_xlabel("step")
         self.axes.set_ylabel("loss")
         self.axes.legend(loc="upper right", fontsize="small")
+        self.axes.set_visible(False)  # no axes with made-up ranges before the first loss
 
         layout = QVBoxLayout(self)
         layout.addWidget(self._container.native)
@@ -1145,6 +1147,7 @@ class TrainWidget(QWidget):
         self.train_line.set_data(*self._train_points)
         self.val_line.set_data(*self._val_points)
         values = self._train_points[1] + self._val_points[1]
+        self.axes.set_visible(bool(values))
         scale = "log" if values and min(values) > 0 else "linear"
         if self.axes.get_yscale() != scale:
             self.axes.set_yscale(scale)
@@ -1187,6 +1190,7 @@ class TrainWidget(QWidget):
         if result is None or run is None:
             return
         self.result, self._result_run = result, run
+        self._name_when_done = self.name.value
         if result.cancelled:
             best = f"; best validation loss {result.best_val:.4g}" if result.best_val is not None else ""
             self.status.value = f"cancelled at step {result.steps_done}{best}; press Save model to keep it"
@@ -1211,7 +1215,8 @@ class TrainWidget(QWidget):
 
     # ------------------------------------------------------------------ save
     def save(self, _value=None):
-        """Save the last run's best checkpoint under the chosen name (the Save model button).
+        """Save the last run's best checkpoint under the chosen name (the Save model button): the
+        name set when the training started, or one typed after the run ended.
 
         Returns the weights path, or None when nothing was saved (an error notification says
         why; the checkpoint stays available for another try with another name).
@@ -1220,8 +1225,12 @@ class TrainWidget(QWidget):
         if result is None or run is None:
             self._fail("nothing to save yet; train first")
             return None
+        # The name set when the training started, unless it was changed after the run ended
+        # (a second try after a refused name).
+        typed = self.name.value
+        wanted = run.name if typed == self._name_when_done else typed
         try:
-            name = check_model_name(self.name.value, available_models())
+            name = check_model_name(wanted, available_models())
             path = save_finetuned(result, name, card_extra=run.extra)
         except (ValueError, OSError) as exc:
             self._fail(f"could not save the model: {_one_line(exc)}")
