@@ -149,3 +149,23 @@ def test_side_by_side_resets_the_view(viewer_model, qtbot, monkeypatch):
     monkeypatch.setattr(type(viewer_model), "reset_view", lambda *a, **k: calls.append(1))
     widget.side_by_side.value = True
     assert calls == [1]
+
+
+def test_preview_is_resampled_too(viewer_model, qtbot, tiny_2d_model, rng):
+    """A 2D model's preview of a stack slice at 2.5 Å for the 10 Å model: binned, denoised and
+    padded back like the full run (the same slice of it)."""
+    viewer = viewer_model
+    widget = _widget(viewer, qtbot)
+    stack = viewer.add_image(rng.normal(size=(3, 96, 80)).astype(np.float32), name="stack", scale=(2.5, 2.5, 2.5))
+    widget.image.value = stack
+    widget.model.value = tiny_2d_model
+    viewer.dims.set_current_step(0, 1)
+    widget.preview()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    preview = viewer.layers["stack preview"]
+    assert preview.data.shape == (1, 96, 80) and preview.metadata["z_start"] == 1
+    assert widget._info["resample"]["model_shape"] == (1, 24, 20)
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    full = viewer.layers["stack denoised"].data
+    np.testing.assert_allclose(preview.data[0], full[1], atol=1e-4)

@@ -52,7 +52,10 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from ..inference import iter_denoise
 from ..inference.engine import _as_model
 from ..inference.preview import PREVIEW_HALF_DEPTH, iter_denoise_slab
-from ..inference.resample import RESAMPLE_CHOICES, ResamplePlan, iter_denoise_resampled, plan_resample
+from ..inference.normalize import robust_stats
+from ..inference.resample import (
+    RESAMPLE_CHOICES, ResamplePlan, fourier_resample, iter_denoise_resampled, plan_resample,
+)
 from ..inference.stream import input_voxel_size, is_image_stack_path
 from ..models import DEFAULT_MODEL, available_models, default_model_for
 from ._common import (
@@ -289,7 +292,13 @@ def _denoise_job(
                 part = volume[z0 : c + half + 1]
             sub = plan_resample(part.shape, plan.input_voxel_size, lm, mode=plan.mode,
                                 image_stack=bool(kwargs.get("image_stack")))
-            return z0, (yield from iter_denoise_resampled(part, lm, sub, info=info, **kwargs))
+            # Normalised as the full run is: with the statistics of the whole input on the model's grid.
+            stats = None
+            if part is not volume:
+                binned = fourier_resample(volume, plan.model_shape, fill=robust_stats(volume)[0])
+                stats = robust_stats(binned)
+                del binned
+            return z0, (yield from iter_denoise_resampled(part, lm, sub, info=info, stats=stats, **kwargs))
         if slab_centre is not None:
             return (yield from iter_denoise_slab(volume, model, slab_centre, info=info, **kwargs))
         return (yield from iter_denoise(volume, model, info=info, **kwargs))

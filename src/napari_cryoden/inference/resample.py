@@ -406,7 +406,8 @@ def iter_denoise_resampled(
         NaN/Inf input voxels are replaced by the median before resampling, or refused.
     **kwargs
         Other keyword arguments of :func:`~napari_cryoden.inference.iter_denoise` (`tile`,
-        `overlap`, `device`, `precision`, `batch_size`, `image_stack`, `memory_bytes`).
+        `overlap`, `device`, `precision`, `batch_size`, `image_stack`, `memory_bytes`, `stats`:
+        statistics on the model's grid, e.g. of a whole stack when denoising one slice of it).
 
     Returns
     -------
