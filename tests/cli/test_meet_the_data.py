@@ -184,3 +184,20 @@ def test_old_style_subtilt_stack_denoises_with_one_note(tmp_path, tiny_2d_model,
     with mrcfile.open(tmp_path / "out.mrcs") as out:
         assert out.data.shape == (220, 64, 64) and np.isfinite(out.data).all()
     assert src.stat().st_mtime_ns == before
+
+
+def test_metrics_on_a_particle_stack_is_the_median_per_image_frc(tmp_path, rng, capsys):
+    import json
+
+    from napari_cryoden.metrics import frc_per_slice
+
+    clean = rng.normal(size=(8, 48, 48)).astype(np.float32)
+    noisy = (clean + rng.normal(0, 1.0, size=clean.shape)).astype(np.float32)
+    ref, img = _write(tmp_path / "clean.mrcs", clean, voxel=2.0), _write(tmp_path / "noisy.mrcs", noisy, voxel=2.0)
+    assert main(["metrics", str(img), str(ref), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    curves = frc_per_slice(noisy, clean, voxel_size=(1.0, 2.0, 2.0))
+    expected = np.median(np.stack([c.fsc for c in curves]), axis=0)[1:]
+    np.testing.assert_allclose([v for _, v in data["fsc"]], expected, atol=1e-6)
+    assert main(["metrics", str(img), str(ref)]) == 0
+    assert "median FRC 0.5" in capsys.readouterr().out

@@ -717,8 +717,9 @@ def _run_sample(args: argparse.Namespace) -> int:
 _METRICS_DESCRIPTION = """\
 Compare IMAGE (e.g. a denoised tomogram) with REFERENCE (e.g. its clean
 version), voxel by voxel: SSIM, PSNR, MSE and NRMSE (data range from the
-reference), and the Fourier shell correlation (FSC; FRC for 2D images) with
-the resolutions in Å where it falls below 0.5 and 0.143. The resolution axis
+reference), and the Fourier shell correlation (FSC; FRC for 2D images, the
+median of the per-image FRCs for .mrcs stacks) with the resolutions in Å
+where it falls below 0.5 and 0.143. The resolution axis
 uses the reference's voxel size. Both files must have the same shape.
 
 With --json one JSON object is printed with the keys ssim, psnr, mse, nrmse,
@@ -776,7 +777,11 @@ def _run_metrics(args: argparse.Namespace) -> int:
         notes.append(f"voxel sizes differ (IMAGE {_format_voxel_size(image.voxel_size)}, REFERENCE "
                      f"{_format_voxel_size(voxel_size)}); resolutions use the reference's")
 
-    report = compare(image.data, reference.data, voxel_size=voxel_size, roi=roi, half_maps=args.half_maps)
+    from ..inference.stream import is_image_stack_path
+
+    stack = reference.data.ndim == 3 and (is_image_stack_path(args.reference) or is_image_stack_path(args.image))
+    report = compare(image.data, reference.data, voxel_size=voxel_size, roi=roi, half_maps=args.half_maps,
+                     image_stack=stack)
     data = report.to_json()
     nyquist = report.curve.nyquist
     if report.scores is not None and data["psnr"] is None:
@@ -806,7 +811,7 @@ def _run_metrics(args: argparse.Namespace) -> int:
             ("MSE", f"{scores['mse']:.4g}"),
             ("NRMSE", f"{scores['nrmse']:.4f}"),
         ]
-    kind = "FRC" if reference.data.ndim == 2 else "FSC"
+    kind = "FRC" if reference.data.ndim == 2 else ("median FRC" if stack else "FSC")
     lines += [
         (f"{kind} 0.5", _format_resolution(report.res_fsc_05, 0.5, nyquist)),
         (f"{kind} 0.143", _format_resolution(report.res_fsc_0143, 0.143, nyquist)),
