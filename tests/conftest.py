@@ -177,17 +177,30 @@ def viewer_model(qapp):
     return ViewerModel()
 
 
-@pytest.fixture
-def error_notifications():
-    """Error notifications dispatched by napari during the test, as strings."""
+def _notifications(severity: str):
+    """Notifications of `severity` ("ERROR", "INFO", ...) dispatched by napari while the
+    generator is suspended, as strings."""
     from napari.utils.notifications import NotificationSeverity, notification_manager
 
     seen: list[str] = []
+    wanted = NotificationSeverity[severity]
 
     def record(notification):
-        if notification.severity == NotificationSeverity.ERROR:
+        if notification.severity == wanted:
             seen.append(str(notification.message))
 
     notification_manager.notification_ready.connect(record)
     yield seen
     notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def error_notifications():
+    """Error notifications dispatched by napari during the test, as strings."""
+    yield from _notifications("ERROR")
+
+
+@pytest.fixture
+def info_notifications():
+    """Info notifications dispatched by napari during the test, as strings."""
+    yield from _notifications("INFO")

@@ -3,16 +3,21 @@
 Discovery (:func:`get_reader`) only looks at file names and the first 1024 bytes, never raises,
 and returns ``None`` for files that are not MRC so napari can try other readers. Reading goes
 through :func:`napari_cryoden.io.read_mrc`, which memory-maps large files; the array is handed to
-napari as is (no copy, no rescaling), with the voxel size in Å as the layer scale.
+napari as is (no copy, no rescaling), with the voxel size in Å as the layer scale, the header's
+origin (Å) as its translate, and Å as its units (so the scale bar reads in Å). Discovery also
+checks the header the way reading does (:func:`napari_cryoden.io.mrc.check_mrc_header`), so the
+reader never claims a file it cannot read.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .io import is_mrc_path, looks_like_mrc, read_mrc
+from .io import is_mrc_path, read_mrc
+from .io.mrc import MrcError, check_mrc_header
 
 __all__ = ["get_reader", "layer_name", "read_mrc_layers"]
 
@@ -59,10 +64,13 @@ def get_reader(path: str | os.PathLike | list) -> Callable[[Any], list[LayerData
     if paths is None:
         return None
     try:
-        ok = all(is_mrc_path(p) and looks_like_mrc(p) for p in paths)
-    except (TypeError, ValueError, OSError):
+        for p in paths:
+            if not is_mrc_path(p):
+                return None
+            check_mrc_header(p)
+    except (TypeError, ValueError, OSError, MrcError):
         return None
-    return read_mrc_layers if ok else None
+    return read_mrc_layers
 
 
 def read_mrc_layers(path: str | os.PathLike | list) -> list[LayerData]:
@@ -77,7 +85,9 @@ def read_mrc_layers(path: str | os.PathLike | list) -> list[LayerData]:
     list of (data, kwargs, "image")
         `data` is the array read by :func:`~napari_cryoden.io.read_mrc` (a read-only memmap for
         large files); `kwargs` holds ``name`` (the file stem), ``scale`` (voxel size (Z, Y, X)
-        in Å) and ``metadata`` (header summary and source ``path``).
+        in Å), ``translate`` (the header's origin in Å, array order; 0 along the image axis of a
+        stack), ``units`` (Å) and ``metadata`` (header summary, source ``path``, the notes of
+        :func:`~napari_cryoden.io.read_mrc`, which are also shown as one notification per file).
 
     Raises
     ------
@@ -87,6 +97,31 @@ def read_mrc_layers(path: str | os.PathLike | list) -> list[LayerData]:
     layers = []
     for p in _as_paths(path) or []:
         vol = read_mrc(p)
-        kwargs = {"name": layer_name(p), "scale": tuple(vol.voxel_size), "metadata": vol.metadata}
+        kwargs = {"name": layer_name(p), "scale": tuple(vol.voxel_size), "translate": _translate(vol),
+                  "units": ("angstrom",) * vol.data.ndim, "metadata": vol.metadata}
         layers.append((vol.data, kwargs, "image"))
+        for note in vol.metadata.get("notes", ()):
+            _notify(note)
     return layers
+
+
+def _translate(vol) -> tuple[float, ...]:
+    """The header's origin (Å) in array order; 0 along the image axis of a stack and where the
+    origin is not finite."""
+    header = vol.metadata.get("header") or {}
+    x, y, z = (float(v) if math.isfinite(float(v)) else 0.0 for v in header.get("origin_xyz_A", (0, 0, 0)))
+    if vol.data.ndim == 2:
+        return (y, x)
+    return (0.0 if header.get("ispg") == 0 else z, y, x)
+
+
+def _notify(message: str) -> None:
+    """One napari notification (a log line where napari is not there)."""
+    try:
+        from napari.utils.notifications import show_info
+    except ImportError:  # pragma: no cover - napari is a dependency of the plugin
+        import logging
+
+        logging.getLogger(__name__).info(message)
+        return
+    show_info(message)

@@ -2,7 +2,9 @@
 
 napari asks the user before replacing an existing file, so the writer overwrites; but it never
 writes over the file the layer was read from (or, for a denoised layer, the file its input was
-read from).
+read from). A layer read from an MRC file (or denoised from one) keeps that file's header fields:
+origin, start indices, labels, extended header (:class:`napari_cryoden.io.mrc.HeaderFields`),
+and a voxel size the header did not know stays unknown.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 from typing import Any
 
 from .io import same_file, write_mrc
+from .io.mrc import HeaderFields
 
 __all__ = ["write_single_image"]
 
@@ -29,7 +32,8 @@ def write_single_image(path: str | os.PathLike, data: Any, meta: dict) -> list[s
         The layer data (the first level of a multiscale layer).
     meta : dict
         Layer attributes from napari: ``scale`` (Å per voxel, array axis order), ``name`` and
-        ``metadata`` (whose ``path`` / ``source_path`` entries are protected).
+        ``metadata`` (whose ``path`` / ``source_path`` entries are protected, and whose MRC
+        ``header`` summary and ``extended_header_bytes`` are carried into the file).
 
     Returns
     -------
@@ -59,5 +63,8 @@ def write_single_image(path: str | os.PathLike, data: Any, meta: dict) -> list[s
                 "an input file, save under another name"
             )
     label = f"napari-cryoden: {name}" if name else "napari-cryoden"
-    out = write_mrc(path, data, voxel_size, overwrite=True, protect=protect, label=label)
+    header = HeaderFields.from_metadata(layer_meta)
+    if header is not None and layer_meta.get("voxel_size_known") is False:
+        voxel_size = None  # the header's own value (0, say), never the placeholder scale of 1
+    out = write_mrc(path, data, voxel_size, overwrite=True, protect=protect, label=label, header=header)
     return [str(out)]

@@ -286,15 +286,32 @@ def test_models_lists_tiny_test(tiny_model_dir, capsys):
     assert "untrained test network" in line
 
 
+def test_models_long_prints_whole_descriptions(tiny_model_dir, capsys):
+    from napari_cryoden.models import available_models
+
+    assert main(["models"]) == 0
+    short = {ln.split()[0]: ln for ln in capsys.readouterr().out.strip().splitlines()}
+    assert main(["models", "--long"]) == 0
+    long = {ln.split()[0]: ln for ln in capsys.readouterr().out.strip().splitlines()}
+    for name, card in available_models().items():
+        whole = " ".join(str(card.get("description") or card.get("architecture")).split())
+        assert whole in long[name]
+        if len(whole) > 100:
+            assert whole not in short[name] and "…" in short[name]
+    assert "2D default]" in long.get("n2n-unet-2d", "2D default]")
+
+
 def test_help_default_model_matches_registry(capsys):
-    from napari_cryoden.cli.main import DEFAULT_MODEL
+    from napari_cryoden.cli.main import DEFAULT_MODEL, DEFAULT_MODEL_2D
     from napari_cryoden.inference.engine import DEFAULT_TILE
     from napari_cryoden.models import DEFAULT_MODEL as registry_default
+    from napari_cryoden.models import DEFAULT_MODEL_2D as registry_default_2d
 
-    assert DEFAULT_MODEL == registry_default
+    assert (DEFAULT_MODEL, DEFAULT_MODEL_2D) == (registry_default, registry_default_2d)
     assert main(["denoise", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert f"default: {registry_default}" in out
+    assert f"{registry_default} for tomograms, {registry_default_2d} for micrographs" in out
+    assert "(default: auto)" in out
     assert f"{DEFAULT_TILE['cpu']} on the CPU, {DEFAULT_TILE['cuda']} on CUDA" in out
 
 

@@ -142,3 +142,23 @@ def test_missing_distributed_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err == ('cryoden: error: --scheduler: cluster runs need dask.distributed, which is not installed: '
                    'pip install "napari-cryoden[cluster]"\n')
+
+
+def test_resampled_inputs_on_the_cluster_equal_one_process(tmp_path, tiny_model_dir, connections, capsys):
+    """A 5 Å tomogram for the 10 Å tiny-test: binned x2 and padded back, on the cluster as here
+    (split path: the whole file on one worker; batch path: one task per file)."""
+    src = _write(tmp_path / "tomo.mrc", shape=(12, 40, 44))
+    with mrcfile.open(src, mode="r+") as mrc:
+        mrc.voxel_size = 5.0
+    assert main(["denoise", str(src), str(tmp_path / "single.mrc"), *FAST, "-q"]) == 0
+    rc = main(["denoise", str(src), str(tmp_path / "split.mrc"), "--scheduler", "tcp://head:8786", *FAST])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "input 5 Å → model 10 Å, binned ×2" in captured.err
+    assert np.array_equal(mrcfile.read(tmp_path / "single.mrc"), mrcfile.read(tmp_path / "split.mrc"))
+    out = tmp_path / "out"
+    assert main(["denoise", str(src), "-o", str(out), "--scheduler", "local", *FAST]) == 0
+    assert "binned ×2" in capsys.readouterr().err
+    assert np.array_equal(mrcfile.read(tmp_path / "single.mrc"), mrcfile.read(out / "tomo_denoised.mrc"))
+    with mrcfile.open(tmp_path / "split.mrc") as mrc:
+        assert mrc.data.shape == (12, 40, 44) and mrc.voxel_size.x == pytest.approx(5.0)

@@ -146,8 +146,8 @@ def test_module_imports_only_the_standard_library():
         (lambda f: [*n2n(f), "--clean", str(f["clean"]), "--name", "x"], "--clean is not used with --mode n2n"),
         (lambda f: [*n2n(f), "--name", "a b"], "model name must be"),
         (lambda f: [*n2n(f), "--name", "upsampleunet48-gan"], "built-in model"),
-        (lambda f: [*n2n(f), "--name", "x", "--patch", "64"], "patch 64 is larger than the data along axis 1"),
-        (lambda f: [*n2n(f), "--name", "x", "--patch", "24"], "patch 24 is larger than the training part"),
+        (lambda f: [*n2n(f), "--name", "x", "--patch", "64"], "patch 64 is larger than the data along axis 0"),
+        (lambda f: [*n2n(f), "--name", "x", "--patch", "24"], "no room for a training patch of 24; use a patch of at most 8"),
         (lambda f: [*n2n(f), "--name", "x", "--architecture", "N2NUNet2D", "--patch", "32"],
          r"N2NUNet2D is a 2D \(micrograph\) network and the data is 3D"),
         (lambda f: [*n2n(f), "--name", "x", "--model", "nope"], "no model named 'nope'"),
@@ -224,3 +224,28 @@ def test_ctrl_c_keeps_the_checkpoint_and_resume_finishes(files, capsys):
     assert main([*n2n(files), "--name", "stopped", *fast(files, steps=step + 2), "--resume"]) == 0
     card = _card(files, "stopped")
     assert card["training"]["steps"] == step + 2
+
+
+# ------------------------------------------------------------------ defaults that fit the data (issue 21)
+def test_thin_real_tomogram_trains_with_no_options(files, capsys):
+    from conftest import shared_file
+
+    src = shared_file("real", "microtubule_tomogram_crop_13pf.mrc")
+    rc = main(["train", "--mode", "n2v", "--input", str(src), "--name", "mt", "--steps", "2", "--val-every", "2",
+               "--batch", "1", "--workdir", str(files["work"]), "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    card = _card(files, "mt")
+    assert card["parent"] == "upsampleunet48-gan"
+    assert card["training"]["patch"] == 32 and card["training"]["val_slab"][1] == 206  # across Y, not Z
+
+
+def test_micrograph_fine_tunes_the_2d_default(files, tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    halves = [_write_mrc(tmp_path / f"{h}.mrc", rng.normal(size=(160, 128))) for h in ("e", "o")]
+    rc = main(["train", "--mode", "n2n", "--even", str(halves[0]), "--odd", str(halves[1]), "--name", "mic",
+               "--steps", "1", "--val-every", "1", "--batch", "1", "--workdir", str(files["work"]), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "from scratch" not in err
+    card = _card(files, "mic")
+    assert card["parent"] == "n2n-unet-2d" and card["training"]["patch"] == 64

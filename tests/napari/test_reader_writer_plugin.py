@@ -100,13 +100,14 @@ def test_layer_name_strips_mrc_and_compression_suffixes(path, name):
     assert layer_name(path) == name
 
 
-def test_reader_on_truncated_file_raises_mrc_error_naming_it(tmp_path, mrc_file):
+def test_reader_does_not_claim_a_truncated_file_and_reading_it_names_it(tmp_path, mrc_file):
     truncated = tmp_path / "cut.mrc"
     truncated.write_bytes(mrc_file.read_bytes()[:-500])
-    reader = get_reader(str(truncated))  # the header is intact, so discovery accepts it
-    assert reader is not None
+    # The header is intact, but the data is short: discovery checks what reading would (issue 21).
+    assert get_reader(str(truncated)) is None
+    assert get_reader([str(mrc_file), str(truncated)]) is None
     with pytest.raises(MrcError, match="cut.mrc"):
-        reader(str(truncated))
+        read_mrc_layers(str(truncated))
 
 
 def test_reader_keeps_large_files_memory_mapped(monkeypatch, mrc_file, aniso_volume):

@@ -15,7 +15,7 @@ from napari_cryoden._widgets.train import (
     voxel_size_A,
 )
 from napari_cryoden.inference import denoise
-from napari_cryoden.models import available_models, load_model
+from napari_cryoden.models import DEFAULT_MODEL, available_models, load_model
 
 pytestmark = [
     pytest.mark.qt,
@@ -213,14 +213,17 @@ def test_pickers_follow_the_mode_and_the_slab_layer_follows_the_settings(viewer_
     assert widget.start.value == SCRATCH  # the user's choice survives a refresh
 
     # the validation slab: defaults from the source layer, drawn as frames, kept in step
-    assert (widget.val_start.value, widget.val_stop.value) == default_val_slab(SHAPE[0], widget.patch.value)
+    # (rows of Y, the longest in-plane axis, not Z; the automatic patch for 32^3 is 16)
+    assert widget.patch.value == 0 and widget._val_axis == 1
+    assert (widget.val_start.value, widget.val_stop.value) == default_val_slab(SHAPE[1], 16) == (16, 32)
     widget.patch.value = 8  # the default slab follows the patch size
-    assert (widget.val_start.value, widget.val_stop.value) == default_val_slab(SHAPE[0], 8) == (24, 32)
+    assert (widget.val_start.value, widget.val_stop.value) == default_val_slab(SHAPE[1], 8) == (24, 32)
     slab = viewer.layers["validation slab"]
     assert viewer.layers.selection.active is not slab  # adding it did not steal the selection
     np.testing.assert_allclose(slab.scale, even.scale)
     widget.val_start.value, widget.val_stop.value = 20, 24
-    assert sorted(int(r[0, 0]) for r in slab.data) == [20, 21, 22, 23]
+    assert sorted(int(r[0, 0]) for r in slab.data) == list(range(SHAPE[0]))  # a frame on every Z slice...
+    assert all(r[:, 1].min() == 19.5 and r[:, 1].max() == 23.5 for r in slab.data)  # ...around rows 20-23
     assert slab.metadata["slab"] == (20, 24)
     assert slab.text.visible
     viewer.dims.ndisplay = 3  # the stacked frames draw a box; their labels would pile up
@@ -400,3 +403,69 @@ def test_plugin_widget_stops_training_when_the_viewer_closes(make_napari_viewer,
     assert "never-saved" not in available_models()
     assert error_notifications == []
     assert torch.is_grad_enabled()
+
+
+# ------------------------------------------------------------------ defaults that fit the data (issue 21)
+def test_val_slab_rectangles_across_rows_or_columns():
+    rects = val_slab_rectangles((3, 20, 30), (12, 20), axis=1)  # rows 12-19 on each of the 3 slices
+    assert [int(r[0, 0]) for r in rects] == [0, 1, 2]
+    np.testing.assert_allclose(rects[1][:, 1:], [[11.5, -0.5], [11.5, 29.5], [19.5, 29.5], [19.5, -0.5]])
+    [cols] = val_slab_rectangles((40, 48), (30, 48), axis=1)
+    np.testing.assert_allclose(cols, [[-0.5, 29.5], [39.5, 29.5], [39.5, 47.5], [-0.5, 47.5]])
+
+
+def test_finetune_config_patch_0_is_automatic_and_keeps_the_axis():
+    cfg = finetune_config(mode="n2v", patch=0, batch=1, steps=1, lr=1e-4, val_slab=(10, 20), val_every=1, val_axis=2)
+    assert cfg.patch is None and cfg.val_axis == 2 and cfg.val_slab == (10, 20)
+
+
+@pytest.mark.skipif(DEFAULT_MODEL not in available_models(), reason="default model not built")
+def test_thin_tomogram_trains_with_the_widget_defaults(viewer_model, qtbot, rng, error_notifications,
+                                                      tiny_model_dir):
+    """A 36-slice tomogram: the old defaults (a 48-slice slab along Z) refused it. Only the steps
+    are set (to keep the test short); patch, slab, start model and the rest are the defaults."""
+    viewer = viewer_model
+    viewer.add_image(_volume(rng, (36, 96, 64))[1], name="thin", scale=(VOXEL,) * 3)
+    widget = TrainWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.mode.value = "n2v"
+    widget.source.value = viewer.layers["thin"]
+    assert widget.start.value == DEFAULT_MODEL and widget.patch.value == 0
+    assert widget._val_axis == 1 and (widget.val_start.value, widget.val_stop.value) == (64, 96)  # patch 32
+    widget.steps.value, widget.val_every.value, widget.preview_every.value = 1, 1, 0
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    assert error_notifications == []
+    assert widget.saved_path is not None and widget.saved_path.parent == tiny_model_dir  # saved when done
+    card = available_models()[widget.saved_path.stem]
+    assert card["parent"] == DEFAULT_MODEL and card["training"]["patch"] == 32
+    assert card["training"]["val_slab"] == [64, 96]
+
+
+@pytest.mark.skipif("n2n-unet-2d" not in available_models(), reason="2D default model not built")
+def test_micrograph_starts_from_the_2d_default(viewer_model, qtbot, rng, tiny_model_dir):
+    viewer = viewer_model
+    viewer.add_image(rng.normal(size=(512, 512)).astype(np.float32), name="mic")
+    widget = TrainWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.mode.value = "n2v"
+    widget.source.value = viewer.layers["mic"]
+    assert widget.start.value == "n2n-unet-2d"
+    assert (widget.val_start.value, widget.val_stop.value) == (448, 512)  # patch 64, a multiple of 32
+    widget.start.value = SCRATCH  # the user's choice stays when the data changes
+    viewer.add_image(rng.normal(size=(16, 64, 64)).astype(np.float32), name="tomo")
+    widget.source.value = viewer.layers["tomo"]
+    assert widget.start.value == SCRATCH
+
+
+def test_save_uses_the_name_set_when_training_started_and_the_plot_starts_empty(viewer_model, qtbot, tiny_model_dir,
+                                                                                 rng):
+    viewer = viewer_model
+    _add_halves(viewer, rng)
+    widget = _widget(viewer, qtbot, start="tiny-test", steps=2, val_every=1, name="first-name")
+    assert not widget.axes.get_visible()  # no made-up axes before the first loss
+    widget.run()
+    widget.name.value = "typed-while-training"
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    assert widget.axes.get_visible()
+    assert widget.saved_path is not None and widget.saved_path.stem == "first-name"

@@ -180,14 +180,11 @@ def valid(rng) -> bytes:
         (lambda r: patch(r, DIMS, -6, 5, 4), "must be positive"),
         (lambda r: patch(r, DIMS, 10**6, 10**6, 10**6), "the file has"),  # absurd: 4e18 bytes
         (lambda r: patch(r, DIMS, 2**31 - 1, 2**31 - 1, 2**31 - 1), "the file has"),
-        (lambda r: patch(r, MACHST, b"\0\0\0\0"), "machine stamp"),
-        (lambda r: patch(r, MAP, b"XXXX"), "Map ID"),
         (lambda r: patch(r, NSYMBT, 10**6), "extended header"),  # extended header longer than the file
         (lambda r: patch(r, NSYMBT, -5), "extended header"),
     ],
     ids=["truncated-data", "truncated-header", "dims-vs-size", "mode-5", "mode-101", "zero-dim",
-         "negative-dim", "1e6-cubed", "int32-max-cubed", "machine-stamp", "map-stamp",
-         "ext-header-too-long", "ext-header-negative"],
+         "negative-dim", "1e6-cubed", "int32-max-cubed", "ext-header-too-long", "ext-header-negative"],
 )
 def test_broken_file_named_case(breakage, expected, valid, tmp_path):
     path = _file(tmp_path, breakage(valid))
@@ -196,6 +193,31 @@ def test_broken_file_named_case(breakage, expected, valid, tmp_path):
     check_one_line_error(result, path)
     assert expected in str(result)
     assert peak < MAX_PEAK_BYTES
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [lambda r: patch(r, MACHST, b"\0\0\0\0"), lambda r: patch(r, MAP, b"XXXX"),
+     lambda r: patch(patch(r, MAP, b"\0\0\0\0"), MACHST, b"\0\0\0\0")],
+    ids=["machine-stamp", "map-stamp", "both"],
+)
+def test_old_style_header_is_read_with_one_note(breakage, valid, rng, tmp_path):
+    """Older programs write no MAP ID and no machine stamp: such a file is read permissively, with
+    one note, and gives the same data (issue 21)."""
+    path = _file(tmp_path, breakage(valid))
+    result, peak = read_watching_memory(path)
+    assert not isinstance(result, MrcError), result
+    np.testing.assert_array_equal(result.data, read_mrc(_file(tmp_path, valid, "good.mrc")).data)
+    (note,) = result.metadata["notes"]
+    assert "old-style MRC header" in note and "\n" not in note
+    assert peak < MAX_PEAK_BYTES
+
+
+def test_old_style_header_still_refuses_real_corruption(valid, tmp_path):
+    broken = patch(patch(valid, MACHST, b"\0\0\0\0"), DIMS, 6, 5, 40)  # no stamp, and too little data
+    result, _ = read_watching_memory(_file(tmp_path, broken))
+    assert isinstance(result, MrcError) and "the file has" in str(result)
+    check_one_line_error(result, tmp_path / "bad.mrc")
 
 
 def test_compressed_absurd_header_refused_before_decompressing(valid, tmp_path):

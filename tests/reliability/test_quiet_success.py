@@ -127,6 +127,6 @@ def test_odd_headers_print_only_our_lines_and_never_a_silent_voxel_size(case, tm
         assert len(lines) == 1 and not out.exists()
         return
     assert proc.returncode == 0, proc.stderr
-    notes = [line for line in lines if "no valid voxel size" in line]
+    notes = [line for line in lines if "no usable pixel size" in line]
     assert len(notes) == (1 if unknown_voxel else 0), proc.stderr
     assert _valid(out)

@@ -11,6 +11,7 @@ import torch
 from napari_cryoden.inference import denoise
 from napari_cryoden.models import NORMALIZATION, ModelError, available_models, load_model
 from napari_cryoden.training import FineTuneConfig, check_settings, fine_tune, save_finetuned
+from napari_cryoden.training import finetune
 from napari_cryoden.training.finetune import CHECKPOINT_NAME, check_model_name, n2v_manipulate
 
 SHAPE = (40, 32, 32)
@@ -62,7 +63,8 @@ def test_each_mode_lowers_the_validation_loss(data, mode):
     assert res.best_val == min([res.initial_val] + [e.val_loss for e in events])
     assert res.ndim == 3 and res.parent is None and res.arch_kwargs == {"ch": 4, "final_activation": "identity"}
     assert not res.module.training and next(res.module.parameters()).device.type == "cpu"
-    assert res.config.val_slab == (24, 40)  # default: the last max(patch, 10 %) slices
+    # default: the last max(patch, 10 %) voxels across the longest in-plane axis (Y on a tie), not Z
+    assert res.config.val_slab == (16, 32) and res.config.val_axis == 1
 
 
 def test_bf16_precision_runs(data):
@@ -76,7 +78,7 @@ def test_bf16_precision_runs(data):
 def test_adversarial_fine_tuning(adversarial, patch):
     clean, noisy, _ = _volume((64, 32, 32), seed=3)
     res = fine_tune(noisy, clean, cfg(mode="supervised", adversarial=adversarial, patch=patch, steps=2,
-                                      val_every=1, n_critic=2, disc_base=4), **SCRATCH)
+                                      val_every=1, n_critic=2, disc_base=4, val_axis=0), **SCRATCH)
     losses = res.history[-1].losses
     expected = {"d", "adv", "content"} | ({"gp", "wdist"} if adversarial == "wgangp" else set())
     assert set(losses) == expected and all(np.isfinite(v) for v in losses.values())
@@ -122,8 +124,9 @@ def test_nan_voxels_are_replaced_and_nan_loss_raises(data, monkeypatch):
         (dict(target=None), "needs a target: the odd half"),
         (dict(config=dict(mode="n2v")), "Noise2Void trains on one volume"),
         (dict(config=dict(patch=12)), "patch 12 is not a multiple of the UpsampleUnet48 stride 8; use e.g. 8 or 16"),
-        (dict(config=dict(patch=48)), "patch 48 is larger than the data along axis 1"),
-        (dict(config=dict(patch=24)), "patch 24 is larger than the training part of axis 0"),
+        (dict(config=dict(patch=48)), "patch 48 is larger than the data along axis 0"),
+        (dict(config=dict(patch=24)), r"outside the validation slab \(8, 32\) along axis 1 \(8 voxels before it, 0 after\) "
+                                      "there is no room for a training patch of 24; use a patch of at most 8"),
         (dict(arch="N2NUNet2D"), r"N2NUNet2D is a 2D \(micrograph\) network and the data is 3D"),
         (dict(source="2d", target="2d"), r"UpsampleUnet48 is a 3D \(tomogram\) network and the data is 2D"),
         (dict(source="nan"), "even half holds no finite values"),
@@ -132,8 +135,10 @@ def test_nan_voxels_are_replaced_and_nan_loss_raises(data, monkeypatch):
         (dict(config=dict(lr=0.0)), "lr must be a number > 0"),
         (dict(config=dict(rampdown=1.5)), "rampdown must be a number >= 0 and <= 1"),
         (dict(config=dict(max_grad_norm=0.0)), "max_grad_norm must be a number > 0"),
-        (dict(config=dict(val_slab=(30, 50))), r"val_slab \(30, 50\) must satisfy 0 <= start < stop <= 40"),
-        (dict(config=dict(val_slab=(0, 8))), "must be at least patch = 16 slices thick"),
+        (dict(config=dict(val_slab=(30, 50))), r"val_slab \(30, 50\) must satisfy 0 <= start < stop <= 32 \(axis 1"),
+        (dict(config=dict(val_slab=(0, 8))), r"the validation slab \(0, 8\) along axis 1 is 8 voxels thick, less than "
+                                             "the patch 16; use a patch of at most 8"),
+        (dict(config=dict(val_axis=3)), "val_axis"),
         (dict(config=dict(adversarial="gan")), "needs clean targets"),
         (dict(config=dict(mode="supervised", adversarial="gan")), "multiple of 16 and at least 32"),
         (dict(config=dict(mode="x")), "mode must be one of n2n, supervised, n2v"),
@@ -349,7 +354,7 @@ def test_fine_tune_a_registry_model_and_save_it(data, tiny_model_dir, rng):
     assert card["voxel_size_A"] == 13.5 and card["data"] == {"input": "x.mrc"} and card["overlap"] == 24
     t = card["training"]
     assert t["mode"] == "n2v" and t["steps"] == 2 and t["val_loss_best"] == res.best_val
-    assert t["data_shape"] == list(SHAPE) and t["val_slab"] == [24, 40]
+    assert t["data_shape"] == list(SHAPE) and t["val_slab"] == [16, 32]
     lm = load_model("my-n2v.v1")
     _assert_same_weights(_state(lm.module), _state(res.module), rtol=0, atol=0)
     vol = rng.normal(size=(12, 24, 24)).astype(np.float32)
@@ -470,3 +475,30 @@ def test_n2v_auto_mask_is_used_and_recorded(rng, tmp_path):
     assert card["training"]["n2v_mask"] == "auto"
     with pytest.raises(ValueError, match="n2v_mask must be one of"):
         check_settings(cfg(mode="n2v", n2v_mask="cube"), noisy, None, **SCRATCH)
+
+
+# ------------------------------------------------------------------ defaults that fit the data (issue 21)
+@pytest.mark.parametrize("shape, stride, ndim, axis, patch", [
+    ((36, 206, 94), 8, 3, 1, 32),  # the microtubule crop: Z too thin for 48, the slab across Y
+    ((44, 206, 94), 8, 3, 1, 40),
+    ((64, 128, 128), 8, 3, 1, 48),
+    ((512, 512), 32, 2, 0, 64),  # a micrograph: a multiple of the 2D stride
+    ((96, 100), 32, 2, 1, 32),
+])
+def test_default_patch_and_validation_axis_fit_the_data(shape, stride, ndim, axis, patch):
+    assert finetune.validation_axis(shape) == axis
+    assert finetune.default_patch(shape, stride, ndim) == patch
+
+
+@pytest.mark.parametrize("shape, arch", [((36, 206, 94), SCRATCH), ((64, 128, 128), SCRATCH),
+                                         ((512, 512), {"architecture": "N2NUNet2D", "arch_kwargs": {"ch": 4}})])
+def test_defaults_train_thin_tomograms_and_micrographs(shape, arch):
+    _, even, odd = _volume(shape, seed=2)
+    res = fine_tune(even, odd, FineTuneConfig(steps=1, val_every=1, batch=1, val_patches=1, device="cpu",
+                                              precision="fp32"), **arch)
+    axis = finetune.validation_axis(shape)
+    patch = finetune.default_patch(shape, 32 if len(shape) == 2 else 8, len(shape))
+    n = shape[axis]
+    assert (res.config.val_axis, res.config.patch) == (axis, patch)
+    assert res.config.val_slab == (n - max(patch, -(-n // 10)), n)
+    assert res.steps_done == 1 and np.isfinite(res.best_val)

@@ -18,6 +18,12 @@ replaced by the median, and a warning notification gives their number.
 to a 2D model is denoised slice by slice along Z, with a notification saying so); a 3D model
 refuses a 2D image or a ``.mrcs`` stack with an error notification.
 
+The model follows the selected layer (the 3D default for a tomogram, the 2D default for a 2D
+image or a ``.mrcs`` stack) until the user picks one. When the layer's pixel size (its scale, or
+the "pixel size" field) is far from the model's, the data is Fourier-binned to the model's pixel
+size, denoised and padded back (resample "auto"), or the result is kept at the model's pixel size
+("binned"); the widget shows what it will do, e.g. "layer 0.667 Å → model 5 Å, binned ×7.5".
+
 Preview denoises only a slab around the displayed slice (:func:`~napari_cryoden.inference.
 preview.iter_denoise_slab`: ±16 slices with a 3D model, the displayed slice with a 2D model,
 the whole image for a 2D image) in the same worker, and shows it as the layer
@@ -33,7 +39,9 @@ from typing import Any, Generator
 import napari.viewer
 import numpy as np
 import torch
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton, SpinBox
+from types import SimpleNamespace
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils import progress
@@ -42,9 +50,14 @@ from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..inference import iter_denoise
-from ..inference.preview import iter_denoise_slab
-from ..inference.stream import is_image_stack_path
-from ..models import DEFAULT_MODEL, available_models
+from ..inference.engine import as_model
+from ..inference.preview import PREVIEW_HALF_DEPTH, iter_denoise_slab
+from ..inference.normalize import robust_stats
+from ..inference.resample import (
+    RESAMPLE_CHOICES, ResamplePlan, fourier_resample, iter_denoise_resampled, plan_resample,
+)
+from ..inference.stream import input_voxel_size, is_image_stack_path
+from ..models import DEFAULT_MODEL, available_models, default_model_for
 from ._common import (
     DEVICES,
     PRECISIONS,
@@ -61,8 +74,8 @@ from ._common import (
 )
 
 __all__ = [
-    "AUTO_OVERLAP", "AUTO_TILE", "DEVICES", "PRECISIONS", "DenoiseWidget", "denoise_kwargs", "denoised_layer_kwargs",
-    "preview_layer_kwargs",
+    "AUTO_OVERLAP", "AUTO_TILE", "DEVICES", "PRECISIONS", "DenoiseWidget", "contrast_limits", "denoise_kwargs",
+    "denoised_layer_kwargs", "preview_layer_kwargs",
 ]
 
 #: Spin box values that mean "let the core choose".
@@ -131,7 +144,9 @@ def denoised_layer_kwargs(
     """Attributes of the layer that shows a denoised copy of the layer `name`.
 
     The result is in the input's intensity scale (the core never rescales), so it keeps the input
-    layer's scale, translate and contrast limits and the two can be compared side by side.
+    layer's scale and translate and the two can be compared side by side. The widget replaces
+    `contrast_limits` by the result's own (:func:`contrast_limits`): denoising narrows the
+    histogram, and the input's range would show a flat grey image.
 
     Parameters
     ----------
@@ -170,6 +185,32 @@ def denoised_layer_kwargs(
         "contrast_limits": (lo, hi),
         "metadata": metadata,
     }
+
+
+def contrast_limits(data: np.ndarray, *, slab: int = 16) -> tuple[float, float]:
+    """Display range of a denoised array: the 1st and 99th percentiles of its finite values in a
+    central slab (at most `slab` slices around the middle of the first axis of a 3D array, the
+    whole of a 2D one), so that one slice's outliers or a memory map's size do not decide it.
+
+    Returns
+    -------
+    (low, high) : tuple of float
+        ``high > low`` (a constant array gets ``(v, v + 1)``); ``(0.0, 1.0)`` without finite values.
+
+    Examples
+    --------
+    >>> contrast_limits(np.arange(100, dtype=np.float32).reshape(10, 10))
+    (0.99, 98.01)
+    """
+    arr = np.asarray(data)
+    if arr.ndim == 3:
+        mid = arr.shape[0] // 2
+        arr = arr[max(0, mid - slab // 2): mid + slab // 2 + 1]
+    values = arr[np.isfinite(arr)]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(values, [1, 99]))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
 def preview_layer_kwargs(
@@ -228,15 +269,36 @@ _USER_ERRORS = (ValueError, MemoryError, torch.cuda.OutOfMemoryError)
 
 
 def _denoise_job(
-    volume: np.ndarray, model: str, kwargs: dict, info: dict | None = None, *, slab_centre: float | None = None
+    volume: np.ndarray, model: str, kwargs: dict, info: dict | None = None, *, slab_centre: float | None = None,
+    plan: ResamplePlan | None = None,
 ) -> Generator[tuple[int, int], None, Any]:
     """Run in the worker thread: yield ``(done, total)`` tiles, return the array or a :class:`_Failed`.
 
     Every exception becomes a :class:`_Failed`, shown by the main thread as one notification;
     unforeseen ones are also logged with their traceback. `info` is filled in by the core (number
-    of NaN/Inf voxels replaced).
+    of NaN/Inf voxels replaced). With a resampling `plan` the data is denoised on the model's grid
+    (a preview then denoises the displayed slice of a 2D model's stack, or the whole image).
     """
     try:
+        if plan is not None and plan.resampled:
+            if slab_centre is None:
+                return (yield from iter_denoise_resampled(volume, model, plan, info=info, **kwargs))
+            lm = as_model(model)
+            z0, part = 0, volume
+            if np.ndim(volume) == 3:  # the displayed slice (2D model) or a slab around it (3D model)
+                c = int(np.clip(round(slab_centre), 0, volume.shape[0] - 1))
+                half = PREVIEW_HALF_DEPTH if lm.ndim == 3 and not kwargs.get("image_stack") else 0
+                z0 = max(0, c - half)
+                part = volume[z0 : c + half + 1]
+            sub = plan_resample(part.shape, plan.input_voxel_size, lm, mode=plan.mode,
+                                image_stack=bool(kwargs.get("image_stack")))
+            # Normalised as the full run is: with the statistics of the whole input on the model's grid.
+            stats = None
+            if part is not volume:
+                binned = fourier_resample(volume, plan.model_shape, fill=robust_stats(volume)[0])
+                stats = robust_stats(binned)
+                del binned
+            return z0, (yield from iter_denoise_resampled(part, lm, sub, info=info, stats=stats, **kwargs))
         if slab_centre is not None:
             return (yield from iter_denoise_slab(volume, model, slab_centre, info=info, **kwargs))
         return (yield from iter_denoise(volume, model, info=info, **kwargs))
@@ -251,10 +313,11 @@ def _denoise_job(
 
 
 def _preview_job(
-    volume: np.ndarray, model: str, centre: float, kwargs: dict, info: dict | None = None
+    volume: np.ndarray, model: str, centre: float, kwargs: dict, info: dict | None = None,
+    plan: ResamplePlan | None = None,
 ) -> Generator[tuple[int, int], None, Any]:
     """Run in the worker thread: the slab around `centre`, as ``(z_start, array)`` or a :class:`_Failed`."""
-    return (yield from _denoise_job(volume, model, kwargs, info, slab_centre=centre))
+    return (yield from _denoise_job(volume, model, kwargs, info, slab_centre=centre, plan=plan))
 
 
 def _drive(job: Generator) -> Generator[tuple[int, int], None, Any]:
@@ -285,6 +348,14 @@ class DenoiseWidget(QWidget):
     Attributes
     ----------
     image, model, device, precision : magicgui ComboBox
+        `model` follows the layer (:func:`~napari_cryoden.models.default_model_for`) until the
+        user picks one.
+    resample : magicgui ComboBox
+        "auto", "off" or "binned" (:mod:`napari_cryoden.inference.resample`).
+    pixel_size : magicgui FloatSpinBox
+        The layer's pixel size in Å; ``0`` takes the layer's scale (from the MRC header).
+    pixel_info : magicgui Label
+        What will be done, e.g. "layer 0.667 Å → model 5 Å, binned ×7.5".
     tile, overlap : magicgui SpinBox
         ``0`` tile and ``-1`` overlap mean automatic.
     side_by_side : magicgui CheckBox
@@ -309,10 +380,23 @@ class DenoiseWidget(QWidget):
         self._activity: progress | None = None
         self._queue: list[dict[str, Any]] = []
         self._watched_window: QWidget | None = None
+        self._model_picked = False  # the user chose a model: it no longer follows the layer
+        self._setting_model = False
 
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.model = ComboBox(label="model", choices=())
         self.refresh_button = PushButton(text="Refresh models", tooltip="Look again for built-in and user models")
+        self.resample = ComboBox(
+            label="resample", choices=RESAMPLE_CHOICES, value="auto",
+            tooltip="When the layer's pixel size is more than 20 % from the model's: Fourier-bin the data to "
+                    "the model's pixel size and pad the result back (auto), keep the result at the model's "
+                    "pixel size (binned), or leave the data alone (off)",
+        )
+        self.pixel_size = FloatSpinBox(
+            label="pixel size (Å)", value=0.0, min=0.0, max=10000.0, step=0.1,
+            tooltip="Pixel size of the layer in Å; 0 = the layer's scale (the MRC header's voxel size)",
+        )
+        self.pixel_info = Label(value="")
         self.tile = SpinBox(
             label="tile", value=AUTO_TILE, min=0, max=_MAX_TILE, step=8,
             tooltip="Edge of the output block of each tile (voxels), a multiple of the network stride; 0 = automatic",
@@ -338,7 +422,8 @@ class DenoiseWidget(QWidget):
         self.status = Label(value="")
         self._container = Container(
             widgets=[
-                self.image, self.model, self.refresh_button, self.tile, self.overlap, self.device,
+                self.image, self.model, self.refresh_button, self.resample, self.pixel_size, self.pixel_info,
+                self.tile, self.overlap, self.device,
                 self.precision, self.side_by_side, self.run_button, self.preview_button, self.cancel_button,
                 self.progress_bar, self.status,
             ]
@@ -348,7 +433,10 @@ class DenoiseWidget(QWidget):
         layout.addStretch(1)
 
         self.refresh_button.changed.connect(self.refresh_models)
-        self.model.changed.connect(self._update_model_tooltip)
+        self.model.changed.connect(self._on_model_changed)
+        self.image.changed.connect(self._on_image_changed)
+        self.resample.changed.connect(self._update_pixel_info)
+        self.pixel_size.changed.connect(self._update_pixel_info)
         self.run_button.changed.connect(self.run)
         self.preview_button.changed.connect(self.preview)
         self.cancel_button.changed.connect(self.cancel)
@@ -365,20 +453,84 @@ class DenoiseWidget(QWidget):
         follow_renames(event, self._on_layers_changed)
         self.image.reset_choices()
 
+    def _set_model(self, name: str) -> None:
+        """Select `name` without counting it as the user's choice."""
+        self._setting_model = True
+        try:
+            self.model.value = name
+        finally:
+            self._setting_model = False
+
+    def _on_model_changed(self, _value=None) -> None:
+        if not self._setting_model:
+            self._model_picked = True
+        self._update_model_tooltip()
+        self._update_pixel_info()
+
+    def _layer_default_model(self) -> str | None:
+        """The default model for the selected layer (3D for a tomogram, 2D for an image or a
+        ``.mrcs`` stack), if it is available."""
+        layer = self.image.value
+        if layer is None:
+            return DEFAULT_MODEL if DEFAULT_MODEL in self._model_cards else None
+        name = default_model_for(layer.ndim, image_stack=self._is_stack(layer))
+        return name if name in self._model_cards else None
+
+    def _on_image_changed(self, _value=None) -> None:
+        """The model follows the layer until the user has picked one."""
+        default = self._layer_default_model()
+        if not self._model_picked and default is not None and default != self.model.value:
+            self._set_model(default)
+        self._update_pixel_info()
+
     def refresh_models(self, _value=None) -> None:
         """Read the model registry again (new user models appear without a restart)."""
         current = self.model.value
         self._model_cards = available_models()
         names = list(self._model_cards)
-        self.model.choices = names
-        if current in names:
-            self.model.value = current
-        elif DEFAULT_MODEL in names:
-            self.model.value = DEFAULT_MODEL
+        self._setting_model = True
+        try:
+            self.model.choices = names
+            default = self._layer_default_model()
+            if current in names and (self._model_picked or default is None):
+                self.model.value = current
+            elif default is not None:
+                self.model.value = default
+        finally:
+            self._setting_model = False
         combo = self.model.native
         for i, name in enumerate(names):
             combo.setItemData(i, self._describe(name), Qt.ItemDataRole.ToolTipRole)
         self._update_model_tooltip()
+        self._update_pixel_info()
+
+    @staticmethod
+    def _is_stack(layer: Image) -> bool:
+        meta = layer.metadata or {}
+        source = meta.get("path") or meta.get("source_path")
+        return bool(source) and is_image_stack_path(source)
+
+    def resample_plan(self) -> ResamplePlan | None:
+        """How the selected layer would be resampled for the selected model (None without both)."""
+        layer, model = self.image.value, self.model.value
+        card = self._model_cards.get(model) if model else None
+        ndim = self._model_ndim(model) if model else None
+        if layer is None or card is None or ndim is None or layer.rgb:
+            return None
+        stack = self._is_stack(layer)
+        scale = tuple(float(v) for v in layer.scale)
+        known = bool((layer.metadata or {}).get("voxel_size_known", True))
+        override = float(self.pixel_size.value) or None
+        voxel, known = input_voxel_size(SimpleNamespace(voxel_size=scale, metadata={"voxel_size_known": known}),
+                                        override, stack)
+        return plan_resample(tuple(layer.data.shape if not layer.multiscale else layer.data[0].shape), voxel,
+                             SimpleNamespace(card=card, ndim=ndim), mode=self.resample.value, known=known,
+                             image_stack=stack)
+
+    def _update_pixel_info(self, _value=None) -> None:
+        plan = self.resample_plan()
+        self.pixel_info.value = plan.describe("layer") if plan is not None else ""
+        self.pixel_info.tooltip = " ".join(plan.notes) if plan is not None else ""
 
     def _describe(self, name: str | None) -> str:
         if not name:
@@ -437,6 +589,7 @@ class DenoiseWidget(QWidget):
     # ------------------------------------------------------------------ grid
     def _on_side_by_side(self, value: bool) -> None:
         _grid(self._viewer).enabled = bool(value)
+        self._viewer.reset_view()  # the grid's panels (or the single view) fit the canvas
 
     def _on_grid_changed(self, event=None) -> None:
         self.side_by_side.value = bool(_grid(self._viewer).enabled)
@@ -514,16 +667,33 @@ class DenoiseWidget(QWidget):
             kwargs["image_stack"] = True
         if self._model_ndim(model) == 2 and np.ndim(volume) == 3 and not kwargs.get("image_stack"):
             show_info(f"Denoise: {model!r} is a 2D model; {layer.name!r} is denoised slice by slice along Z")
-        spec = {"volume": volume, "model": model, "kwargs": kwargs, "name": layer.name, "preview": preview}
+        try:
+            plan = self.resample_plan()
+        except ValueError as exc:
+            show_error(f"Denoise: {exc}")
+            return None
+        for note in plan.notes if plan is not None else ():
+            show_info(f"Denoise: {layer.name!r}: {note}")
+        # The result's pixel size: the model's when binned, the one typed in, or the layer's scale.
+        scale = tuple(layer.scale)
+        if plan is not None and plan.known:
+            scale = tuple(float(v) for v in plan.output_voxel_size)
+        spec = {"volume": volume, "model": model, "kwargs": kwargs, "name": layer.name, "preview": preview,
+                "plan": plan}
         if preview:
             spec["centre"] = self._displayed_index(layer)
-            spec["pending"] = {"name": layer.name, "scale": tuple(layer.scale), "translate": tuple(layer.translate),
+            spec["pending"] = {"name": layer.name, "scale": scale, "translate": tuple(layer.translate),
                                "contrast_limits": tuple(layer.contrast_limits), "model": model}
         else:
             spec["pending"] = denoised_layer_kwargs(
-                layer.name, scale=layer.scale, translate=layer.translate,
+                layer.name, scale=scale, translate=layer.translate,
                 contrast_limits=layer.contrast_limits, model=model, source_path=source,
             )
+            # What the writer needs to keep the input file's header (HeaderFields.from_metadata).
+            meta = layer.metadata or {}
+            spec["pending"]["metadata"].update({k: meta[k] for k in ("header", "extended_header_bytes") if k in meta})
+            if plan is not None:
+                spec["pending"]["metadata"]["voxel_size_known"] = plan.known
         return spec
 
     def _start(self, spec: dict[str, Any]) -> None:
@@ -532,9 +702,9 @@ class DenoiseWidget(QWidget):
         self._pending_preview = spec["preview"]
         self._info = {}
         if spec["preview"]:
-            self._job = _preview_job(spec["volume"], model, spec["centre"], spec["kwargs"], self._info)
+            self._job = _preview_job(spec["volume"], model, spec["centre"], spec["kwargs"], self._info, spec.get("plan"))
         else:
-            self._job = _denoise_job(spec["volume"], model, spec["kwargs"], self._info)
+            self._job = _denoise_job(spec["volume"], model, spec["kwargs"], self._info, plan=spec.get("plan"))
         self.worker = create_worker(
             _drive, self._job, _start_thread=False,
             _connect={
@@ -581,9 +751,11 @@ class DenoiseWidget(QWidget):
         if self._pending_preview:
             self._show_preview(pending, *result)
             return
+        pending = {**pending, "contrast_limits": contrast_limits(result)}  # its own, not the input's
         self._viewer.add_image(result, **pending)
         if self.side_by_side.value:
             _grid(self._viewer).enabled = True
+            self._viewer.reset_view()  # both panels in view
         self.status.value = f"added {pending['name']!r}"
 
     def _show_preview(self, pending: dict[str, Any], z_start: int, slab: np.ndarray) -> None:

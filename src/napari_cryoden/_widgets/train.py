@@ -43,9 +43,11 @@ from qtpy.QtWidgets import QApplication, QVBoxLayout, QWidget
 
 from ..device import is_out_of_memory
 from ..inference import iter_denoise_slab
-from ..models import ARCHITECTURES, DEFAULT_MODEL, LoadedModel, available_models
+from ..models import ARCHITECTURES, DEFAULT_MODEL, LoadedModel, available_models, default_model_for
 from ..training import finetune as _ft
-from ..training.finetune import FineTuneConfig, TrainEvent, check_settings, fine_tune, save_finetuned
+from ..training.finetune import (
+    FineTuneConfig, TrainEvent, check_settings, default_patch, fine_tune, save_finetuned, validation_axis,
+)
 from ._common import (
     DEVICES,
     PRECISIONS,
@@ -241,6 +243,7 @@ def finetune_config(
     val_slab: tuple[int, int] | None,
     val_every: int,
     preview_every: int = 0,
+    val_axis: int | None = None,
     device: str = "auto",
     precision: str = "auto",
     log_every: int | None = None,
@@ -253,8 +256,10 @@ def finetune_config(
     whatever the (hidden) combo box says. `log_every` (steps between training-loss reports)
     defaults to about 200 reports per run, and at least one per validation. `rampdown` is the
     fraction of the steps over which the learning rate ramps down to 0 (Lehtinen et al. 2018);
-    `max_grad_norm` 0 or ``None`` means no gradient clipping. Range checks that need the data are
-    left to :func:`~napari_cryoden.training.finetune.check_settings`.
+    `max_grad_norm` 0 or ``None`` means no gradient clipping. A `patch` of 0 is automatic
+    (:func:`~napari_cryoden.training.finetune.default_patch`); `val_slab` runs along `val_axis`
+    (default: :func:`~napari_cryoden.training.finetune.validation_axis`). Range checks that need
+    the data are left to :func:`~napari_cryoden.training.finetune.check_settings`.
 
     Raises
     ------
@@ -275,11 +280,12 @@ def finetune_config(
         mode=mode,
         loss=loss,
         adversarial=adversarial if mode == "supervised" else "none",
-        patch=int(patch),
+        patch=int(patch) or None,
         batch=int(batch),
         steps=int(steps),
         lr=parse_learning_rate(lr),
         val_slab=None if val_slab is None else (int(val_slab[0]), int(val_slab[1])),
+        val_axis=None if val_axis is None else int(val_axis),
         val_every=int(val_every),
         preview_every=int(preview_every),
         device=device,
@@ -317,19 +323,23 @@ def default_val_slab(n: int, patch: int) -> tuple[int, int]:
     return n - k, n
 
 
-def val_slab_rectangles(shape: Sequence[int], slab: tuple[int, int]) -> list[np.ndarray]:
+def val_slab_rectangles(shape: Sequence[int], slab: tuple[int, int], axis: int = 0) -> list[np.ndarray]:
     """Outlines of the validation slab, in data coordinates of the layer of shape `shape`.
 
     A tomogram's slab ``start:stop`` along Z gets one rectangle framing the whole Y-X plane on
     every slice of the slab: in the 2D view a frame marks each held-out slice, in the 3D view the
-    stacked frames draw the slab as a box. A micrograph's slab (rows) is one rectangle. The
-    outlines follow pixel edges (centres are at integer coordinates in napari).
+    stacked frames draw the slab as a box. A slab along Y or X (the default the trainer holds
+    out, :func:`~napari_cryoden.training.finetune.validation_axis`) is one rectangle (its rows or
+    columns) on every Z slice; a micrograph's slab is one rectangle. The outlines follow pixel
+    edges (centres are at integer coordinates in napari).
 
     Parameters
     ----------
     shape : (Z, Y, X) or (Y, X) sequence of int
     slab : (start, stop)
         Clipped to the array.
+    axis : int, default=0
+        Axis of `shape` the slab runs along.
 
     Returns
     -------
@@ -345,16 +355,22 @@ def val_slab_rectangles(shape: Sequence[int], slab: tuple[int, int]) -> list[np.
     [[29.5, -0.5], [29.5, 47.5], [39.5, 47.5], [39.5, -0.5]]
     """
     shape = tuple(int(s) for s in shape)
-    n = shape[0]
+    if len(shape) not in (2, 3):
+        raise ValueError(f"expected a 2D or 3D layer, got shape {shape}")
+    n = shape[axis]
     start, stop = max(0, int(slab[0])), min(n, int(slab[1]))
     if stop <= start:
         return []
+    if len(shape) == 3 and axis > 0:  # rows or columns, on every Z slice
+        plane = val_slab_rectangles(shape[1:], (start, stop), axis - 1)[0]
+        return [np.column_stack([np.full(4, float(z)), plane]) for z in range(shape[0])]
     if len(shape) == 2:
+        lo, hi = start - 0.5, stop - 0.5
+        if axis == 1:  # columns
+            ny = shape[0]
+            return [np.array([[-0.5, lo], [ny - 0.5, lo], [ny - 0.5, hi], [-0.5, hi]], dtype=float)]
         width = shape[1]
-        return [np.array([[start - 0.5, -0.5], [start - 0.5, width - 0.5],
-                          [stop - 0.5, width - 0.5], [stop - 0.5, -0.5]], dtype=float)]
-    if len(shape) != 3:
-        raise ValueError(f"expected a 2D or 3D layer, got shape {shape}")
+        return [np.array([[lo, -0.5], [lo, width - 0.5], [hi, width - 0.5], [hi, -0.5]], dtype=float)]
     ny, nx = shape[1], shape[2]
     frame = np.array([[-0.5, -0.5], [-0.5, nx - 0.5], [ny - 0.5, nx - 0.5], [ny - 0.5, -0.5]], dtype=float)
     return [np.column_stack([np.full(4, float(z)), frame]) for z in range(start, stop)]
@@ -662,6 +678,10 @@ class TrainWidget(QWidget):
         self._updating = False
         self._watched_window: QWidget | None = None
         self._scratch_chosen = False
+        self._name_when_done: str | None = None
+        self._start_picked = False  # the user chose the starting model: it no longer follows the data
+        self._setting_start = False
+        self._val_axis = 0
         self._auto_slab: tuple[int, int] | None = None
         self._source_layer: Image | None = None
         self._train_points: tuple[list[float], list[float]] = ([], [])
@@ -682,8 +702,9 @@ class TrainWidget(QWidget):
         self.architecture = ComboBox(label="architecture", choices=tuple(ARCHITECTURES))
         self.channels = SpinBox(label="channels", value=48, min=1, max=256,
                                 tooltip="Width of the new network (feature maps per layer)")
-        self.patch = SpinBox(label="patch", value=48, min=8, max=512, step=8,
-                             tooltip="Edge of the training patches in voxels (a multiple of the network stride)")
+        self.patch = SpinBox(label="patch", value=0, min=0, max=512, step=8,
+                             tooltip="Edge of the training patches in voxels (a multiple of the network stride); "
+                                     "0 = automatic: 48 (3D) or 64 (2D), less for small data")
         self.batch = SpinBox(label="batch", value=4, min=1, max=256)
         self.steps = SpinBox(label="steps", value=200, min=1, max=1_000_000)
         self.lr = LineEdit(label="learning rate", value="1e-4", tooltip="Adam learning rate, e.g. 1e-4")
@@ -694,9 +715,10 @@ class TrainWidget(QWidget):
                                           tooltip="Clip the global gradient norm to this value "
                                                   "(Pascanu et al. 2013); 0 = no clipping")
         self.val_start = SpinBox(label="validation from", value=0, min=0, max=100_000,
-                                 tooltip="First slice (axis 0, Z) held out for validation")
+                                 tooltip="First row (Y) or column (X), the longer of the two, held out for "
+                                         "validation")
         self.val_stop = SpinBox(label="validation to", value=0, min=0, max=100_000,
-                                tooltip="Slice after the last one held out for validation (exclusive)")
+                                tooltip="Row or column after the last one held out for validation (exclusive)")
         self.val_every = SpinBox(label="validate every", value=20, min=1, max=1_000_000,
                                  tooltip="Steps between validation losses (and checkpoints)")
         self.preview_every = SpinBox(label="preview every", value=50, min=0, max=1_000_000,
@@ -732,6 +754,7 @@ class TrainWidget(QWidget):
         self.axes.set_xlabel("step")
         self.axes.set_ylabel("loss")
         self.axes.legend(loc="upper right", fontsize="small")
+        self.axes.set_visible(False)  # no axes with made-up ranges before the first loss
 
         layout = QVBoxLayout(self)
         layout.addWidget(self._container.native)
@@ -782,11 +805,23 @@ class TrainWidget(QWidget):
         """Read the model registry again for the "start from" list (keeps the current choice)."""
         current = self.start.value
         names = [SCRATCH, *available_models()]
-        self.start.choices = names
-        if current in names and (current != SCRATCH or self._scratch_chosen):
-            self.start.value = current
-        else:
-            self.start.value = DEFAULT_MODEL if DEFAULT_MODEL in names else SCRATCH
+        self._setting_start = True
+        try:
+            self.start.choices = names
+            if current in names and (current != SCRATCH or self._scratch_chosen) and (
+                    self._start_picked or current == self._default_start(names)):
+                self.start.value = current
+            else:
+                self.start.value = self._default_start(names)
+        finally:
+            self._setting_start = False
+
+    def _default_start(self, names) -> str:
+        """The default model for the source layer's data (2D micrograph or 3D tomogram), if there."""
+        layer = self.source.value
+        ndim = layer.ndim if layer is not None else 3
+        default = default_model_for(ndim)
+        return default if default in names else SCRATCH
 
     def reset_choices(self, _event=None) -> None:
         """Refresh the layer and model lists (napari calls this when layers change)."""
@@ -805,8 +840,9 @@ class TrainWidget(QWidget):
 
     def _on_start(self, _value=None) -> None:
         scratch = self.start.value == SCRATCH
-        if _value is not None:
+        if _value is not None and not self._setting_start:
             self._scratch_chosen = scratch  # the user's choice survives a refresh of the list
+            self._start_picked = True
         self.architecture.visible = scratch
         self.channels.visible = scratch and "ch" in ARCHITECTURES.get(self.architecture.value, (None, ()))[1]
 
@@ -830,11 +866,24 @@ class TrainWidget(QWidget):
         except ValueError:
             return
         self._slab_for = layer
-        self._set_default_slab(shape[0])
+        if not self._start_picked:
+            self.refresh_models()  # the starting model follows the data: 2D or 3D default
+        self._set_default_slab(shape)
         self._pick_distinct_target()
 
-    def _set_default_slab(self, n: int) -> None:
-        start, stop = default_val_slab(n, self.patch.value)
+    def _patch_for(self, shape) -> int:
+        """The patch edge training will use on data of `shape`: the spin box, or automatic."""
+        if self.patch.value:
+            return int(self.patch.value)
+        model = None if self.start.value in (None, SCRATCH) else self.start.value
+        arch = self.architecture.value if model is None else available_models().get(model, {}).get("architecture")
+        cls, _, ndim = ARCHITECTURES.get(arch, (None, None, len(shape)))
+        return default_patch(shape, int(getattr(cls, "stride", 8) or 8), ndim)
+
+    def _set_default_slab(self, shape) -> None:
+        self._val_axis = validation_axis(shape)
+        n = int(shape[self._val_axis])
+        start, stop = default_val_slab(n, self._patch_for(shape))
         with self._guard():
             self.val_start.max = self.val_stop.max = n
             self.val_start.value, self.val_stop.value = start, stop
@@ -847,7 +896,7 @@ class TrainWidget(QWidget):
         if layer is None or (self.val_start.value, self.val_stop.value) != self._auto_slab:
             return
         try:
-            self._set_default_slab(_layer_array(layer).shape[0])
+            self._set_default_slab(_layer_array(layer).shape)
         except ValueError:
             pass
 
@@ -878,7 +927,7 @@ class TrainWidget(QWidget):
             return
         if len(shape) not in (2, 3):
             return
-        rects = val_slab_rectangles(shape, (self.val_start.value, self.val_stop.value))
+        rects = val_slab_rectangles(shape, (self.val_start.value, self.val_stop.value), self._val_axis)
         features = {"label": ["validation"] * len(rects)}
         slab = self._slab_layer if self._slab_layer is not None and self._slab_layer in self._viewer.layers else None
         with self._guard():
@@ -1013,7 +1062,8 @@ class TrainWidget(QWidget):
         config = finetune_config(
             mode=mode, loss=self.loss.value, adversarial=self.adversarial.value, patch=self.patch.value,
             batch=self.batch.value, steps=self.steps.value, lr=self.lr.value,
-            val_slab=(self.val_start.value, self.val_stop.value), val_every=self.val_every.value,
+            val_slab=(self.val_start.value, self.val_stop.value), val_axis=self._val_axis,
+            val_every=self.val_every.value,
             preview_every=self.preview_every.value, device=self.device.value, precision=self.precision.value,
             rampdown=self.rampdown.value, max_grad_norm=self.max_grad_norm.value,
         )
@@ -1090,6 +1140,7 @@ class TrainWidget(QWidget):
         self.train_line.set_data(*self._train_points)
         self.val_line.set_data(*self._val_points)
         values = self._train_points[1] + self._val_points[1]
+        self.axes.set_visible(bool(values))
         scale = "log" if values and min(values) > 0 else "linear"
         if self.axes.get_yscale() != scale:
             self.axes.set_yscale(scale)
@@ -1132,6 +1183,7 @@ class TrainWidget(QWidget):
         if result is None or run is None:
             return
         self.result, self._result_run = result, run
+        self._name_when_done = self.name.value
         if result.cancelled:
             best = f"; best validation loss {result.best_val:.4g}" if result.best_val is not None else ""
             self.status.value = f"cancelled at step {result.steps_done}{best}; press Save model to keep it"
@@ -1156,7 +1208,8 @@ class TrainWidget(QWidget):
 
     # ------------------------------------------------------------------ save
     def save(self, _value=None):
-        """Save the last run's best checkpoint under the chosen name (the Save model button).
+        """Save the last run's best checkpoint under the chosen name (the Save model button): the
+        name set when the training started, or one typed after the run ended.
 
         Returns the weights path, or None when nothing was saved (an error notification says
         why; the checkpoint stays available for another try with another name).
@@ -1165,8 +1218,12 @@ class TrainWidget(QWidget):
         if result is None or run is None:
             self._fail("nothing to save yet; train first")
             return None
+        # The name set when the training started, unless it was changed after the run ended
+        # (a second try after a refused name).
+        typed = self.name.value
+        wanted = run.name if typed == self._name_when_done else typed
         try:
-            name = check_model_name(self.name.value, available_models())
+            name = check_model_name(wanted, available_models())
             path = save_finetuned(result, name, card_extra=run.extra)
         except (ValueError, OSError) as exc:
             self._fail(f"could not save the model: {_one_line(exc)}")

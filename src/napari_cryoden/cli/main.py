@@ -52,11 +52,12 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-#: Shown in ``--help`` without importing torch; a test keeps it equal to
-#: :data:`napari_cryoden.models.DEFAULT_MODEL`.
+#: Shown in ``--help`` without importing torch; a test keeps them equal to
+#: :data:`napari_cryoden.models.DEFAULT_MODEL` and :data:`~napari_cryoden.models.DEFAULT_MODEL_2D`.
 DEFAULT_MODEL = "upsampleunet48-gan"
-#: Relative difference between the input's and the model's voxel size above which a note is printed.
-VOXEL_SIZE_TOLERANCE = 0.5
+DEFAULT_MODEL_2D = "n2n-unet-2d"
+#: The model choice that picks the default model for the data's dimensionality.
+AUTO_MODEL = "auto"
 
 
 class CliError(Exception):
@@ -201,11 +202,22 @@ class ProgressBar:
 
 _DENOISE_DESCRIPTION = """\
 Denoise cryo-ET tomograms (MRC files) with a pretrained network, tile by
-tile, and write the results as float32 MRC files with the inputs' voxel size
-and intensity scale. 3D models take tomograms; 2D models take micrographs and
-stacks of 2D images (.mrcs), slice by slice (a tomogram given to a 2D model is
-denoised slice by slice along Z, with a note). A 3D model refuses 2D images
-and .mrcs stacks.
+tile, and write the results as float32 MRC files with the inputs' voxel size,
+intensity scale and header (origin, start indices, labels, extended header).
+3D models take tomograms; 2D models take micrographs and stacks of 2D images
+(.mrcs), slice by slice (a tomogram given to a 2D model is denoised slice by
+slice along Z, with a note). With --model auto (the default) tomograms go to
+the 3D default and micrographs and .mrcs stacks to the 2D default. A 3D model
+refuses 2D images and .mrcs stacks.
+
+A network only knows the pixel size it was trained at. When the input's
+differs from the model's by more than 20 %, the input is Fourier-cropped to
+the model's pixel size (binned, as IMOD's newstack -ftreduce), denoised, and
+Fourier-padded back to the input's grid (--resample auto, the default), or
+written at the model's pixel size (--resample binned). A header without a
+usable pixel size (0, negative, NaN or the 1 Å placeholder) is noted, the
+data is denoised as is, and the output keeps the header's value;
+--voxel-size sets it.
 
 Two forms:
   cryoden denoise INPUT OUTPUT [options]
@@ -238,7 +250,8 @@ examples:
   cryoden denoise tomo.mrc tomo_denoised.mrc
   cryoden denoise tomo.rec out.mrc --device cpu --tile 96 --overlap 16
   cryoden denoise 'tomos/*.rec' extra.mrc --output-dir denoised/
-  cryoden denoise particles.mrcs --output-dir out/ --model MODEL_2D
+  cryoden denoise micrograph.mrc denoised.mrc --resample binned
+  cryoden denoise particles.mrcs --output-dir out/ --voxel-size 1.34
   cryoden denoise 'tomos/*.rec' -o denoised/ --scheduler tcp://head:8786
 
 exit status: 0 success, 1 run failed, 2 bad input or option, 130 interrupted;
@@ -257,9 +270,16 @@ def _add_denoise(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output-dir", metavar="DIR", default=None,
                    help="denoise every INPUT into DIR/<stem>_denoised.mrc (.mrcs for stacks); DIR is "
                         "created if needed")
-    p.add_argument("--model", metavar="NAME", default=None,
-                   help=f"registry name or card path of the network (default: {DEFAULT_MODEL}); "
+    p.add_argument("--model", metavar="NAME", default=AUTO_MODEL,
+                   help=f"registry name or card path of the network, or 'auto': {DEFAULT_MODEL} for "
+                        f"tomograms, {DEFAULT_MODEL_2D} for micrographs and .mrcs stacks (default: auto); "
                         "see 'cryoden models'")
+    p.add_argument("--resample", choices=("auto", "off", "binned"), default="auto",
+                   help="when the input's pixel size is more than 20%% from the model's: Fourier-bin the "
+                        "input to the model's pixel size and pad the result back (auto), write the result "
+                        "at the model's pixel size (binned), or leave the data alone (off) (default: auto)")
+    p.add_argument("--voxel-size", metavar="Å", type=_positive_float, default=None,
+                   help="pixel size of the input in Å, overriding its header (and written to the output's)")
     p.add_argument("--tile", metavar="N", type=_positive_int, default=None,
                    help="edge of the output block each tile produces, in voxels, a multiple of the "
                         "network stride (default: automatic, the tiles that waste least on context "
@@ -339,16 +359,39 @@ def _check_distinct_outputs(outputs: Sequence[Path], *, overwrite: bool) -> None
             raise CliError(f"folder of {dst} does not exist")
 
 
-def _voxel_size_note(input_voxel_size: Sequence[float], known: bool, model) -> str | None:
-    """A note when the input's pixel size is far from the one the model was trained at."""
-    trained = model.card.get("voxel_size_A") if isinstance(model.card, dict) else None
-    if not known or not isinstance(trained, (int, float)) or trained <= 0:
-        return None
-    xy = sum(input_voxel_size[-2:]) / 2
-    if abs(xy - trained) / trained <= VOXEL_SIZE_TOLERANCE:
-        return None
-    return (f"model {model.name!r} was trained at {trained:g} Å/voxel and the input is {xy:g} Å/voxel; "
-            "the network is not rescaled, so results may be poor (bin or pick another model)")
+def _model_for(src: Path, args: argparse.Namespace, cache: dict):
+    """The model for input `src`: ``--model``, or with ``auto`` the default for its dimensionality
+    (read from the header alone); loaded once per name into `cache`."""
+    from ..inference.stream import is_image_stack_path
+    from ..io.mrc import header_shape
+    from ..models import default_model_for, load_model
+
+    name = args.model or AUTO_MODEL
+    if name == AUTO_MODEL:
+        name = default_model_for(len(header_shape(src)), image_stack=is_image_stack_path(src))
+    if name not in cache:
+        cache[name] = load_model(name)
+    return cache[name]
+
+
+def _input_notes(src: Path, info: dict, model) -> list[str]:
+    """What the user is told about an input before its progress bar: what the reader tolerated,
+    the pixel size (resampled, unknown, mismatched), a tomogram given to a 2D model."""
+    from ..inference.stream import is_image_stack_path
+
+    notes = [str(n) for n in info.get("read_notes", ())]
+    plan = info.get("resample_plan")
+    if plan is not None:
+        notes += [f"{src.name}: {n}" for n in plan.notes]
+        if plan.resampled:
+            model_shape = " x ".join(str(plan.model_shape[a]) for a in plan.axes)
+            back = ("written at the model's pixel size" if plan.mode == "binned"
+                    else "Fourier-padded back to the input's grid")
+            notes.append(f"{src.name}: {plan.describe().replace(' (output kept at the model' + chr(39) + 's voxel size)', '')}"
+                         f" for model {model.name!r} ({model_shape} on the model's grid), {back}")
+    if info.get("mode") == "stack" and not is_image_stack_path(src):
+        notes.append(f"model {model.name!r} is a 2D model: {src.name} is denoised slice by slice along Z")
+    return notes
 
 
 _GLOB_CHARS = set("*?[")
@@ -405,6 +448,7 @@ def _denoise_one(src: Path, dst: Path, model, device, precision: str, args: argp
         src, dst, model, tile=args.tile, overlap=args.overlap, batch_size=args.batch, device=str(device),
         precision=precision, nonfinite=args.nonfinite, overwrite=args.overwrite, info=info,
         memory_bytes=int(args.max_memory * 2**30) if args.max_memory else None,
+        resample=args.resample, voxel_size=args.voxel_size,
     )
     bar = None if args.quiet else ProgressBar(label)
     try:
@@ -414,14 +458,8 @@ def _denoise_one(src: Path, dst: Path, model, device, precision: str, args: argp
             _note(f"replaced {info['nonfinite']} NaN/Inf voxels of {src.name} by the median "
                   f"{info['nonfinite_value']:g} (use --nonfinite refuse to stop instead)")
         if not args.quiet:
-            if not info.get("voxel_size_known", True):
-                _note(f"{src.name} has no valid voxel size in its header (zero, negative or not a number); "
-                      f"the output's header says {_format_voxel_size(info.get('voxel_size') or (1.0,))}")
-            note = _voxel_size_note(info.get("voxel_size", ()), info.get("voxel_size_known", True), model)
-            if note:
+            for note in _input_notes(src, info, model):
                 _note(note)
-            if info.get("mode") == "stack" and not inference.stream.is_image_stack_path(src):
-                _note(f"model {model.name!r} is a 2D model: {src.name} is denoised slice by slice along Z")
         while True:
             if bar is not None:
                 bar.update(done, total)
@@ -436,8 +474,10 @@ def _denoise_one(src: Path, dst: Path, model, device, precision: str, args: argp
 
 
 def _summary(result, device, precision: str, total: int, seconds: float) -> str:
+    known = result.info.get("voxel_size_known", True) if isinstance(getattr(result, "info", None), dict) else True
+    size = _format_voxel_size(result.voxel_size) if known else "unknown (the header's kept)"
     return (f"{PROG}: wrote {result.output}: shape {tuple(result.shape)}, voxel size "
-            f"{_format_voxel_size(result.voxel_size)}, model {result.model} "
+            f"{size}, model {result.model} "
             f"({getattr(device, 'type', device)}, {precision}), "
             f"{total} tiles, {seconds:.1f} s")
 
@@ -455,12 +495,11 @@ def _run_denoise(args: argparse.Namespace) -> int:
     _check_output(src, dst, overwrite=args.overwrite)
 
     from ..inference import resolve_device, resolve_precision
-    from ..models import load_model
 
     if args.scheduler is not None:  # the tomogram's tiles on the cluster; device and precision decided there
         from ..inference.cluster import connect
 
-        model = load_model(args.model or DEFAULT_MODEL)
+        model = _model_for(src, args, {})
         with connect(args.scheduler, args.workers, device=args.device) as client:
             result, total = _denoise_one(src, dst, model, args.device, args.precision, args,
                                          f"denoising {src.name}", client=client)
@@ -471,7 +510,7 @@ def _run_denoise(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    model = load_model(args.model or DEFAULT_MODEL)
+    model = _model_for(src, args, {})
     result, total = _denoise_one(src, dst, model, device, precision, args, f"denoising {src.name}")
     if not args.quiet:
         print(_summary(result, device, precision, total, time.perf_counter() - start), flush=True)
@@ -495,13 +534,16 @@ def _run_denoise_batch(args: argparse.Namespace) -> int:
 
     from ..inference import resolve_device, resolve_precision
     from ..inference.stream import prefetch
-    from ..models import load_model
 
+    models: dict = {}
+    if args.model != AUTO_MODEL:
+        from ..models import load_model
+
+        models[args.model] = load_model(args.model)  # a bad name ends the run before the first file
     if args.scheduler is not None:
-        return _run_denoise_batch_cluster(args, inputs, len(unmatched), failed, load_model(args.model or DEFAULT_MODEL))
+        return _run_denoise_batch_cluster(args, inputs, len(unmatched), failed, models)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    model = load_model(args.model or DEFAULT_MODEL)
     written = skipped = 0
     claimed: dict[Path, Path] = {}
     input_ids = _file_ids(inputs)
@@ -515,7 +557,7 @@ def _run_denoise_batch(args: argparse.Namespace) -> int:
             label = f"denoising {src.name}" + (f" ({i}/{len(inputs)})" if len(inputs) > 1 else "")
             if i < len(inputs):  # the disk reads the next input while this one is denoised
                 prefetch(inputs[i])
-            result, total = _denoise_one(src, dst, model, device, precision, args, label)
+            result, total = _denoise_one(src, dst, _model_for(src, args, models), device, precision, args, label)
         except Exception as exc:  # one line, and the next file
             failed.append(_file_failure(src, exc))
             continue
@@ -599,59 +641,61 @@ def _check_cluster_options(args: argparse.Namespace) -> None:
 
 
 def _run_denoise_batch_cluster(args: argparse.Namespace, inputs: list[Path], n_unmatched: int, failed: list[int],
-                               model) -> int:
+                               models: dict) -> int:
     """``--output-dir`` with ``--scheduler``: one task per input on the cluster's workers, reported
-    as they complete; skips and failures as :func:`_run_denoise_batch`."""
+    as they complete (one group of tasks per model, with ``--model auto``); skips and failures as
+    :func:`_run_denoise_batch`."""
     from ..inference.cluster import connect, map_denoise_files
 
     out_dir = Path(args.output_dir)
     written = skipped = 0
     claimed: dict[Path, Path] = {}
     input_ids = _file_ids(inputs)
-    jobs = []
+    groups: dict[str, list] = {}
     for src in inputs:
         try:
             dst = _claim_output(src, out_dir, claimed, args, input_ids)
             if dst is None:
                 skipped += 1
                 continue
+            model = _model_for(src, args, models)
         except Exception as exc:  # one line, and the next file
             failed.append(_file_failure(src, exc))
             continue
-        jobs.append((src, dst))
-    if jobs:
+        groups.setdefault(model.name, []).append((src, dst))
+    by_name = {m.name: m for m in models.values()}
+    if groups:
         # The core logs replaced NaN/Inf voxels; the CLI says it once itself, as a note.
         logging.getLogger("napari_cryoden").addHandler(logging.NullHandler())
-        from ..inference.stream import is_image_stack_path
 
         with connect(args.scheduler, args.workers, device=args.device) as client:
-            outcomes = map_denoise_files(
-                client, jobs, model, tile=args.tile, overlap=args.overlap, batch_size=args.batch, device=args.device,
-                precision=args.precision, nonfinite=args.nonfinite, overwrite=args.overwrite,
-                memory_bytes=int(args.max_memory * 2**30) if args.max_memory else None,
-            )
-            try:
-                for outcome in outcomes:
-                    src, result = outcome.input, outcome.result
-                    if outcome.error is not None:
-                        failed.append(_file_failure(src, outcome.error))
-                        continue
-                    written += 1
-                    info = result.info
-                    if info.get("nonfinite"):
-                        _note(f"replaced {info['nonfinite']} NaN/Inf voxels of {src.name} by the median "
-                              f"{info['nonfinite_value']:g} (use --nonfinite refuse to stop instead)")
-                    if args.quiet:
-                        continue
-                    note = _voxel_size_note(info.get("voxel_size", ()), info.get("voxel_size_known", True), model)
-                    if note:
-                        _note(f"{src.name}: {note}")
-                    if info.get("mode") == "stack" and not is_image_stack_path(src):
-                        _note(f"model {model.name!r} is a 2D model: {src.name} is denoised slice by slice along Z")
-                    print(_summary(result, info["device"], info["precision"], result.tiles, result.seconds),
-                          flush=True)
-            finally:
-                outcomes.close()  # on an interrupt: stops the running tasks, cancels the others
+            for name, jobs in groups.items():
+                model = by_name[name]
+                outcomes = map_denoise_files(
+                    client, jobs, model, tile=args.tile, overlap=args.overlap, batch_size=args.batch,
+                    device=args.device, precision=args.precision, nonfinite=args.nonfinite, overwrite=args.overwrite,
+                    memory_bytes=int(args.max_memory * 2**30) if args.max_memory else None,
+                    resample=args.resample, voxel_size=args.voxel_size,
+                )
+                try:
+                    for outcome in outcomes:
+                        src, result = outcome.input, outcome.result
+                        if outcome.error is not None:
+                            failed.append(_file_failure(src, outcome.error))
+                            continue
+                        written += 1
+                        info = result.info
+                        if info.get("nonfinite"):
+                            _note(f"replaced {info['nonfinite']} NaN/Inf voxels of {src.name} by the median "
+                                  f"{info['nonfinite_value']:g} (use --nonfinite refuse to stop instead)")
+                        if args.quiet:
+                            continue
+                        for note in _input_notes(src, info, model):
+                            _note(note)
+                        print(_summary(result, info["device"], info["precision"], result.tiles, result.seconds),
+                              flush=True)
+                finally:
+                    outcomes.close()  # on an interrupt: stops the running tasks, cancels the others
     return _batch_summary(args, written, len(inputs) + n_unmatched, skipped, failed)
 
 
@@ -667,18 +711,21 @@ def _is_input(a: Path, b: Path) -> bool:
 
 
 def _add_models(p: argparse.ArgumentParser) -> None:
-    del p  # no options yet
+    p.add_argument("--long", action="store_true",
+                   help="print each description whole (default: its first line, cut at 100 characters)")
 
 
-def _short_description(card: dict, limit: int = 100) -> str:
+def _short_description(card: dict, limit: int | None = 100) -> str:
     text = str(card.get("description") or card.get("architecture") or "").strip()
+    if limit is None:
+        return " ".join(text.split()) or "(no description)"
     text = text.splitlines()[0] if text else "(no description)"
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    del args
-    from ..models import DEFAULT_MODEL as default, available_models, builtin_model_dir, user_model_dir
+    from ..models import DEFAULT_MODEL as default, DEFAULT_MODEL_2D as default_2d, available_models, builtin_model_dir
+    from ..models import user_model_dir
 
     skipped: list[str] = []
     models = available_models(skipped)
@@ -694,8 +741,11 @@ def _run_models(args: argparse.Namespace) -> int:
             extra.append(f"{card['voxel_size_A']:g} Å/voxel")
         if name == default:
             extra.append("default")
+        elif name == default_2d:
+            extra.append("2D default")
         tail = f" [{', '.join(extra)}]" if extra else ""
-        print(printable(f"{name:<{width}}  {_short_description(card)}{tail}"))
+        print(printable(f"{name:<{width}}  {_short_description(card, None if getattr(args, 'long', False) else 100)}"
+                        f"{tail}"))
     return EXIT_OK
 
 
@@ -731,8 +781,9 @@ def _run_sample(args: argparse.Namespace) -> int:
 _METRICS_DESCRIPTION = """\
 Compare IMAGE (e.g. a denoised tomogram) with REFERENCE (e.g. its clean
 version), voxel by voxel: SSIM, PSNR, MSE and NRMSE (data range from the
-reference), and the Fourier shell correlation (FSC; FRC for 2D images) with
-the resolutions in Å where it falls below 0.5 and 0.143. The resolution axis
+reference), and the Fourier shell correlation (FSC; FRC for 2D images, the
+median of the per-image FRCs for .mrcs stacks) with the resolutions in Å
+where it falls below 0.5 and 0.143. The resolution axis
 uses the reference's voxel size. Both files must have the same shape.
 
 With --json one JSON object is printed with the keys ssim, psnr, mse, nrmse,
@@ -790,7 +841,11 @@ def _run_metrics(args: argparse.Namespace) -> int:
         notes.append(f"voxel sizes differ (IMAGE {_format_voxel_size(image.voxel_size)}, REFERENCE "
                      f"{_format_voxel_size(voxel_size)}); resolutions use the reference's")
 
-    report = compare(image.data, reference.data, voxel_size=voxel_size, roi=roi, half_maps=args.half_maps)
+    from ..inference.stream import is_image_stack_path
+
+    stack = reference.data.ndim == 3 and (is_image_stack_path(args.reference) or is_image_stack_path(args.image))
+    report = compare(image.data, reference.data, voxel_size=voxel_size, roi=roi, half_maps=args.half_maps,
+                     image_stack=stack)
     data = report.to_json()
     nyquist = report.curve.nyquist
     if report.scores is not None and report.scores["psnr"] == float("inf"):
@@ -820,7 +875,7 @@ def _run_metrics(args: argparse.Namespace) -> int:
             ("MSE", f"{scores['mse']:.4g}"),
             ("NRMSE", f"{scores['nrmse']:.4f}"),
         ]
-    kind = "FRC" if reference.data.ndim == 2 else "FSC"
+    kind = "FRC" if reference.data.ndim == 2 else ("median FRC" if stack else "FSC")
     lines += [
         (f"{kind} 0.5", _format_resolution(report.res_fsc_05, 0.5, nyquist)),
         (f"{kind} 0.143", _format_resolution(report.res_fsc_0143, 0.143, nyquist)),

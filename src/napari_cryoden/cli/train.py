@@ -37,9 +37,11 @@ your own tomogram or micrograph, and save it as a user model that
   --mode n2v         Noise2Void on a single volume (--input): blind-spot
                      masking (Krull et al. 2019).
 
-A slab along Z (the first axis; Y for micrographs) is held out for validation
-(--val-slab, default the last max(patch, 10 %) slices); the weights with the
-lowest validation loss are saved. Checkpoints go to --workdir every
+A slab across the longest in-plane axis (Y or X, never the thin Z of a
+tomogram) is held out for validation (--val-slab, default the last
+max(patch, 10 %) voxels); the weights with the lowest validation loss are
+saved. The patch adapts to small data (the largest multiple of the network
+stride that fits). Checkpoints go to --workdir every
 --val-every steps; after Ctrl-C or a crash, run the same command with
 --resume to go on from the last checkpoint.
 
@@ -63,7 +65,7 @@ exit status: 0 success, 1 run failed, 2 bad input or option, 130 interrupted
 
 #: Defaults of the training options, as in :class:`napari_cryoden.training.FineTuneConfig`
 #: (a test keeps them equal); shown in --help without importing torch.
-OPTION_DEFAULTS = {"loss": "l2", "adversarial": "none", "patch": 48, "batch": 4, "steps": 200, "lr": 1e-4,
+OPTION_DEFAULTS = {"loss": "l2", "adversarial": "none", "patch": None, "batch": 4, "steps": 200, "lr": 1e-4,
                    "val_every": 20, "n2v_fraction": 0.005, "n2v_mask": "auto", "seed": 0, "device": "auto",
                    "precision": "auto", "rampdown": 0.0, "max_grad_norm": None}
 _MODES = ("n2n", "supervised", "n2v")
@@ -185,17 +187,18 @@ _OPTIONS: dict[str, tuple[str, Callable[[Any], Any], str | None, str]] = {
     "name": ("--name", _text, "NAME",
              "name of the model to save (letters, digits, '.', '_', '-'); required"),
     "model": ("--model", _text, "MODEL",
-              "registry model to fine-tune (default for 3D data: the default model; see 'cryoden models')"),
+              "registry model to fine-tune (default: the default model for the data, 3D or 2D; see "
+              "'cryoden models')"),
     "architecture": ("--architecture", _text, "ARCH",
                      "train this architecture from scratch instead (UpsampleUnet48, Unet48, FastUNet3D, "
-                     "N2NUNet2D for micrographs, ...; default for 2D data: N2NUNet2D)"),
+                     "N2NUNet2D for micrographs, ...)"),
     "arch_kwargs": ("--arch-kwargs", _arch_kwargs, "JSON",
                     "keyword arguments of --architecture as a JSON object, e.g. '{\"ch\": 16}'"),
     "loss": ("--loss", _choice(("l1", "l2", "graylevel")), "{l1,l2,graylevel}", "content loss (default: l2)"),
     "adversarial": ("--adversarial", _choice(("none", "gan", "wgangp")), "{none,gan,wgangp}",
                     "supervised only: add a GAN or WGAN-GP loss (default: none)"),
     "patch": ("--patch", _int(1), "N", "edge of the cubic (square for 2D) training patches, a multiple of the "
-                                       "network stride (default: 48)"),
+                                       "network stride (default: 48 for 3D, 64 for 2D, less for smaller data)"),
     "batch": ("--batch", _int(1), "N", "patches per step (default: 4)"),
     "steps": ("--steps", _int(1), "N", "training steps in all, resumed ones included (default: 200)"),
     "lr": ("--lr", _positive_float, "X", "Adam learning rate (default: 0.0001)"),
@@ -206,7 +209,8 @@ _OPTIONS: dict[str, tuple[str, Callable[[Any], Any], str | None, str]] = {
                       "clip the gradient to this L2 norm before each update, against divergence "
                       "(default: no clipping)"),
     "val_slab": ("--val-slab", _slab, "START:STOP",
-                 "slices along the first axis held out for validation (default: the last max(patch, 10 %%))"),
+                 "voxels along the longest in-plane axis (Y or X) held out for validation (default: the "
+                 "last max(patch, 10 %%))"),
     "val_every": ("--val-every", _int(1), "N", "steps between validations and checkpoints (default: 20)"),
     "n2v_fraction": ("--n2v-fraction", _positive_float, "X", "n2v: fraction of blind-spot voxels (default: 0.005)"),
     "n2v_mask": ("--n2v-mask", _choice(("auto", "voxel")), "{auto,voxel}",
@@ -462,14 +466,9 @@ def run(args: argparse.Namespace) -> int:
 
     model, architecture = values["model"], values["architecture"]
     if model is None and architecture is None:
-        if source.data.ndim == 2:
-            architecture = "N2NUNet2D"
-            _note("2D data: training an N2NUNet2D from scratch (no 2D model to fine-tune; "
-                  "pick one with --model or --architecture)")
-        else:
-            from ..models import DEFAULT_MODEL
+        from ..models import default_model_for
 
-            model = DEFAULT_MODEL
+        model = default_model_for(source.data.ndim)  # n2n-unet-2d for a micrograph
     quiet = bool(values["quiet"])
     config = FineTuneConfig(mode=mode, **{k: values[k] for k in OPTION_DEFAULTS if values[k] is not None})
     config.val_slab = values["val_slab"]

@@ -452,10 +452,20 @@ def _plan_task(path: str, model, options: dict, share: int) -> dict:
     """Worker side of :func:`iter_split_denoise_file`: what :func:`iter_denoise` decides before
     its first tile (checks, plan, NaN/Inf count, normalisation statistics), for the whole file."""
     from .. import io
+    from ..io.mrc import HeaderFields
     from .engine import as_model, prepare_run, resolve_device
+    from .resample import plan_resample
+    from .stream import input_voxel_size
 
     volume = io.read_mrc(path, mmap_threshold=options["mmap_threshold"])  # as the single-file path reads it
     data = volume.data
+    voxel_size, known = input_voxel_size(volume, options["voxel_size"], options["image_stack"])
+    resampling = plan_resample(data.shape, voxel_size, as_model(model), mode=options["resample"], known=known,
+                               image_stack=options["image_stack"])
+    seen = dict(voxel_size=voxel_size, voxel_size_known=resampling.known, resample_plan=resampling,
+                read_notes=list(volume.metadata.get("notes", ())), header=HeaderFields.from_metadata(volume.metadata))
+    if resampling.resampled:  # the whole file goes to one worker (see iter_split_denoise_file)
+        return seen
     memory_bytes = options["memory_bytes"]
     if memory_bytes is None and options["tile"] is None:
         memory_bytes = _memory_share(str(resolve_device(options["device"])), share)
@@ -464,8 +474,7 @@ def _plan_task(path: str, model, options: dict, share: int) -> dict:
                       nonfinite=options["nonfinite"], image_stack=options["image_stack"], memory_bytes=memory_bytes)
     plan, dev, prec, n_bad, center, scale = run.plan, run.device, run.precision, run.n_bad, run.center, run.scale
     return dict(plan=plan, stats=(center, scale), nonfinite=n_bad, device=str(dev), precision=prec,
-                shape=tuple(data.shape), voxel_size=tuple(volume.voxel_size),
-                voxel_size_known=volume.metadata.get("voxel_size_known", True))
+                shape=tuple(data.shape), **seen)
 
 
 def _tile_task(path: str, model, plan, tiles, stats, device: str, precision: str, replace: bool):
@@ -508,6 +517,8 @@ def iter_split_denoise_file(
     label: str | None = None,
     info: dict | None = None,
     tasks_per_thread: int = TASKS_PER_THREAD,
+    resample: str = "auto",
+    voxel_size: float | None = None,
 ) -> Generator[tuple[int, int], None, FileResult]:
     """Denoise one MRC file with its tiles spread over the workers of `client`, yielding
     ``(tiles_done, tiles_total)``.
@@ -518,7 +529,9 @@ def iter_split_denoise_file(
     `device` and `precision` "auto" and the automatic tile geometry are decided by the worker
     that makes the plan; an unset `memory_bytes` on a CPU is divided by the task threads of that
     worker's host. With the same tile, overlap, batch, device and precision, the output is
-    bit-identical to :func:`~napari_cryoden.inference.stream.denoise_file`'s.
+    bit-identical to :func:`~napari_cryoden.inference.stream.denoise_file`'s. An input that is
+    resampled to the model's voxel size (`resample`, `voxel_size`) is denoised whole by one
+    worker, as one task (reported as one tile).
 
     Raises
     ------
@@ -539,19 +552,24 @@ def iter_split_denoise_file(
     share, threads = _cluster_shape(client)
     stack = is_image_stack_path(src) if image_stack is None else bool(image_stack)
     options = dict(tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision,
-                   nonfinite=nonfinite, memory_bytes=memory_bytes, image_stack=stack, mmap_threshold=mmap_threshold)
+                   nonfinite=nonfinite, memory_bytes=memory_bytes, image_stack=stack, mmap_threshold=mmap_threshold,
+                   resample=resample, voxel_size=voxel_size)
     path = str(src.absolute())
     try:
         made = client.submit(_plan_task, path, model_ref, options, share, pure=False).result()
     except Exception as exc:  # noqa: BLE001 - re-raised with the paths as the user wrote them
         raise _as_seen_by_user(exc, src, dst)
+    info = {} if info is None else info
+    if made["resample_plan"].resampled:
+        info.update({k: made[k] for k in ("voxel_size", "voxel_size_known", "resample_plan", "read_notes")})
+        return (yield from _whole_file(client, src, dst, model_ref, dict(options, overwrite=overwrite, label=label),
+                                       share, info))
     plan, (center, scale), n_bad = made["plan"], made["stats"], made["nonfinite"]
     shape, g = made["shape"], made["plan"].geometry
     tiles = plan_tiles(plan.shape, g.tile, g.overlap, g.stride)
     streamed = streams(dst, math.prod(shape), mmap_threshold)
-    info = {} if info is None else info
     info.update(voxel_size=made["voxel_size"], voxel_size_known=made["voxel_size_known"], shape=shape,
-                streamed=streamed, model=lm.name)
+                streamed=streamed, model=lm.name, resample_plan=made["resample_plan"], read_notes=made["read_notes"])
     import torch
 
     from .engine import RunSetup
@@ -587,12 +605,32 @@ def iter_split_denoise_file(
                 client.cancel(list(pending))
         return out
 
-    yield from write_denoised(src, dst, shape, made["voxel_size"], label, gather, overwrite=overwrite,
-                              streamed=streamed)
+    yield from write_denoised(src, dst, shape, made["voxel_size"] if made["voxel_size_known"] else None, label,
+                              gather, overwrite=overwrite, streamed=streamed, header=made["header"])
     return FileResult(
         output=dst, shape=shape, voxel_size=made["voxel_size"], model=lm.name, tiles=len(tiles), streamed=streamed,
         seconds=time.perf_counter() - start, info=info,
     )
+
+
+def _whole_file(client, src: Path, dst: Path, model_ref, options: dict, share: int,
+                info: dict) -> Generator[tuple[int, int], None, FileResult]:
+    """One worker denoises the whole file (resampled inputs); reported as one tile."""
+    options = {k: v for k, v in options.items() if k != "memory_bytes" or v is not None}
+    future = client.submit(_file_task, str(src.absolute()), str(dst.absolute()), model_ref, options, share, None,
+                           pure=False)
+    try:
+        yield 0, 1
+        try:
+            result = future.result()
+        except Exception as exc:  # noqa: BLE001 - re-raised with the paths as the user wrote them
+            raise _as_seen_by_user(exc, src, dst)
+    finally:
+        if not future.done():
+            client.cancel([future])
+    info.update(result.info)
+    yield 1, 1
+    return dataclasses.replace(result, output=dst, tiles=1)
 
 
 def split_denoise_file(

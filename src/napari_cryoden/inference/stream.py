@@ -22,8 +22,9 @@ from typing import Callable, Generator, Sequence
 import numpy as np
 
 from ..io.atomic import atomic_path, same_file
-from ..io.mrc import DEFAULT_MMAP_THRESHOLD
+from ..io.mrc import DEFAULT_MMAP_THRESHOLD, HeaderFields
 from ..models.registry import DEFAULT_MODEL
+from . import resample as resampling
 from .tiling import release_pages
 from .timing import Stages
 
@@ -213,7 +214,7 @@ def while_file_whole(path: Path, steps: Generator):
 
 def write_denoised(
     src: Path, dst: Path, shape: tuple[int, ...], voxel_size, label: str, fill, *, overwrite: bool, streamed: bool,
-    info: dict | None = None, stages: Stages | None = None,
+    header=None, info: dict | None = None, stages: Stages | None = None,
 ) -> Generator[tuple[int, int], None, None]:
     """Write the float32 output `dst` atomically while `fill(out)` computes it, yielding its
     progress (a streamed output's disk space is reserved first, :func:`reserve_space`).
@@ -222,7 +223,9 @@ def write_denoised(
     None (in-memory outputs) it allocates the array itself. Streamed outputs are memory-mapped
     MRC files in the temporary file of :func:`~napari_cryoden.io.atomic_path`, finished with the
     voxel size, the label and the header statistics; others go through
-    :func:`~napari_cryoden.io.write_mrc`, which never writes over `src`. Header statistics that
+    :func:`~napari_cryoden.io.write_mrc`, which never writes over `src`. `header` (an
+    :class:`~napari_cryoden.io.mrc.HeaderFields`) carries the input's header fields into both;
+    `voxel_size` None keeps the header's own. Header statistics that
     the run left in ``info["header_stats"]`` (a resident run takes them on the device) are
     written as they are, instead of being computed from the output again.
     """
@@ -233,21 +236,22 @@ def write_denoised(
 
         result = yield from fill(None)
         with stages("write"):
-            write_mrc(dst, result, voxel_size, overwrite=overwrite, protect=(src,), label=label,
+            write_mrc(dst, result, voxel_size, overwrite=overwrite, protect=(src,), label=label, header=header,
                       stats=info.get("header_stats"))
         return
     import mrcfile
 
+    from ..io.mrc import finish_header
+
+    ext, exttyp = header.extended_for(tuple(shape)) if header is not None else (None, None)
     with atomic_path(dst, overwrite=overwrite) as tmp:
-        mrc = mrcfile.new_mmap(tmp, shape=tuple(shape), mrc_mode=2, overwrite=True)
+        mrc = mrcfile.new_mmap(tmp, shape=tuple(shape), mrc_mode=2, overwrite=True, extended_header=ext,
+                               exttyp=exttyp)
         try:
             reserve_space(tmp, dst)
             yield from fill(mrc.data)
             with stages("write"):
-                vs = np.broadcast_to(np.asarray(voxel_size, dtype=float), (len(shape),)).tolist()
-                vs_zyx = ([vs[0]] if len(shape) == 2 else []) + vs  # 2D: z = y, as write_mrc
-                mrc.voxel_size = (vs_zyx[2], vs_zyx[1], vs_zyx[0])
-                mrc.add_label(label[:80])
+                finish_header(mrc, tuple(shape), voxel_size, label, header)
                 h = mrc.header
                 h.dmin, h.dmax, h.dmean, h.rms = info.get("header_stats") or header_stats(mrc.data)
                 mrc.flush()
@@ -275,8 +279,15 @@ def iter_denoise_file(
     info: dict | None = None,
     resident: bool | None = None,
     timings: dict | None = None,
+    resample: str = "auto",
+    voxel_size: float | None = None,
 ) -> Generator[tuple[int, int], None, FileResult]:
     """Denoise an MRC file into a float32 MRC file, yielding ``(tiles_done, tiles_total)``.
+
+    The output keeps the input's header fields (origin, start indices, labels plus one, the
+    extended header; :class:`~napari_cryoden.io.mrc.HeaderFields`). When the input's voxel size
+    is far from the model's, the input is Fourier-resampled to it and back
+    (:mod:`~napari_cryoden.inference.resample`).
 
     Parameters
     ----------
@@ -297,8 +308,15 @@ def iter_denoise_file(
     label : str, optional
         Added to the output header's labels (default ``"cryoden <model name>"``).
     info : dict, optional
-        Filled in as by the engine, plus ``voxel_size``, ``voxel_size_known``, ``shape``,
-        ``streamed`` and ``model`` before the first report.
+        Filled in as by the engine, plus ``voxel_size`` (the input's, Å), ``voxel_size_known``,
+        ``shape``, ``streamed``, ``model``, ``resample_plan`` (a
+        :class:`~napari_cryoden.inference.resample.ResamplePlan`) and ``read_notes`` (what the
+        reader tolerated) before the first report.
+    resample : {"auto", "off", "binned"}, default="auto"
+        ``"auto"``: Fourier-resample to the model card's voxel size and back when they differ by
+        more than 20 %; ``"binned"``: write the result at the model's voxel size; ``"off"``: never.
+    voxel_size : float, optional
+        Å per pixel, overriding the header's (and written to the output's header).
     resident : bool, optional
         Hold the whole volume on the device (default: on CUDA when it fits); see
         :func:`~napari_cryoden.inference.iter_denoise`. On CUDA (unless `resident` is False) an
@@ -338,27 +356,55 @@ def iter_denoise_file(
     lm = as_model(model)
     data = volume.data
     stack = is_image_stack_path(src) if image_stack is None else bool(image_stack)
-    streamed = streams(dst, data.size, mmap_threshold)
+    in_vs, known = input_voxel_size(volume, voxel_size, stack)
+    plan = resampling.plan_resample(data.shape, in_vs, lm, mode=resample, known=known, image_stack=stack)
+    streamed = streams(dst, math.prod(plan.output_shape), mmap_threshold)
     info = {} if info is None else info
-    info.update(voxel_size=tuple(volume.voxel_size), voxel_size_known=volume.metadata.get("voxel_size_known", True),
-                shape=tuple(data.shape), streamed=streamed, model=lm.name)
+    info.update(voxel_size=in_vs, voxel_size_known=plan.known, shape=tuple(data.shape), streamed=streamed,
+                model=lm.name, resample_plan=plan, read_notes=list(volume.metadata.get("notes", ())))
     label = label if label is not None else f"cryoden {lm.name}"
     kwargs = dict(tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision,
                   nonfinite=nonfinite, info=info, image_stack=stack, memory_bytes=memory_bytes, resident=resident,
                   timings=timings)
 
     def fill(out):
-        steps = inference.iter_denoise(data, lm, out=out, **kwargs)
+        steps = resampling.iter_denoise_resampled(data, lm, plan, out=out, **kwargs)
         if volume.metadata.get("memory_mapped"):
             steps = while_file_whole(src, steps)
-        return (yield from steps)
+        result = yield from steps
+        if plan.resampled and plan.mode != "binned":
+            info.pop("header_stats", None)  # those of the model's grid, not of the output
+        return result
 
-    yield from write_denoised(src, dst, data.shape, volume.voxel_size, label, fill, overwrite=overwrite,
-                              streamed=streamed, info=info, stages=stages)
+    out_vs = plan.output_voxel_size if plan.known else None  # None: the header's own, never an invented 1 Å
+    yield from write_denoised(src, dst, plan.output_shape, out_vs, label, fill, overwrite=overwrite,
+                              streamed=streamed, header=HeaderFields.from_metadata(volume.metadata), info=info,
+                              stages=stages)
     return FileResult(
-        output=dst, shape=tuple(data.shape), voxel_size=tuple(volume.voxel_size), model=lm.name,
+        output=dst, shape=plan.output_shape, voxel_size=plan.output_voxel_size, model=lm.name,
         tiles=int(info.get("tiles", 0)), streamed=streamed, seconds=time.perf_counter() - start, info=info,
     )
+
+
+def input_voxel_size(volume, override: float | None, image_stack: bool) -> tuple[tuple[float, ...], bool]:
+    """The voxel size (Å, array order) of a read :class:`~napari_cryoden.io.MrcVolume` and whether
+    it is known; `override` (Å, from the user) replaces the in-plane values, and Z too for a
+    volume (not the image axis of a stack).
+
+    Raises
+    ------
+    ValueError
+        If `override` is not a finite number > 0.
+    """
+    vs = tuple(float(v) for v in volume.voxel_size)
+    known = bool(volume.metadata.get("voxel_size_known", True))
+    if override is None:
+        return vs, known
+    if not (isinstance(override, (int, float)) and math.isfinite(override) and override > 0):
+        raise ValueError(f"voxel_size must be a positive number of Å, got {override!r}")
+    n = len(vs)
+    keep_first = n == 3 and image_stack
+    return tuple(vs[0] if (i == 0 and keep_first) else float(override) for i in range(n)), True
 
 
 def denoise_file(

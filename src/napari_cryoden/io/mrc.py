@@ -13,10 +13,12 @@ cryo-microscopy and tomography. J. Struct. Biol. 192(2), 146-150. doi:10.1016/j.
 from __future__ import annotations
 
 import bz2
+import math
 import gzip
 import os
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,12 @@ from .atomic import atomic_path, same_file
 
 __all__ = [
     "MRC_EXTENSIONS",
+    "HeaderFields",
     "MrcError",
     "MrcVolume",
+    "check_mrc_header",
+    "finish_header",
+    "header_shape",
     "is_mrc_path",
     "looks_like_mrc",
     "read_mrc",
@@ -67,13 +73,110 @@ class MrcVolume:
     voxel_size : tuple of float
         Å per voxel along each axis of `data`, (Z, Y, X) order; 1.0 where the header has none.
     metadata : dict
-        JSON-serialisable header summary (``header``), extended-header summary
-        (``extended_header``), ``path``, ``voxel_size_known`` and ``memory_mapped``.
+        Header summary (``header``), extended-header summary (``extended_header``), ``path``,
+        ``voxel_size_known``, ``memory_mapped``, ``notes`` (what was tolerated, e.g. an old-style
+        header, one sentence each; empty for a clean file), all JSON-serialisable, and
+        ``extended_header_bytes``, the raw extended header (bytes), which
+        :meth:`HeaderFields.from_metadata` carries into outputs.
     """
 
     data: np.ndarray
     voxel_size: tuple[float, ...]
     metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HeaderFields:
+    """The parts of an input's MRC header that an output made from it keeps.
+
+    An output (a denoised tomogram, micrograph or stack) must overlay its input in IMOD or
+    ChimeraX: :func:`write_mrc` copies the origin, the start indices, the labels (then adds its
+    own) and the extended header (byte for byte, when the output has as many sections as the
+    input), and, when the caller gives no voxel size, the header's own voxel size, even 0.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        The input's data shape, array order.
+    voxel_size_xyz_A : tuple of float
+        As stored in the header (X, Y, Z), 0 or NaN included.
+    origin_xyz_A : tuple of float
+    nstart_xyz : tuple of int
+        ``nxstart``, ``nystart``, ``nzstart``, in voxels of the input's grid.
+    labels : tuple of str
+    ispg : int
+        Space group: 0 marks an image stack.
+    exttyp : str
+    extended_header : bytes
+    """
+
+    shape: tuple[int, ...]
+    voxel_size_xyz_A: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    origin_xyz_A: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    nstart_xyz: tuple[int, int, int] = (0, 0, 0)
+    labels: tuple[str, ...] = ()
+    ispg: int = 1
+    exttyp: str = ""
+    extended_header: bytes = b""
+
+    @classmethod
+    def from_metadata(cls, metadata: dict | None) -> "HeaderFields | None":
+        """From :attr:`MrcVolume.metadata` (or a napari layer's metadata, which holds it); None
+        when it has no MRC header summary."""
+        header = (metadata or {}).get("header")
+        if not isinstance(header, dict) or "nx" not in header:
+            return None
+        try:
+            nx, ny, nz = int(header["nx"]), int(header["ny"]), int(header["nz"])
+            return cls(
+                shape=(nz, ny, nx) if nz > 1 else (ny, nx),
+                voxel_size_xyz_A=tuple(float(v) for v in header.get("voxel_size_xyz_A", (0, 0, 0)))[:3],
+                origin_xyz_A=tuple(float(v) for v in header.get("origin_xyz_A", (0, 0, 0)))[:3],
+                nstart_xyz=tuple(int(v) for v in header.get("nxstart", (0, 0, 0)))[:3],
+                labels=tuple(str(v) for v in header.get("labels", ()))[:10],
+                ispg=int(header.get("ispg", 1)),
+                exttyp=str(header.get("exttyp", "")),
+                extended_header=bytes((metadata or {}).get("extended_header_bytes") or b""),
+            )
+        except (TypeError, ValueError, KeyError):
+            return None
+
+    def apply(self, mrc, shape: tuple[int, ...], label: str | None) -> None:
+        """Write these fields into the open mrcfile object `mrc` whose data has `shape`.
+
+        Start indices are rescaled when the grid changed (a binned output); labels beyond the
+        ninth are dropped to make room for `label`. The extended header is set apart, when the
+        file is created (:meth:`extended_for`).
+        """
+        h = mrc.header
+        h.origin.x, h.origin.y, h.origin.z = self.origin_xyz_A
+        old = (self.shape[-1], self.shape[-2], self.shape[0] if len(self.shape) == 3 else 1)
+        new = (shape[-1], shape[-2], shape[0] if len(shape) == 3 else 1)
+        starts = [int(round(s * n / o)) if o else s for s, n, o in zip(self.nstart_xyz, new, old)]
+        h.nxstart, h.nystart, h.nzstart = starts
+        if self.ispg == 0 and len(shape) == 3:
+            mrc.set_image_stack()
+        labels = [lab for lab in self.labels if lab][: 9 if label else 10]
+        h.nlabl = 0
+        h.label[:] = b""
+        for lab in labels + ([label] if label else []):
+            mrc.add_label(lab[:80])
+
+    def extended_for(self, shape: tuple[int, ...]) -> tuple[np.ndarray | None, bytes | None]:
+        """``(extended header, exttyp)`` for an output of `shape`: the input's, byte for byte,
+        when the output has as many sections (Z or N) as the input, since the records of an FEI
+        extended header belong to its sections; ``(None, None)`` otherwise."""
+        sections = lambda shp: shp[0] if len(shp) == 3 else 1  # noqa: E731
+        if not self.extended_header or sections(shape) != sections(self.shape):
+            return None, None
+        return np.frombuffer(self.extended_header, dtype="V1"), self.exttyp.encode("ascii", "replace")[:4]
+
+    def voxel_size_zyx(self, ndim: int) -> tuple[float, ...]:
+        """The header's own voxel size in array order for `ndim`-dimensional data, as an output
+        may keep it: 0 (unknown) and other finite non-negative values are kept; negative, NaN
+        and infinite values, which no valid MRC2014 file holds, become 0."""
+        x, y, z = (v if math.isfinite(v) and v >= 0 else 0.0 for v in self.voxel_size_xyz_A)
+        return (z, y, x)[3 - ndim:]
 
 
 def _split_suffix(path: Path) -> tuple[str, str]:
@@ -95,6 +198,15 @@ def _read_head(path: Path, n: int = _HEADER_BYTES) -> bytes:
         return fh.read(n)
 
 
+def _guess_byte_order(head: bytes) -> str | None:
+    """Byte order of a header without a machine stamp: the one giving a valid mode and sane sizes."""
+    for order in "<>":
+        nx, ny, nz, mode = np.frombuffer(head[:16], dtype=f"{order}i4")
+        if mode in _VALID_MODES and 0 < nx < 2**20 and 0 < ny < 2**20 and 0 < nz < 2**20:
+            return order
+    return None
+
+
 def looks_like_mrc(path: str | os.PathLike) -> bool:
     """Cheap check of an MRC header: a full 1024-byte header with a plausible mode and size.
 
@@ -113,11 +225,7 @@ def looks_like_mrc(path: str | os.PathLike) -> bool:
     if head[208:212] == b"MAP ":
         return True
     # Old-style files without the map stamp: sane dimensions and mode in either byte order.
-    for order in "<>":
-        nx, ny, nz, mode = np.frombuffer(head[:16], dtype=f"{order}i4")
-        if mode in _VALID_MODES and 0 < nx < 2**20 and 0 < ny < 2**20 and 0 < nz < 2**20:
-            return True
-    return False
+    return _guess_byte_order(head) is not None
 
 
 def _decompressed_size(path: Path, limit: int) -> int:
@@ -133,7 +241,7 @@ def _decompressed_size(path: Path, limit: int) -> int:
     return n
 
 
-def _check_header_size(path: Path, head: bytes, compressed: bool) -> int | None:
+def _check_header_size(path: Path, head: bytes, compressed: bool, *, count: bool = True) -> int | None:
     """Refuse a header whose dimensions are not positive or imply more bytes than the file holds.
 
     This runs on the raw 1024 bytes, before :mod:`mrcfile` reads anything, so an absurd header
@@ -141,14 +249,14 @@ def _check_header_size(path: Path, head: bytes, compressed: bool) -> int | None:
     allocation: mrcfile reads the extended header and the data into buffers of the claimed size.
     For compressed files claiming more than :data:`_CHEAP_BYTES`, the decompressed stream is
     counted first (in 1 MiB chunks, no allocation), and claims over :data:`MAX_DATA_BYTES` are
-    refused outright; so are compressed files holding more than :data:`TRAILING_SLACK_BYTES`
-    past the described size. Headers whose byte order cannot be told are left to mrcfile, which
-    refuses them.
+    refused outright (with `count` False, only that); so are compressed files holding more than
+    :data:`TRAILING_SLACK_BYTES` past the described size. Headers whose byte order cannot be
+    told are left to mrcfile, which refuses them.
 
     Returns the bytes the header describes (header, extended header and data), or None when
     the byte order cannot be told.
     """
-    order = {0x44: "<", 0x41: "<", 0x11: ">"}.get(head[212])
+    order = {0x44: "<", 0x41: "<", 0x11: ">"}.get(head[212]) or _guess_byte_order(head)
     if order is None:
         return None
     nx, ny, nz, mode = (int(v) for v in np.frombuffer(head[:16], dtype=f"{order}i4"))
@@ -169,7 +277,7 @@ def _check_header_size(path: Path, head: bytes, compressed: bool) -> int | None:
                 f"of extended header would be {needed:.3g} bytes, more than the {MAX_DATA_BYTES:.3g} "
                 "bytes this reader accepts"
             )
-        if needed <= _CHEAP_BYTES:
+        if needed <= _CHEAP_BYTES or not count:
             return needed  # small enough to be read whole and checked then (_read_compressed)
         try:
             size = _decompressed_size(path, needed + TRAILING_SLACK_BYTES + 1)
@@ -282,6 +390,103 @@ def _voxel_size_zyx(mrc, ndim: int) -> tuple[tuple[float, ...], bool]:
     return zyx[3 - ndim:] if ndim <= 3 else (1.0,) * (ndim - 3) + zyx, known
 
 
+#: What mrcfile says of an old-style header (no MAP ID, no machine stamp) that is otherwise fine.
+_OLD_STYLE_WARNINGS = ("Map ID string not found", "Unrecognised machine stamp")
+
+
+def _open_tolerant(path: Path, use_mmap: bool, *, header_only: bool = False):
+    """Open `path` with mrcfile, strictly; an old-style header (no MAP ID or machine stamp, as
+    written by older software) is read permissively instead, with one note. Returns the open
+    file and the notes. Anything else that strict reading refuses stays refused (MrcError)."""
+    import mrcfile
+
+    opener = mrcfile.mmap if use_mmap else partial(mrcfile.open, header_only=header_only)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return opener(path, mode="r", permissive=False), []
+    except (ValueError, OSError, EOFError, MemoryError, OverflowError) as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        strict_error = MrcError(f"{path}: corrupt or truncated MRC file: {msg}")
+        if not (isinstance(exc, ValueError) and msg.startswith(_OLD_STYLE_WARNINGS)):
+            raise strict_error from None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            mrc = opener(path, mode="r", permissive=True)
+    except (ValueError, OSError, EOFError, MemoryError, OverflowError):
+        raise strict_error from None
+    other = [str(w.message) for w in caught if not str(w.message).startswith(_OLD_STYLE_WARNINGS)]
+    if other or (mrc.data is None and not header_only):
+        mrc.close()
+        raise strict_error
+    note = (f"{path.name}: old-style MRC header (no MAP ID or machine stamp, as older programs write); "
+            "read it anyway")
+    return mrc, [note]
+
+
+def _extended_bytes(mrc) -> bytes:
+    raw = mrc.extended_header
+    return bytes(np.ascontiguousarray(raw).view(np.uint8).ravel()) if raw is not None and raw.nbytes else b""
+
+
+def header_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The data shape an MRC file's header declares, array order: ``(Y, X)`` when it holds one
+    section, else ``(Z, Y, X)`` (or ``(N, Y, X)``). Reads only the first 1024 bytes, so a tool
+    can pick a model before reading the data.
+
+    Raises
+    ------
+    MrcError
+        If the file is missing or its header is not MRC.
+    """
+    path = Path(path)
+    if not looks_like_mrc(path):
+        raise MrcError(f"{path}: no such file" if not path.exists() else f"{path}: not an MRC file (no valid MRC header)")
+    head = _read_head(path)
+    order = {0x44: "<", 0x41: "<", 0x11: ">"}.get(head[212]) or _guess_byte_order(head) or "<"
+    nx, ny, nz = (int(v) for v in np.frombuffer(head[:12], dtype=f"{order}i4"))
+    return (ny, nx) if nz == 1 else (nz, ny, nx)
+
+
+def _checked_head(path: Path, *, count: bool = True) -> tuple[bool, int | None]:
+    """Refuse (MrcError) a missing file, a folder, a file that is not MRC, or a header whose
+    sizes do not fit the file (:func:`_check_header_size`); returns whether the file is
+    compressed, and the bytes its header describes (None when its byte order cannot be told)."""
+    if not path.exists():
+        raise MrcError(f"{path}: no such file")
+    if path.is_dir():
+        raise MrcError(f"{path}: is a folder, not an MRC file")
+    if not looks_like_mrc(path):
+        raise MrcError(f"{path}: not an MRC file (no valid MRC header)")
+    compressed = bool(_split_suffix(path)[1])
+    try:
+        head = _read_head(path)
+    except (OSError, EOFError, ValueError) as exc:
+        raise MrcError(f"{path}: cannot read the MRC header: {' '.join(str(exc).split())}") from None
+    return compressed, _check_header_size(path, head, compressed, count=count)
+
+
+def check_mrc_header(path: str | os.PathLike) -> None:
+    """Refuse, without reading the data, an MRC file that :func:`read_mrc` would refuse for its
+    header: not MRC, dimensions or sizes that do not fit the file, or a header mrcfile rejects
+    (an old-style header without MAP ID or machine stamp passes, as in :func:`read_mrc`). For
+    compressed files the claimed size is only checked against :data:`MAX_DATA_BYTES` (counting
+    the decompressed bytes would read the file). Used by the napari reader so that it claims
+    only files it can read.
+
+    Raises
+    ------
+    MrcError
+        One line naming the file and the problem.
+    """
+    path = Path(path)
+    compressed, _ = _checked_head(path, count=False)
+    if not compressed:
+        mrc, _ = _open_tolerant(path, use_mmap=False, header_only=True)
+        mrc.close()
+
+
 def read_mrc(path: str | os.PathLike, *, mmap_threshold: int = DEFAULT_MMAP_THRESHOLD) -> MrcVolume:
     """Read an MRC file (``.mrc .mrcs .rec .map .st``, optionally ``.gz``/``.bz2``).
 
@@ -304,36 +509,21 @@ def read_mrc(path: str | os.PathLike, *, mmap_threshold: int = DEFAULT_MMAP_THRE
         more than :data:`TRAILING_SLACK_BYTES` past the size its header describes; the message
         names the file and the problem in one line.
     """
-    import mrcfile
-
     path = Path(path)
-    if not path.exists():
-        raise MrcError(f"{path}: no such file")
-    if path.is_dir():
-        raise MrcError(f"{path}: is a folder, not an MRC file")
-    if not looks_like_mrc(path):
-        raise MrcError(f"{path}: not an MRC file (no valid MRC header)")
-    compressed = bool(_split_suffix(path)[1])
-    try:
-        head = _read_head(path)
-    except (OSError, EOFError, ValueError) as exc:
-        raise MrcError(f"{path}: cannot read the MRC header: {' '.join(str(exc).split())}") from None
-    needed = _check_header_size(path, head, compressed)
+    compressed, needed = _checked_head(path)
     use_mmap = not compressed and path.stat().st_size >= mmap_threshold
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            if compressed:
-                mrc = _read_compressed(path, needed)
-            elif use_mmap:
-                mrc = mrcfile.mmap(path, mode="r", permissive=False)
-            else:
-                mrc = mrcfile.open(path, mode="r", permissive=False)
-    except MrcError:
-        raise
-    except (ValueError, OSError, EOFError, MemoryError, OverflowError) as exc:
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        raise MrcError(f"{path}: corrupt or truncated MRC file: {msg}") from None
+    if compressed:  # read through a bounded buffer: mrcfile would decompress a bomb whole
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mrc, notes = _read_compressed(path, needed), []
+        except MrcError:
+            raise
+        except (ValueError, OSError, EOFError, MemoryError, OverflowError) as exc:
+            msg = " ".join(str(exc).split()) or type(exc).__name__
+            raise MrcError(f"{path}: corrupt or truncated MRC file: {msg}") from None
+    else:
+        mrc, notes = _open_tolerant(path, use_mmap)
     try:
         data = mrc.data
         if data is None:
@@ -348,6 +538,8 @@ def read_mrc(path: str | os.PathLike, *, mmap_threshold: int = DEFAULT_MMAP_THRE
             "extended_header": _extended_summary(mrc),
             "memory_mapped": use_mmap,
             "voxel_size_known": known,
+            "notes": notes,
+            "extended_header_bytes": _extended_bytes(mrc),
         }
     finally:
         mrc.close()
@@ -357,11 +549,12 @@ def read_mrc(path: str | os.PathLike, *, mmap_threshold: int = DEFAULT_MMAP_THRE
 def write_mrc(
     path: str | os.PathLike,
     data: np.ndarray,
-    voxel_size: float | tuple[float, ...] = 1.0,
+    voxel_size: float | tuple[float, ...] | None = 1.0,
     *,
     overwrite: bool = False,
     protect: tuple[str | os.PathLike, ...] = (),
     label: str | None = None,
+    header: HeaderFields | None = None,
     stats: tuple[float, float, float, float] | None = None,
 ) -> Path:
     """Write `data` as a float32 MRC file, atomically.
@@ -371,14 +564,18 @@ def write_mrc(
     path : path-like
         Output; ``.gz``/``.bz2`` suffixes compress.
     data : (Z, Y, X), (Y, X) or (N, Y, X) array-like of real dtype
-    voxel_size : float or tuple of float, default=1.0
-        Å per voxel in (Z, Y, X) order (or one number for all axes).
+    voxel_size : float or tuple of float or None, default=1.0
+        Å per voxel in (Z, Y, X) order (or one number for all axes). None keeps the voxel size
+        stored in `header` (0, meaning unknown, included), or 0 without a header.
     overwrite : bool, default=False
         Replace an existing file.
     protect : tuple of path-like
         Files that must never be replaced (the inputs of the job); writing onto one raises.
     label : str, optional
         Added to the header labels (for example the model name).
+    header : HeaderFields, optional
+        The input's header fields to keep: origin, start indices, labels, image-stack marking
+        and extended header (see :class:`HeaderFields`).
     stats : (min, max, mean, std) of float, optional
         The header statistics of `data` when they are known already (a GPU run takes them on
         the device): an uncompressed float32 file is then written as its header followed by the
@@ -406,35 +603,57 @@ def write_mrc(
     arr = np.asarray(data)
     if arr.ndim not in (2, 3) or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise MrcError(f"{path}: can only write 2D or 3D real arrays, got {arr.ndim}D {arr.dtype}")
-    vs = np.broadcast_to(np.asarray(voxel_size, dtype=float), (arr.ndim,)).tolist()
-    vs_zyx = ([vs[0]] if arr.ndim == 2 else []) + vs  # 2D: z = y
     compression = {".gz": "gzip", ".bz2": "bzip2"}.get(_split_suffix(path)[1])
     if stats is not None and compression is None:
         with atomic_path(path, overwrite=overwrite) as tmp:
-            _write_with_stats(tmp, arr, vs_zyx, label, stats)
+            _write_with_stats(tmp, arr, voxel_size, label, header, stats)
         return path
     with atomic_path(path, overwrite=overwrite) as tmp:
         # mrcfile's statistics are float32 sums: the mean and rms overflow near 1e38 (fixed below)
         with mrcfile.new(tmp, overwrite=True, compression=compression) as mrc, \
                 np.errstate(over="ignore", invalid="ignore"):
+            if header is not None:
+                ext, exttyp = header.extended_for(arr.shape)
+                if ext is not None:
+                    mrc.set_extended_header(ext)
+                    mrc.header.exttyp = exttyp
             mrc.set_data(arr.astype(np.float32, copy=False))
-            mrc.voxel_size = (vs_zyx[2], vs_zyx[1], vs_zyx[0])
-            if label:
-                mrc.add_label(label[:80])
+            finish_header(mrc, arr.shape, voxel_size, label, header)
             mrc.update_header_stats()
             _finite_header_stats(mrc)
     return path
 
 
-def _write_with_stats(tmp: Path, arr: np.ndarray, vs_zyx: list, label: str | None, stats) -> None:
-    """The header (mrcfile, on an empty file of the right size), then the float32 data appended
-    with plain writes: no pass over the data but the copy itself."""
+def finish_header(mrc, shape: tuple[int, ...], voxel_size, label: str | None, header: HeaderFields | None) -> None:
+    """Set the voxel size, the kept header fields and the label of a new MRC file whose data
+    (of `shape`) is set; shared by :func:`write_mrc` and the memory-mapped outputs of
+    :mod:`napari_cryoden.inference.stream`. `voxel_size` as for :func:`write_mrc`."""
+    if header is not None:
+        header.apply(mrc, tuple(shape), label)
+    elif label:
+        mrc.add_label(label[:80])
+    ndim = len(shape)
+    if voxel_size is None:
+        vs = list(header.voxel_size_zyx(ndim)) if header is not None else [0.0] * ndim
+    else:
+        vs = np.broadcast_to(np.asarray(voxel_size, dtype=float), (ndim,)).tolist()
+    vs_zyx = ([vs[0]] if ndim == 2 else []) + vs  # 2D: z = y
+    if header is not None and voxel_size is None and ndim == 2:
+        vs_zyx[0] = header.voxel_size_zyx(3)[0]
+    mrc.voxel_size = (vs_zyx[2], vs_zyx[1], vs_zyx[0])
+
+
+def _write_with_stats(tmp: Path, arr: np.ndarray, voxel_size, label: str | None, header: HeaderFields | None,
+                      stats) -> None:
+    """:func:`write_mrc` with known header statistics: the header (mrcfile, on an empty file of
+    the right size), then the float32 data appended with plain writes, no pass over the data
+    but the copy itself."""
     import mrcfile
 
-    with mrcfile.new_mmap(tmp, shape=arr.shape, mrc_mode=2, overwrite=True) as mrc:
-        mrc.voxel_size = (vs_zyx[2], vs_zyx[1], vs_zyx[0])
-        if label:
-            mrc.add_label(label[:80])
+    ext, exttyp = header.extended_for(arr.shape) if header is not None else (None, None)
+    with mrcfile.new_mmap(tmp, shape=arr.shape, mrc_mode=2, overwrite=True, extended_header=ext,
+                          exttyp=exttyp) as mrc:
+        finish_header(mrc, arr.shape, voxel_size, label, header)
         h = mrc.header
         h.dmin, h.dmax, h.dmean, h.rms = stats
         offset = h.nbytes + mrc.extended_header.nbytes

@@ -17,7 +17,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .fsc import FSCCurve, fourier_shell_correlation, frc_per_slice
+from .fsc import FSCCurve, fourier_shell_correlation, frc_per_slice, median_frc
 from .image import image_metrics
 from .roi import Roi, crop, describe_roi
 
@@ -157,6 +157,7 @@ def compare(
     data_range: float | None = None,
     half_maps: bool = False,
     method: str = "auto",
+    image_stack: bool = False,
 ) -> MetricsReport:
     """SSIM, PSNR, MSE, NRMSE and FSC of `image` against `reference`.
 
@@ -175,6 +176,10 @@ def compare(
         computed, and :attr:`MetricsReport.scores` is None.
     method : {"auto", "torch", "numpy"}, default="auto"
         FSC back end, see :func:`~napari_cryoden.metrics.fourier_shell_correlation`.
+    image_stack : bool, default=False
+        The (N, Y, X) arrays are stacks of 2D images (a ``.mrcs`` file): the curve is the median
+        of the per-image FRCs (:func:`~napari_cryoden.metrics.median_frc`), not a 3D FSC across
+        unrelated images.
 
     Returns
     -------
@@ -197,7 +202,10 @@ def compare(
     (1.0, inf, None)
     """
     a, b = _pair(image, reference, roi)
-    curve = fourier_shell_correlation(a, b, voxel_size=voxel_size, method=method)
+    if image_stack and a.ndim == 3:
+        curve = median_frc(a, b, voxel_size=voxel_size, method=method)
+    else:
+        curve = fourier_shell_correlation(a, b, voxel_size=voxel_size, method=method)
     scores = None if half_maps else _scores(a, b, _data_range(b, data_range))
     return MetricsReport(scores=scores, curve=curve, roi=roi)
 

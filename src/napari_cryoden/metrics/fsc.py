@@ -54,7 +54,10 @@ import math
 
 import numpy as np
 
-__all__ = ["FSC_THRESHOLDS", "METHODS", "TORCH_MAX_VOXELS", "FSCCurve", "fourier_shell_correlation", "frc_per_slice"]
+__all__ = [
+    "FSC_THRESHOLDS", "METHODS", "TORCH_MAX_VOXELS", "FSCCurve", "fourier_shell_correlation", "frc_per_slice",
+    "median_frc",
+]
 
 #: The two thresholds reported: 0.5 (Böttcher et al. 1997) and 0.143 (Rosenthal & Henderson 2003).
 FSC_THRESHOLDS = (0.5, 0.143)
@@ -418,3 +421,31 @@ def frc_per_slice(
         ])
     values = np.clip(values, -1.0, 1.0)
     return [FSCCurve(frequency=frequency, fsc=row, n_voxels=counts, voxel_size=spacing) for row in values]
+
+
+def median_frc(
+    image, reference, *, voxel_size: float | Sequence[float] = 1.0, method: str = "auto"
+) -> FSCCurve:
+    """The median, shell by shell, of the Fourier ring correlations of the images of two (N, Y, X)
+    stacks (particles, sub-tilts, micrographs): the FRC a stack of 2D images has, where a 3D FSC
+    across it would correlate unrelated images.
+
+    Parameters and errors as :func:`frc_per_slice`.
+
+    Returns
+    -------
+    FSCCurve
+        Its ``n_voxels`` are those of all the images together.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> stack = rng.normal(size=(5, 32, 32))
+    >>> float(median_frc(stack, stack, voxel_size=(1.0, 2.0, 2.0)).fsc[-1])
+    1.0
+    """
+    curves = frc_per_slice(image, reference, voxel_size=voxel_size, method=method)
+    first = curves[0]
+    values = np.median(np.stack([c.fsc for c in curves]), axis=0)
+    return FSCCurve(frequency=first.frequency, fsc=values, n_voxels=first.n_voxels * len(curves),
+                    voxel_size=first.voxel_size)

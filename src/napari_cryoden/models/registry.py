@@ -29,12 +29,14 @@ from . import fast, networks
 __all__ = [
     "ARCHITECTURES",
     "DEFAULT_MODEL",
+    "DEFAULT_MODEL_2D",
     "LoadedModel",
     "ModelError",
     "available_models",
     "build",
     "builtin_model_dir",
     "check_arch_kwargs",
+    "default_model_for",
     "load_model",
     "model_card",
     "save_model",
@@ -42,6 +44,15 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "upsampleunet48-gan"
+#: The default for micrographs and stacks of 2D images.
+DEFAULT_MODEL_2D = "n2n-unet-2d"
+
+
+def default_model_for(data_ndim: int, *, image_stack: bool = False) -> str:
+    """The default model for data of `data_ndim` dimensions: :data:`DEFAULT_MODEL` (3D) for a
+    (Z, Y, X) tomogram, :data:`DEFAULT_MODEL_2D` for a (Y, X) micrograph or an (N, Y, X) stack of
+    2D images (`image_stack`, e.g. a ``.mrcs`` file)."""
+    return DEFAULT_MODEL_2D if data_ndim == 2 or image_stack else DEFAULT_MODEL
 
 #: Architecture name -> (constructor, keyword arguments a card may set, spatial dimensions).
 ARCHITECTURES: dict[str, tuple[type[nn.Module], frozenset[str], int]] = {

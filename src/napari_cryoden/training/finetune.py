@@ -63,7 +63,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -81,13 +81,16 @@ from .supervised import LOSSES, SupervisedStep, content_loss, rampdown_factor
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "DEFAULT_PATCH",
     "FineTuneConfig",
     "FineTuneResult",
     "TrainEvent",
     "check_model_name",
     "check_settings",
+    "default_patch",
     "fine_tune",
     "n2v_manipulate",
+    "validation_axis",
     "noise_correlation_mask",
     "save_finetuned",
 ]
@@ -108,7 +111,40 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: Settings that may change when a run is resumed; all others must match the checkpoint.
 _RESUMABLE_CHANGES = {"steps", "val_every", "preview_every", "log_every", "device", "precision"}
 #: Settings added after the first checkpoint format, with the value a checkpoint without them ran with.
-_LEGACY_SETTINGS = {"rampdown": 0.0, "max_grad_norm": None}
+_LEGACY_SETTINGS = {"rampdown": 0.0, "max_grad_norm": None, "val_axis": 0}
+#: Largest automatic training patch edge, by the network's dimensionality (the 2D one a multiple
+#: of the N2NUNet2D stride, 32); smaller data gets the largest multiple of the stride that fits.
+DEFAULT_PATCH = {3: 48, 2: 64}
+
+
+def validation_axis(shape: Sequence[int]) -> int:
+    """The axis across which the validation slab is cut: the longest in-plane axis, Y or X
+    (the first on a tie). Never Z, the thinnest axis of a tomogram.
+
+    Examples
+    --------
+    >>> validation_axis((36, 206, 94)), validation_axis((64, 128, 128)), validation_axis((300, 512))
+    (1, 1, 1)
+    """
+    shape = tuple(int(n) for n in shape)
+    a, b = len(shape) - 2, len(shape) - 1
+    return b if shape[b] > shape[a] else a
+
+
+def default_patch(shape: Sequence[int], stride: int, ndim: int) -> int:
+    """The automatic training patch edge for data of `shape`: :data:`DEFAULT_PATCH` for the
+    network's `ndim`, or, when the data is smaller, the largest multiple of `stride` that fits
+    every axis and half the validation axis (room for the validation slab and the training part).
+
+    Examples
+    --------
+    >>> default_patch((36, 206, 94), 8, 3), default_patch((64, 128, 128), 8, 3), default_patch((512, 512), 32, 2)
+    (32, 48, 64)
+    """
+    shape = tuple(int(n) for n in shape)
+    axis = validation_axis(shape)
+    limit = min([DEFAULT_PATCH.get(ndim, 48), shape[axis] // 2] + [n for a, n in enumerate(shape) if a != axis])
+    return max(stride, limit // stride * stride)
 
 
 @dataclass
@@ -132,9 +168,10 @@ class FineTuneConfig:
         for 2D ones: the 2D WGAN of Ouyang et al. 2020, who use ``loss="graylevel"`` with
         ``l1_weight=0.1``). The discriminator starts from random weights (none is shipped with
         the models).
-    patch : int, default=48
+    patch : int, optional
         Edge of the cubic (3D models) or square (2D models) training patches, in voxels; a
-        multiple of the network stride (8 for UpsampleUnet48, 32 for N2NUNet2D).
+        multiple of the network stride (8 for UpsampleUnet48, 32 for N2NUNet2D). Default:
+        :func:`default_patch`, 48 (3D) or 64 (2D), less for data too small for it.
     batch : int, default=4
         Patches per step.
     steps : int, default=200
@@ -142,8 +179,11 @@ class FineTuneConfig:
     lr : float, default=1e-4
         Adam learning rate of the network.
     val_slab : (int, int), optional
-        ``(start, stop)`` along axis 0 held out for validation (no training patch overlaps it);
-        at least `patch` thick. Default: the last ``max(patch, ceil(10 %))`` slices.
+        ``(start, stop)`` along `val_axis` held out for validation (no training patch overlaps
+        it); at least `patch` thick. Default: the last ``max(patch, ceil(10 %))`` voxels.
+    val_axis : int, optional
+        Axis of the data across which `val_slab` is cut. Default: :func:`validation_axis`, the
+        longest of Y and X (a tomogram's Z is often too thin to spare a slab).
     val_every : int, default=20
         Steps between validation-loss evaluations and checkpoints.
     preview_every : int, default=0
@@ -209,11 +249,12 @@ class FineTuneConfig:
     mode: str = "n2n"
     loss: str = "l2"
     adversarial: str = "none"
-    patch: int = 48
+    patch: int | None = None
     batch: int = 4
     steps: int = 200
     lr: float = 1e-4
     val_slab: tuple[int, int] | None = None
+    val_axis: int | None = None
     val_every: int = 20
     preview_every: int = 0
     n2v_fraction: float = 0.005
@@ -340,10 +381,12 @@ class _Net:
 class _Plan:
     net: _Net
     val_slab: tuple[int, int]
-    starts: list[tuple[int, int]]  # inclusive ranges of training-patch starts along axis 0
+    starts: list[tuple[int, int]]  # inclusive ranges of training-patch starts along val_axis
     center: float
     scale: float
     shape: tuple[int, ...]
+    patch: int = 48
+    axis: int = 0  # of the validation slab
 
 
 def _resolve_net(model, architecture, arch_kwargs, *, load: bool) -> _Net:
@@ -425,7 +468,8 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
         raise ValueError(f"adversarial training ({c.adversarial}) needs clean targets: use mode 'supervised'")
     _check_number("steps", c.steps, integer=True, positive=True)
     _check_number("batch", c.batch, integer=True, positive=True)
-    _check_number("patch", c.patch, integer=True, positive=True)
+    if c.patch is not None:
+        _check_number("patch", c.patch, integer=True, positive=True)
     _check_number("lr", c.lr, positive=True)
     if c.lr_d is not None:
         _check_number("lr_d", c.lr_d, positive=True)
@@ -476,7 +520,7 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
     if c.adversarial == "gan" and net.ndim != 3:
         raise ValueError("GAN training needs a 3D network (SimpleDiscriminator is 3D); use adversarial 'wgangp' "
                          "for 2D networks")
-    p = int(c.patch)
+    p = default_patch(shape, net.stride, net.ndim) if c.patch is None else int(c.patch)
     if p % net.stride:
         lo, hi = max(net.stride, p // net.stride * net.stride), -(-p // net.stride) * net.stride
         raise ValueError(f"patch {p} is not a multiple of the {net.architecture} stride {net.stride}; "
@@ -485,15 +529,22 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
         raise ValueError(f"GAN training needs a patch that is a multiple of 16 and at least 32, got {p}")
     if c.adversarial == "wgangp" and p < 16:
         raise ValueError(f"WGAN-GP training needs a patch of at least 16, got {p}")
-    for axis in range(1, len(shape)):
-        if p > shape[axis]:
-            raise ValueError(f"patch {p} is larger than the data along axis {axis} ({shape[axis]} voxels, "
-                             f"shape {shape}); use a smaller patch")
+    if c.val_axis is None:
+        axis = validation_axis(shape)
+    else:
+        _check_number("val_axis", c.val_axis, integer=True, minimum=0, maximum=len(shape) - 1)
+        axis = int(c.val_axis)
+    n0 = shape[axis]
+
+    def smaller_patch(room: int) -> str:
+        fit = room // net.stride * net.stride
+        return f"use a patch of at most {fit}" if fit >= net.stride else "the data is too small to train on"
+
+    for a in range(len(shape)):
+        if p > shape[a]:
+            raise ValueError(f"patch {p} is larger than the data along axis {a} ({shape[a]} voxels, shape {shape}); "
+                             + smaller_patch(min(shape) if a != axis else shape[a] // 2))
     _check_batch_memory(int(c.batch), p, net.ndim, dev)
-    n0 = shape[0]
-    if p > n0:
-        raise ValueError(f"patch {p} is larger than the data along axis 0 ({n0} slices, shape {shape}); "
-                         "use a smaller patch")
     if c.val_slab is None:
         thick = max(p, math.ceil(0.1 * n0))
         val = (n0 - thick, n0)
@@ -505,16 +556,16 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
         except (TypeError, ValueError):
             raise ValueError(f"val_slab must be two integers (start, stop), got {c.val_slab!r}") from None
         if not 0 <= v0 < v1 <= n0:
-            raise ValueError(f"val_slab {(v0, v1)} must satisfy 0 <= start < stop <= {n0} (axis 0 has {n0} slices)")
+            raise ValueError(f"val_slab {(v0, v1)} must satisfy 0 <= start < stop <= {n0} (axis {axis} has {n0})")
         val = (v0, v1)
     if val[1] - val[0] < p:
-        raise ValueError(f"the validation slab {val} along axis 0 must be at least patch = {p} slices thick, "
-                         f"and axis 0 has {n0}; use a smaller patch or a thicker val_slab")
+        raise ValueError(f"the validation slab {val} along axis {axis} is {val[1] - val[0]} voxels thick, less than "
+                         f"the patch {p}; " + smaller_patch(val[1] - val[0]))
     starts = [(lo, hi) for lo, hi in ((0, val[0] - p), (val[1], n0 - p)) if hi >= lo]
     if not starts:
-        raise ValueError(f"patch {p} is larger than the training part of axis 0 (slices outside the validation "
-                         f"slab {val} of {n0}: {val[0]} before, {n0 - val[1]} after); use a smaller patch or "
-                         "a thinner val_slab")
+        raise ValueError(f"outside the validation slab {val} along axis {axis} ({val[0]} voxels before it, "
+                         f"{n0 - val[1]} after) there is no room for a training patch of {p}; "
+                         + smaller_patch(max(val[0], n0 - val[1])))
     try:
         center, scale = robust_stats(source)
     except ValueError:
@@ -524,7 +575,7 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
             robust_stats(target)
         except ValueError:
             raise ValueError(f"the {tgt_name} holds no finite values (all NaN or Inf)") from None
-    return _Plan(net, val, starts, center, scale, shape)
+    return _Plan(net, val, starts, center, scale, shape, p, axis)
 
 
 def _check_batch_memory(batch: int, patch: int, ndim: int, dev: torch.device) -> None:
@@ -556,10 +607,11 @@ def check_settings(
     Checks: mode, loss, adversarial and the numbers of `config`; a target given for "n2n" and
     "supervised" and not for "n2v"; halves (or noisy/clean) of the same shape; 2D or 3D data
     matching the network (a 2D architecture on 3D data or vice versa is refused); a patch that
-    is a multiple of the network stride, fits the data across axes 1-2 and fits the training part
-    of axis 0 outside the validation slab; a validation slab inside axis 0 and at least a patch
-    thick; a batch of patches that fits in the memory budget; data with at least one finite
-    voxel; the device; and, with `workdir`, a checkpoint to
+    is a multiple of the network stride, fits the data and fits the training part of the
+    validation axis outside the validation slab; a validation slab inside that axis and at least
+    a patch thick (each refusal names one fix: a smaller patch); a batch of patches that fits in
+    the memory budget; data with at least one finite voxel; the device; and, with `workdir`, a
+    checkpoint to
     resume (``resume=True``) or none in the way (``resume=False`` and ``overwrite=False``).
 
     Parameters
@@ -748,7 +800,7 @@ class _Patches:
 
     def __init__(self, source, target, config: FineTuneConfig, plan: _Plan):
         self.source, self.target, self.c, self.plan = source, target, config, plan
-        self.p = int(config.patch)
+        self.p = int(plan.patch)
         self.ndim = len(plan.shape)
         self.offsets = None
         if config.mode == "n2v" and config.n2v_blind == 0 and config.n2v_mask == "auto":
@@ -763,6 +815,7 @@ class _Patches:
         return block
 
     def _corner(self, rng, z_ranges) -> list[int]:
+        """A patch corner whose start along the validation axis is in `z_ranges` (inclusive)."""
         lengths = [hi - lo + 1 for lo, hi in z_ranges]
         k = int(rng.integers(sum(lengths)))
         for (lo, _), n in zip(z_ranges, lengths):
@@ -770,7 +823,8 @@ class _Patches:
                 z = lo + k
                 break
             k -= n
-        return [z] + [int(rng.integers(n - self.p + 1)) for n in self.plan.shape[1:]]
+        return [z if a == self.plan.axis else int(rng.integers(n - self.p + 1))
+                for a, n in enumerate(self.plan.shape)]
 
     def _sample(self, rng, z_ranges, *, train: bool):
         """One (input, target, mask or None) triple of arrays."""
@@ -969,6 +1023,7 @@ def fine_tune(
     folder = _check_workdir(workdir, resume, overwrite)
     config = copy.deepcopy(config)
     config.val_slab = tuple(plan.val_slab)
+    config.patch, config.val_axis = plan.patch, plan.axis
     if not hasattr(source, "dtype"):
         source = np.asarray(source)
     if target is not None and not hasattr(target, "dtype"):
@@ -1349,6 +1404,7 @@ def save_finetuned(
         "seed": cfg.seed if cfg else None,
         "augment": cfg.augment if cfg else None,
         "val_slab": list(cfg.val_slab) if cfg and cfg.val_slab else None,
+        "val_axis": cfg.val_axis if cfg else None,
         "val_loss_initial": result.initial_val,
         "val_loss_best": result.best_val,
         "val_loss_final": result.final_val,
