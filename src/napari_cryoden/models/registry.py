@@ -303,8 +303,9 @@ def model_card(name_or_path: str | os.PathLike) -> dict:
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> LoadedModel:
     """Load a model by registry name or by the path of its card or weights.
 
-    The model's name is its card file's stem, whatever the card's ``name`` says. Weights are read with :func:`safetensors.torch.load_file` (never pickle) after their sha256 is
-    checked against the card.
+    The model's name is its card file's stem, whatever the card's ``name`` says. Weights are
+    read with :func:`safetensors.torch.load_file` (never pickle) after their sha256 is checked
+    against the card.
 
     Raises
     ------
