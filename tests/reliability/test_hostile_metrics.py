@@ -104,3 +104,19 @@ def test_fsc_pairs_are_json_safe():
     curve = FSCCurve(frequency=np.array([0.0, 0.1, 0.2]), fsc=np.array([1.0, np.nan, 0.3]),
                      n_voxels=np.array([1, 6, 12]), voxel_size=(5.0, 5.0, 5.0))
     assert json.loads(json.dumps(curve.pairs(), allow_nan=False)) == [[10.0, None], [5.0, 0.3]]
+
+
+@pytest.mark.parametrize("which", ["image", "reference"])
+def test_a_constant_array_gives_no_invented_resolution(which, pair, capsys):
+    """A constant array has empty Fourier shells: its FSC (0 by convention) would give made-up
+    0.5/0.143 resolutions interpolated from shell 0. Refused, table or JSON, half maps or not."""
+    folder, clean, noisy = pair
+    zeros = np.zeros(SHAPE, np.float32)
+    image = _write(folder / "image.mrc", zeros if which == "image" else noisy)
+    reference = _write(folder / "ref.mrc", zeros if which == "reference" else clean)
+    for extra in ([], ["--json"], ["--half-maps"]):
+        assert main(["metrics", str(image), str(reference), *extra]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"cryoden: error: the {which} is constant (0)"), captured.err

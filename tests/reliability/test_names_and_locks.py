@@ -95,3 +95,28 @@ def test_the_writer_holds_a_lock_on_its_temporary_file(tmp_path):
         finally:
             os.close(fd)
         assert locked
+
+
+def test_saved_models_are_written_into_the_locked_file(tmp_path, monkeypatch):
+    """The weights and the card are written into the temporary file the writer holds locked (not
+    a file put in its place), so the lock protects them until the rename."""
+    import napari_cryoden.io.atomic as atomic
+    from napari_cryoden.models import UpsampleUnet48, save_model
+
+    real_replace, checked = atomic.os.replace, []
+
+    def replace(src, dst):
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                checked.append((Path(dst).name, False))
+            except BlockingIOError:
+                checked.append((Path(dst).name, True))
+        finally:
+            os.close(fd)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    save_model(UpsampleUnet48(ch=4), tmp_path, "m", {"architecture": "UpsampleUnet48", "arch_kwargs": {"ch": 4}})
+    assert checked == [("m.safetensors", True), ("m.json", True)]

@@ -228,7 +228,8 @@ def test_config_that_is_a_folder_or_nested_too_deeply_is_exit_2(tmp_path, capsys
 def test_a_users_checkpoint_json_in_the_workdir_is_not_replaced(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CRYODEN_USER_MODELS", str(tmp_path / "models"))
     rng = np.random.default_rng(0)
-    even, odd = _write(tmp_path / "even.mrc", rng.normal(size=SHAPE)), _write(tmp_path / "odd.mrc", rng.normal(size=SHAPE))
+    even = _write(tmp_path / "even.mrc", rng.normal(size=SHAPE))
+    odd = _write(tmp_path / "odd.mrc", rng.normal(size=SHAPE))
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "checkpoint.json").write_text('{"mine": true}')
     assert main(_train_argv(tmp_path, even, odd)) == 2

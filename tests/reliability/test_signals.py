@@ -9,7 +9,6 @@ hook, a patched function), in subprocesses. SIGTERM and SIGHUP while writing:
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap

@@ -114,6 +114,9 @@ def _pair(image, reference, roi):
         if bad:
             raise ValueError(f"the {name} has {bad} NaN/Inf voxel{'s' if bad != 1 else ''} (of {arr.size} compared); "
                              "the metrics need finite data")
+        if arr.size and float(arr.min()) == float(arr.max()):
+            raise ValueError(f"the {name} is constant ({float(arr.min()):g}) in the region compared: its Fourier "
+                             "shells are empty, so the FSC and its resolutions are undefined")
     return a, b
 
 
@@ -190,8 +193,8 @@ def compare(
     ValueError
         If the shapes differ, the data is not 2D or 3D, the region is empty or too small (SSIM
         needs 7 voxels along every axis, the FSC 4), the reference is constant, or either array
-        holds NaN or Inf in the region compared (the message gives their number): no score or
-        resolution is made up from them.
+        holds NaN or Inf in the region compared (the message gives their number), or is constant
+        there (its FSC is undefined): no score or resolution is made up from them.
 
     Examples
     --------

@@ -314,8 +314,9 @@ def model_card(name_or_path: str | os.PathLike) -> dict:
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> LoadedModel:
     """Load a model by registry name or by the path of its card or weights.
 
-    The model's name is its card file's stem, whatever the card's ``name`` says. Weights are read with :func:`safetensors.torch.load_file` (never pickle) after their sha256 is
-    checked against the card.
+    The model's name is its card file's stem, whatever the card's ``name`` says. Weights are
+    read with :func:`safetensors.torch.load_file` (never pickle) after their sha256 is checked
+    against the card.
 
     Raises
     ------
@@ -358,7 +359,7 @@ def save_model(module: nn.Module, folder: str | os.PathLike, name: str, card: di
     `card` must hold ``architecture`` and ``arch_kwargs``; ``name`` and ``sha256`` are filled in.
     Returns the card path.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from ..io.atomic import atomic_path
 
@@ -368,7 +369,7 @@ def save_model(module: nn.Module, folder: str | os.PathLike, name: str, card: di
              for k, v in module.state_dict().items()}
     weights = folder / f"{name}.safetensors"
     with atomic_path(weights) as tmp:
-        save_file(state, str(tmp))
+        tmp.write_bytes(save(state))  # into the locked temporary file itself (save_file replaces it)
     card = {**card, "name": name, "weights": weights.name, "sha256": _sha256(weights)}
     card.setdefault("voxel_size_A", None)
     card.setdefault("normalization", NORMALIZATION)

@@ -901,13 +901,14 @@ def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, e
 
 
 def _save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: dict) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(state, allow_nan=True)
     path = folder / f"{CHECKPOINT_NAME}.safetensors"
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": _CHECKPOINT_FORMAT, "state": text})
+        # written into the locked temporary file itself (save_file would replace it with another)
+        tmp.write_bytes(save(tensors, metadata={"format": _CHECKPOINT_FORMAT, "state": text}))
     with atomic_path(folder / f"{CHECKPOINT_NAME}.json") as tmp:  # a readable copy; not read back
         Path(tmp).write_text(json.dumps(state, indent=1, allow_nan=True) + "\n", encoding="utf-8")
     return path
