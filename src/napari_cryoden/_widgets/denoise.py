@@ -69,6 +69,7 @@ from ._common import (
     image_choices,
     layer_array,
     one_line,
+    status_label,
     watch_layers,
     watch_window,
 )
@@ -419,7 +420,7 @@ class DenoiseWidget(QWidget):
         )
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress_bar = ProgressBar(value=0, min=0, max=1, label="progress")
-        self.status = Label(value="")
+        self.status = status_label()
         self._container = Container(
             widgets=[
                 self.image, self.model, self.refresh_button, self.resample, self.pixel_size, self.pixel_info,

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import napari.viewer
 import numpy as np
 import torch
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, ProgressBar, PushButton, SpinBox
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.layers import Image, Shapes
@@ -58,6 +58,7 @@ from ._common import (
     image_choices,
     layer_array,
     one_line as _one_line,
+    status_label,
     watch_layers,
     watch_window,
 )
@@ -740,7 +741,7 @@ class TrainWidget(QWidget):
         self.save_button = PushButton(text="Save model", enabled=False,
                                       tooltip="Save the best checkpoint of the last run under the chosen name")
         self.progress_bar = ProgressBar(value=0, min=0, max=1, label="progress")
-        self.status = Label(value="")
+        self.status = status_label()
         self.status.native.setWordWrap(True)
         self._container = Container(widgets=[
             self.mode, self.source, self.target, self.loss, self.adversarial, self.start, self.architecture,
