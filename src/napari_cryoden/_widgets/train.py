@@ -42,7 +42,7 @@ from qtpy.QtCore import QEvent, QObject, Signal
 from qtpy.QtWidgets import QApplication, QVBoxLayout, QWidget
 
 from ..inference import iter_denoise_slab
-from ..models import ARCHITECTURES, DEFAULT_MODEL, LoadedModel, available_models, default_model_for
+from ..models import ARCHITECTURES, LoadedModel, available_models, default_model_for
 from ..training import finetune as _ft
 from ..training.finetune import (
     FineTuneConfig, TrainEvent, check_settings, default_patch, fine_tune, save_finetuned, validation_axis,
