@@ -36,6 +36,7 @@ from typing import Generator, Sequence
 import numpy as np
 import scipy.fft
 
+from .normalize import robust_stats
 from .tiling import release_pages
 
 __all__ = [
@@ -468,7 +469,7 @@ def iter_denoise_resampled(
             f"the input holds {n_bad} NaN/Inf voxels; fix the data or let them be replaced by the median "
             "(nonfinite='replace')"
         )
-    fill = engine.robust_stats(volume)[0] if n_bad else None
+    fill = robust_stats(volume)[0] if n_bad else None
     small = fourier_resample(volume, plan.model_shape, fill=fill)
     binned = plan.mode == "binned"
     denoised = yield from inference.iter_denoise(small, lm, out=out if binned else None, info=info,
