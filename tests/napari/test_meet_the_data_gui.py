@@ -169,3 +169,13 @@ def test_preview_is_resampled_too(viewer_model, qtbot, tiny_2d_model, rng):
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
     full = viewer.layers["stack denoised"].data
     np.testing.assert_allclose(preview.data[0], full[1], atol=1e-4)
+
+
+def test_long_status_text_does_not_widen_the_dock(viewer_model, qtbot):
+    from qtpy.QtWidgets import QSizePolicy
+
+    widget = _widget(viewer_model, qtbot)  # not shown: a shown dock of a window-less viewer crashes PySide6 later
+    label = widget.status.native
+    label.setText("failed: " + "a very long message that would widen the dock " * 6)
+    # The label wraps, and the layout gives it the dock's width instead of the text's.
+    assert label.wordWrap() and label.sizePolicy().horizontalPolicy() == QSizePolicy.Policy.Ignored

@@ -13,7 +13,8 @@ from typing import Any, Callable, Mapping
 import napari.viewer
 from napari.layers import Image
 from napari.utils import progress
-from qtpy.QtWidgets import QWidget
+from magicgui.widgets import Label
+from qtpy.QtWidgets import QSizePolicy, QWidget
 
 #: Choices of the device and precision combo boxes (the core's accepted values).
 DEVICES = ("auto", "cpu", "cuda")
@@ -25,6 +26,16 @@ class Failed:
     """Returned by a worker job instead of its result when it failed: the message to show."""
 
     message: str
+
+
+def status_label() -> Label:
+    """A status line that wraps long text instead of widening the dock (whose width the user set)."""
+    label = Label(value="")
+    label.native.setWordWrap(True)
+    policy = label.native.sizePolicy()
+    policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
+    label.native.setSizePolicy(policy)
+    return label
 
 
 def one_line(exc: BaseException) -> str:

@@ -54,9 +54,9 @@ from ..inference.engine import as_model
 from ..inference.preview import PREVIEW_HALF_DEPTH, iter_denoise_slab
 from ..inference.normalize import robust_stats
 from ..inference.resample import (
-    RESAMPLE_CHOICES, ResamplePlan, fourier_resample, iter_denoise_resampled, plan_resample,
+    RESAMPLE_CHOICES, ResamplePlan, fourier_resample, input_voxel_size, iter_denoise_resampled, plan_resample,
 )
-from ..inference.stream import input_voxel_size, is_image_stack_path
+from ..inference.stream import is_image_stack_path
 from ..models import DEFAULT_MODEL, available_models, default_model_for
 from ._common import (
     DEVICES,
@@ -69,6 +69,7 @@ from ._common import (
     image_choices,
     layer_array,
     one_line,
+    status_label,
     watch_layers,
     watch_window,
 )
@@ -419,7 +420,7 @@ class DenoiseWidget(QWidget):
         )
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress_bar = ProgressBar(value=0, min=0, max=1, label="progress")
-        self.status = Label(value="")
+        self.status = status_label()
         self._container = Container(
             widgets=[
                 self.image, self.model, self.refresh_button, self.resample, self.pixel_size, self.pixel_info,
@@ -521,8 +522,7 @@ class DenoiseWidget(QWidget):
         scale = tuple(float(v) for v in layer.scale)
         known = bool((layer.metadata or {}).get("voxel_size_known", True))
         override = float(self.pixel_size.value) or None
-        voxel, known = input_voxel_size(SimpleNamespace(voxel_size=scale, metadata={"voxel_size_known": known}),
-                                        override, stack)
+        voxel, known = input_voxel_size(scale, known, override, image_stack=stack)
         return plan_resample(tuple(layer.data.shape if not layer.multiscale else layer.data[0].shape), voxel,
                              SimpleNamespace(card=card, ndim=ndim), mode=self.resample.value, known=known,
                              image_stack=stack)

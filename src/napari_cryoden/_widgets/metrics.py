@@ -17,7 +17,7 @@ from typing import Any, Callable, Generator, Sequence
 
 import napari.viewer
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, Select
+from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, Select
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
@@ -29,7 +29,7 @@ from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QTableWidget, QTableW
 from ..metrics import (
     FSC_THRESHOLDS, MetricsReport, Roi, bounding_box_roi, compare, describe_roi, write_fsc_csv, write_metrics_csv,
 )
-from ._common import Failed as _Failed, follow_renames, image_choices, layer_array, one_line, watch_layers
+from ._common import Failed as _Failed, follow_renames, image_choices, layer_array, one_line, status_label, watch_layers
 
 __all__ = [
     "CURRENT_VIEW", "TABLE_COLUMNS", "WHOLE", "MetricsJob", "MetricsResult", "MetricsWidget",
@@ -311,7 +311,7 @@ class MetricsWidget(QWidget):
                                           "is computed (read it at 0.143)")
         self.run_button = PushButton(text="Compute")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
+        self.status = status_label()
         self.export_csv_button = PushButton(text="Save table (CSV)", enabled=False)
         self.export_png_button = PushButton(text="Save plot (PNG)", enabled=False)
         self._container = Container(widgets=[

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import napari.viewer
 import numpy as np
 import torch
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, ProgressBar, PushButton, SpinBox
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.layers import Image, Shapes
@@ -43,7 +43,7 @@ from qtpy.QtWidgets import QApplication, QVBoxLayout, QWidget
 
 from ..device import is_out_of_memory
 from ..inference import iter_denoise_slab
-from ..models import ARCHITECTURES, DEFAULT_MODEL, LoadedModel, available_models, default_model_for
+from ..models import ARCHITECTURES, LoadedModel, available_models, default_model_for
 from ..training import finetune as _ft
 from ..training.finetune import (
     FineTuneConfig, TrainEvent, check_settings, default_patch, fine_tune, save_finetuned, validation_axis,
@@ -59,6 +59,7 @@ from ._common import (
     image_choices,
     layer_array,
     one_line as _one_line,
+    status_label,
     watch_layers,
     watch_window,
 )
@@ -733,7 +734,7 @@ class TrainWidget(QWidget):
         self.save_button = PushButton(text="Save model", enabled=False,
                                       tooltip="Save the best checkpoint of the last run under the chosen name")
         self.progress_bar = ProgressBar(value=0, min=0, max=1, label="progress")
-        self.status = Label(value="")
+        self.status = status_label()
         self.status.native.setWordWrap(True)
         self._container = Container(widgets=[
             self.mode, self.source, self.target, self.loss, self.adversarial, self.start, self.architecture,

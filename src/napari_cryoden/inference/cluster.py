@@ -454,12 +454,12 @@ def _plan_task(path: str, model, options: dict, share: int) -> dict:
     from .. import io
     from ..io.mrc import HeaderFields
     from .engine import as_model, prepare_run, resolve_device
-    from .resample import plan_resample
-    from .stream import input_voxel_size
+    from .resample import input_voxel_size, plan_resample
 
     volume = io.read_mrc(path, mmap_threshold=options["mmap_threshold"])  # as the single-file path reads it
     data = volume.data
-    voxel_size, known = input_voxel_size(volume, options["voxel_size"], options["image_stack"])
+    voxel_size, known = input_voxel_size(volume.voxel_size, volume.metadata.get("voxel_size_known", True),
+                                         options["voxel_size"], image_stack=options["image_stack"])
     resampling = plan_resample(data.shape, voxel_size, as_model(model), mode=options["resample"], known=known,
                                image_stack=options["image_stack"])
     seen = dict(voxel_size=voxel_size, voxel_size_known=resampling.known, resample_plan=resampling,

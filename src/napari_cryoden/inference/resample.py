@@ -36,11 +36,12 @@ from typing import Generator, Sequence
 import numpy as np
 import scipy.fft
 
+from .normalize import robust_stats
 from .tiling import release_pages
 
 __all__ = [
     "PLACEHOLDER_VOXEL_SIZE", "RESAMPLE_CHOICES", "VOXEL_SIZE_TOLERANCE", "ResamplePlan", "fourier_resample",
-    "iter_denoise_resampled", "plan_resample", "voxel_size_known",
+    "input_voxel_size", "iter_denoise_resampled", "plan_resample", "voxel_size_known",
 ]
 
 #: ``"auto"``: resample to the model's voxel size and back; ``"off"``: never resample;
@@ -65,6 +66,29 @@ def voxel_size_known(voxel_size: Sequence[float], header_known: bool = True) -> 
     if not header_known or not yx or not all(math.isfinite(v) and v > 0 for v in yx):
         return False
     return not all(v == PLACEHOLDER_VOXEL_SIZE for v in yx)
+
+
+def input_voxel_size(
+    voxel_size: Sequence[float], known: bool = True, override: float | None = None, *, image_stack: bool = False,
+) -> tuple[tuple[float, ...], bool]:
+    """The voxel size (Å, array order) to plan with, and whether it is known: the header's
+    (`voxel_size`, `known` as :attr:`napari_cryoden.io.MrcVolume.metadata` ``voxel_size_known``),
+    or `override` (Å, from the user) in Y and X, and in Z of a volume (not along the image axis
+    of a stack); an override is known.
+
+    Raises
+    ------
+    ValueError
+        If `override` is not a finite number > 0.
+    """
+    vs = tuple(float(v) for v in voxel_size)
+    if override is None:
+        return vs, bool(known)
+    if isinstance(override, bool) or not (isinstance(override, (int, float)) and math.isfinite(override)
+                                          and override > 0):
+        raise ValueError(f"voxel_size must be a positive number of Å, got {override!r}")
+    keep_first = len(vs) == 3 and image_stack
+    return tuple(vs[0] if (i == 0 and keep_first) else float(override) for i in range(len(vs))), True
 
 
 def _fmt(value: float) -> str:
@@ -445,7 +469,7 @@ def iter_denoise_resampled(
             f"the input holds {n_bad} NaN/Inf voxels; fix the data or let them be replaced by the median "
             "(nonfinite='replace')"
         )
-    fill = engine.robust_stats(volume)[0] if n_bad else None
+    fill = robust_stats(volume)[0] if n_bad else None
     small = fourier_resample(volume, plan.model_shape, fill=fill)
     binned = plan.mode == "binned"
     denoised = yield from inference.iter_denoise(small, lm, out=out if binned else None, info=info,

@@ -356,7 +356,8 @@ def iter_denoise_file(
     lm = as_model(model)
     data = volume.data
     stack = is_image_stack_path(src) if image_stack is None else bool(image_stack)
-    in_vs, known = input_voxel_size(volume, voxel_size, stack)
+    in_vs, known = resampling.input_voxel_size(volume.voxel_size, volume.metadata.get("voxel_size_known", True),
+                                               voxel_size, image_stack=stack)
     plan = resampling.plan_resample(data.shape, in_vs, lm, mode=resample, known=known, image_stack=stack)
     streamed = streams(dst, math.prod(plan.output_shape), mmap_threshold)
     info = {} if info is None else info
@@ -384,27 +385,6 @@ def iter_denoise_file(
         output=dst, shape=plan.output_shape, voxel_size=plan.output_voxel_size, model=lm.name,
         tiles=int(info.get("tiles", 0)), streamed=streamed, seconds=time.perf_counter() - start, info=info,
     )
-
-
-def input_voxel_size(volume, override: float | None, image_stack: bool) -> tuple[tuple[float, ...], bool]:
-    """The voxel size (Å, array order) of a read :class:`~napari_cryoden.io.MrcVolume` and whether
-    it is known; `override` (Å, from the user) replaces the in-plane values, and Z too for a
-    volume (not the image axis of a stack).
-
-    Raises
-    ------
-    ValueError
-        If `override` is not a finite number > 0.
-    """
-    vs = tuple(float(v) for v in volume.voxel_size)
-    known = bool(volume.metadata.get("voxel_size_known", True))
-    if override is None:
-        return vs, known
-    if not (isinstance(override, (int, float)) and math.isfinite(override) and override > 0):
-        raise ValueError(f"voxel_size must be a positive number of Å, got {override!r}")
-    n = len(vs)
-    keep_first = n == 3 and image_stack
-    return tuple(vs[0] if (i == 0 and keep_first) else float(override) for i in range(n)), True
 
 
 def denoise_file(
