@@ -98,6 +98,15 @@ def timed(call, *, steps: int, repeats: int, warmup: int, sync) -> list[float]:
     return out
 
 
+def timed_stream(stream, use, **timing) -> list[float]:
+    """:func:`timed` calls of ``use(next_batch)`` on a fresh iterator of `stream`.
+
+    A worker stream's processes start with the iterator and stop when it is dropped on return.
+    """
+    it = iter(stream)
+    return timed(lambda: use(lambda: next(it)), **timing)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--patches", type=int, nargs="+", default=[32, 64], help="cube edges in voxels (default 32 64)")
@@ -164,12 +173,12 @@ def main(argv=None) -> int:
                     yield n, parallel_stream(recipe_stream, r, maps, names, seed=args.seed, workers=n,
                                              prefetch=PREFETCH, pin_memory=dev.type == "cuda")
 
+            def to_device(next_batch):
+                return [t.to(dev, non_blocking=True) for t in next_batch()]
+
             # (a) the data alone
             for n, stream in streams():
-                it = iter(stream)
-                report(device, patch, "data", n, timed(lambda: [t.to(dev, non_blocking=True) for t in next(it)],
-                                                       **data_timing))
-                del it
+                report(device, patch, "data", n, timed_stream(stream, to_device, **data_timing))
             # (b) the step alone, on pre-made batches
             torch.manual_seed(args.seed)
             step = SupervisedStep(build(r["architecture"], **r["arch_kwargs"]), mode=r["mode"],
@@ -177,13 +186,10 @@ def main(argv=None) -> int:
                                   device=dev, precision=prec)
             made = iter(parallel_stream(recipe_stream, r, maps, names, seed=args.seed + 1, workers=0))
             ready = itertools.cycle([next(made) for _ in range(min(4, args.warmup + args.steps * args.repeats))])
-            alone = report(device, patch, "step", 0, timed(lambda: step(lambda: next(ready)), **timing))
+            alone = report(device, patch, "step", 0, timed_stream(ready, step, **timing))
             # (c) the two together
             for n, stream in streams():
-                it = iter(stream)
-                report(device, patch, "together", n, timed(lambda: step(lambda: next(it)), **timing), alone)
-                del it
-            del step
+                report(device, patch, "together", n, timed_stream(stream, step, **timing), alone)
     header["load average at the end"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps({"load average at the end": header["load average at the end"]}), flush=True)
     if args.json:

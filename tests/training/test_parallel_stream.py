@@ -147,13 +147,14 @@ def test_workers_agree_statistically_with_the_serial_stream():
 
 
 def test_recipe_workers_reach_training_and_the_card(monkeypatch, tmp_path):
-    """run_recipe(workers=N) trains on a worker stream and says so in the card's command;
+    """run_recipe(workers=N) trains on a worker stream and hands N on to the card (its command);
     workers=0 trains on exactly the stream of today's recipe."""
     from conftest import write_particle_maps  # tests/conftest.py (tests/ is on sys.path)
 
     maps_dir = write_particle_maps(tmp_path / "maps", ("aaa1", "bbb2", *recipes.HELD_OUT), 10.0)
     name = "unet48-ae"  # no discriminator: it would need 32^3 patches
-    monkeypatch.setitem(RECIPES, name, {**_small_recipe(name), "arch_kwargs": {**RECIPES[name]["arch_kwargs"], "ch": 8}})
+    small = {**_small_recipe(name), "arch_kwargs": {**RECIPES[name]["arch_kwargs"], "ch": 8}}
+    monkeypatch.setitem(RECIPES, name, small)
     seen = {}
 
     def fake_train(gen, stream, cfg, **kw):

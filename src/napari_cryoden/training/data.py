@@ -292,7 +292,7 @@ def parallel_stream(factory: Callable[..., Iterable], *args: Any, seed: int, wor
     Raises
     ------
     ValueError
-        If `workers` or `prefetch` is negative or not an integer.
+        If `workers` is not an integer >= 0 or `prefetch` not an integer >= 1.
     """
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
