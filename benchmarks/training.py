@@ -27,7 +27,8 @@ stream keeps up to
 ``prefetch x workers`` (2 x N) batches ready, so a window that is not much longer than that
 overstates (c) when the data is the bottleneck (a GPU): there, use ``--steps 100`` or more.
 
-Usage (the default takes a few minutes on 2 CPU cores)::
+Usage (on 2 CPU cores shared with other jobs the default took 10 minutes, most of it the 64³
+steps of 30-50 s each; ``--patches 32`` alone takes a few minutes)::
 
     python benchmarks/training.py
     python benchmarks/training.py --patches 32 --steps 2 --data-steps 16 --repeats 3 --workers 2
