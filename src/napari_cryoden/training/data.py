@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..inference.normalize import robust_stats
 from ..simulate.thesis import thesis_pair
 
-__all__ = ["MixedStream", "RealisticStream", "ThesisStream", "normalize_pair"]
+__all__ = ["MixedStream", "RealisticStream", "ThesisStream", "normalize_pair", "parallel_stream", "worker_seeds"]
 
 
 def normalize_pair(noisy: np.ndarray, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -205,3 +206,103 @@ def _batches(sample, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tens
         pairs = [sample() for _ in range(batch_size)]
         yield (torch.from_numpy(np.stack([p[0] for p in pairs])[:, None]),
                torch.from_numpy(np.stack([p[1] for p in pairs])[:, None]))
+
+
+# --------------------------------------------------------------------------------------------
+# Parallel generation: one independent copy of a stream in each DataLoader worker process
+
+
+def worker_seeds(seed: int, workers: int) -> list[np.random.SeedSequence]:
+    """The independent seeds of `workers` generator processes, derived from one base `seed`.
+
+    ``numpy.random.SeedSequence(seed).spawn(workers)``: child sequences whose streams do not
+    overlap each other nor the base sequence's (NumPy's documented way to seed parallel work).
+
+    Returns
+    -------
+    list of numpy.random.SeedSequence
+        One per worker, in worker order.
+    """
+    return np.random.SeedSequence(int(seed)).spawn(int(workers))
+
+
+class _WorkerStream(IterableDataset):
+    """``factory(*args, rng=..., **kwargs)`` iterated in each DataLoader worker with that worker's seed.
+
+    A module-level class holding only the factory and plain arguments, so that it pickles for the
+    ``spawn`` start method as well as ``fork``.
+    """
+
+    def __init__(self, factory: Callable[..., Iterable], args: tuple, kwargs: dict, seed: int):
+        self.factory, self.args, self.kwargs, self.seed = factory, tuple(args), dict(kwargs), int(seed)
+
+    def __iter__(self):
+        info = get_worker_info()
+        if info is None:
+            raise RuntimeError("_WorkerStream runs in DataLoader worker processes only (workers >= 1)")
+        torch.set_num_threads(1)  # each worker one thread: N workers must not each take every core
+        rng = np.random.default_rng(worker_seeds(self.seed, info.num_workers)[info.id])
+        return iter(self.factory(*self.args, rng=rng, **self.kwargs))
+
+
+def parallel_stream(factory: Callable[..., Iterable], *args: Any, seed: int, workers: int = 0,
+                    prefetch: int = 2, pin_memory: bool = False, context: str | None = None,
+                    **kwargs: Any) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """A training stream made in `workers` processes, each with its own seed (or in-process with 0).
+
+    The stream is ``factory(*args, rng=rng, **kwargs)``, e.g. :class:`ThesisStream`,
+    :class:`RealisticStream` or the recipes' mixed stream
+    (:func:`napari_cryoden.training.recipes.recipe_stream`); it must be an endless iterable of
+    batches. With ``workers=0`` it is built once in this process with
+    ``rng = numpy.random.default_rng(seed)`` and returned as it is, so the batches are the same
+    as building it by hand. With ``workers=N`` every worker of a
+    :class:`torch.utils.data.DataLoader` builds its own copy with the generator seeded by
+    :func:`worker_seeds` ``(seed, N)[worker]`` and runs torch on one thread; the loader takes
+    the batches from the workers in turn (batch k from worker k mod N), so a run is reproducible
+    for a given `seed` and `N`, and the workers' batches are independent draws. They are not the
+    batches of ``workers=0`` (other seeds), but follow the same distribution.
+
+    Parameters
+    ----------
+    factory : callable
+        Called as ``factory(*args, rng=numpy.random.Generator, **kwargs)``; returns an endless
+        iterable of ``(noisy, clean)`` float32 tensors of shape (N, 1, Z, Y, X). For
+        ``workers >= 1`` it and its arguments must pickle (a module-level function or class and
+        plain data such as arrays, dicts and numbers; no lambda) when the start method is
+        ``spawn``.
+    *args, **kwargs
+        Passed to `factory`.
+    seed : int
+        Base seed.
+    workers : int, default=0
+        Worker processes; 0 builds the stream in this process.
+    prefetch : int, default=2
+        Batches each worker prepares ahead (``prefetch_factor``).
+    pin_memory : bool, default=False
+        Put the batches in page-locked memory (faster copies to a CUDA device).
+    context : {None, "fork", "spawn", "forkserver"}
+        Start method of the workers (default: the platform's).
+
+    Returns
+    -------
+    iterable of (noisy, clean) torch.Tensor
+        ``workers=0``: the stream object itself. Otherwise a DataLoader whose every ``iter()``
+        starts the workers afresh from the same seeds.
+
+    Raises
+    ------
+    ValueError
+        If `workers` is not an integer >= 0 or `prefetch` not an integer >= 1.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
+        raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+    if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 1:
+        raise ValueError(f"prefetch must be a positive integer, got {prefetch!r}")
+    if workers == 0:
+        return factory(*args, rng=np.random.default_rng(seed), **kwargs)
+    return DataLoader(
+        _WorkerStream(factory, args, kwargs, seed), batch_size=None, num_workers=int(workers),
+        prefetch_factor=int(prefetch), pin_memory=pin_memory, multiprocessing_context=context,
+        # the loader's own base seed comes from this generator, not from torch's global one
+        generator=torch.Generator().manual_seed(int(seed)),
+    )

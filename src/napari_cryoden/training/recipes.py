@@ -48,12 +48,12 @@ from ..evaluation.experiments import (
 from ..metrics import image_metrics, summarize
 from ..models import NORMALIZATION, LoadedModel, Pix2PixDiscriminator, SimpleDiscriminator, build, save_model
 from ..simulate import load_particle_maps, thesis_pair
-from .data import MixedStream, RealisticStream, ThesisStream
+from .data import MixedStream, RealisticStream, ThesisStream, parallel_stream
 from .supervised import TrainConfig, rampdown_factor, train
 
 __all__ = [
     "GAUSSIAN_SIGMAS", "HELD_OUT", "RECIPES", "evaluate_held_out", "evaluate_micrographs", "micrograph_held_out_set",
-    "run_recipe", "save_recipe_model", "train_micrograph_n2n",
+    "recipe_stream", "run_recipe", "save_recipe_model", "train_micrograph_n2n",
 ]
 
 #: The thesis training stream (van Gijn 2019, sec. 3.1) shared by the 3D recipes.
@@ -204,7 +204,20 @@ def evaluate_held_out(model: LoadedModel, pairs, *, precision: str = "fp32") -> 
     return {"input": summarize(noisy_rows), "denoised": summarize(out_rows), "n_volumes": len(pairs)}
 
 
-def _stream(r: dict, maps: dict[str, np.ndarray], train_names: list[str], rng: np.random.Generator):
+def recipe_stream(r: dict, maps: dict[str, np.ndarray], train_names: list[str], rng: np.random.Generator):
+    """The training stream of 3D recipe `r` (an entry of :data:`RECIPES`).
+
+    :class:`~.data.ThesisStream` of the `train_names` maps, mixed (:class:`~.data.MixedStream`)
+    with :class:`~.data.RealisticStream` when the recipe has a ``"realistic"`` entry, all drawing
+    from `rng`. A module-level function of plain arguments, so that
+    :func:`~.data.parallel_stream` can build it in worker processes.
+
+    Returns
+    -------
+    ThesisStream or MixedStream
+        Endless batches ``(noisy, clean)``, float32 tensors of shape
+        (``r["batch_size"]``, 1, ``r["patch"]``, ``r["patch"]``, ``r["patch"]``).
+    """
     st = r["stream"]
     thesis = ThesisStream([maps[k] for k in train_names], rng, batch_size=r["batch_size"], patch=r["patch"],
                           p_single=st["p_single"], max_particles=st["max_particles"],
@@ -261,7 +274,7 @@ def _realistic_text(r: dict) -> str:
 
 
 def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: int | None = None, log=print,
-               overrides: dict | None = None, bm3d: bool | None = None) -> Path:
+               overrides: dict | None = None, bm3d: bool | None = None, workers: int = 0) -> Path:
     """Train recipe `name` on the maps in `maps_dir` and write the model into `out_dir`.
 
     Parameters
@@ -280,6 +293,11 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
         tests; recorded in the card as ``training.overrides_not_in_command``.
     bm3d : bool, optional
         2D recipes only: score BM3D on the held-out set (default: when ``bm3d`` is installed).
+    workers : int, default=0
+        3D recipes only: make the training batches in this many worker processes
+        (:func:`~.data.parallel_stream`, each with its own seed derived from the recipe's).
+        0 makes them on the training thread, as the shipped models were trained; other values
+        draw other (equally distributed) batches, so the weights differ from a ``workers=0`` run.
 
     Returns
     -------
@@ -288,6 +306,8 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
     """
     r = RECIPES[name]
     if r.get("ndim", 3) == 2:
+        if workers:
+            raise ValueError("workers are for 3D recipes only")
         r = _deep_update(r, overrides or {})
         return _run_recipe_2d(name, r, maps_dir, out_dir, steps=steps, log=log, overrides=overrides, bm3d=bm3d)
     if overrides:
@@ -295,9 +315,8 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
     steps = r["steps"] if steps is None else steps
     maps = load_particle_maps(maps_dir)
     train_names = sorted(k for k in maps if k not in HELD_OUT)
-    rng = np.random.default_rng(r["seed"])
     torch.manual_seed(r["seed"])
-    stream = _stream(r, maps, train_names, rng)
+    stream = parallel_stream(recipe_stream, r, maps, train_names, seed=r["seed"], workers=workers)
     gen = build(r["architecture"], **r["arch_kwargs"])
     disc = _discriminator(r)
     betas = tuple(r.get("betas", (0.5, 0.999)))
@@ -311,17 +330,26 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
 
     result = train(gen, stream, cfg, discriminator=disc, progress=progress)
     train_seconds = time.time() - t0
-    return save_recipe_model(name, gen, result, maps, out_dir, train_seconds=train_seconds, steps=steps, log=log)
+    return save_recipe_model(name, gen, result, maps, out_dir, train_seconds=train_seconds, steps=steps, log=log,
+                             workers=workers)
+
+
+def _train_command(name: str, steps: int, workers: int) -> str:
+    """The command line that trains 3D recipe `name` for `steps` steps with `workers` data processes."""
+    return (f"python -m napari_cryoden.training.recipes {name} --maps ../shared/data/maps_10A --out models"
+            + (f" --steps {steps}" if steps != RECIPES[name]["steps"] else "")
+            + (f" --workers {workers}" if workers else ""))
 
 
 def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, np.ndarray], out_dir: str | Path, *,
-                      train_seconds: float, steps: int, log=print) -> Path:
+                      train_seconds: float, steps: int, log=print, workers: int = 0) -> Path:
     """Score a network trained by 3D recipe `name` on the held-out sets and save it with its card.
 
     The second half of :func:`run_recipe`. `result` is the :class:`~.supervised.TrainResult` of
     the run (its ``steps_done`` and last history entry go into the card), `maps` the particle maps
     it was trained from (all of them; the held-out proteins are left out of the card's training
-    list) and `steps` the steps the run was asked for.
+    list), `steps` the steps the run was asked for and `workers` the processes that made its
+    batches (recorded in the card's command when not 0).
 
     Returns
     -------
@@ -349,8 +377,7 @@ def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, n
         "normalization": NORMALIZATION,
         "overlap": r["overlap"],
         "training": {
-            "command": f"python -m napari_cryoden.training.recipes {name} --maps ../shared/data/maps_10A --out models"
-                       + (f" --steps {steps}" if steps != r["steps"] else ""),
+            "command": _train_command(name, steps, workers),
             "data": (
                 "thesis dataset (van Gijn 2019, sec. 3.1) made on the fly from SHREC protein maps at 10 Å/voxel "
                 f"(shared/data/maps_10A): {', '.join(train_names)}; {r['patch']}^3 volumes with one centred particle "
@@ -781,6 +808,9 @@ def main(argv=None) -> int:
                    "../shared/data/maps_10A for 3D recipes, ../shared/data/maps_5A for n2n-unet-2d)")
     p.add_argument("--out", default="models", help="output folder")
     p.add_argument("--steps", type=int, default=None, help="override the recipe's steps (smoke tests)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="3D recipes: make the training batches in N worker processes, each with its own seed "
+                        "derived from the recipe's (default 0: on the training thread, as the shipped models)")
     p.add_argument("--evaluate-only", action="store_true", help="re-measure the held-out scores of an existing model")
     p.add_argument("--skip-bm3d", action="store_true",
                    help="2D recipes: leave BM3D out of the held-out scores (otherwise the bm3d package is required)")
@@ -788,7 +818,11 @@ def main(argv=None) -> int:
     r = RECIPES[a.name]
     if a.maps is None:
         a.maps = r.get("maps", "../shared/data/maps_10A")
+    if a.workers < 0:
+        p.error("--workers must be 0 or more")
     if r.get("ndim", 3) == 2:
+        if a.workers:
+            p.error("--workers is for 3D recipes only")
         return _main_2d(a)
     if a.evaluate_only:
         from ..models import load_model
@@ -800,7 +834,7 @@ def main(argv=None) -> int:
             scores["realistic"] = evaluate_held_out(lm, realistic_held_out_set(maps), precision="auto")
         print(json.dumps(scores, indent=1))
         return 0
-    path = run_recipe(a.name, a.maps, a.out, steps=a.steps)
+    path = run_recipe(a.name, a.maps, a.out, steps=a.steps, workers=a.workers)
     print(f"wrote {path}")
     return 0
 
