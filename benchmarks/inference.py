@@ -653,7 +653,7 @@ def main(argv=None) -> int:
         for name in models:
             from napari_cryoden.models.registry import ARCHITECTURES
 
-            ndim = ARCHITECTURES[cards[name]["architecture"]][2]
+            ndim = ARCHITECTURES[cards[name]["architecture"]].ndim
             suffix = ".mrc" if ndim == 3 else ".mrcs"
             for device in devices:
                 spec = {"model": name, "device": device, "repeats": args.repeats, "folder": str(folder),

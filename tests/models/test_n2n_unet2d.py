@@ -48,7 +48,8 @@ def test_bad_width_is_refused(ch):
 
 
 def test_registered_as_2d_and_round_trips(tmp_path):
-    cls, kwargs, ndim = ARCHITECTURES["N2NUNet2D"]
+    spec = ARCHITECTURES["N2NUNet2D"]
+    cls, kwargs, ndim = spec.cls, spec.kwargs, spec.ndim
     assert cls is N2NUNet2D and kwargs == {"ch"} and ndim == 2
     net = N2NUNet2D(ch=4)
     card = save_model(net, tmp_path, "n2n2d", {"architecture": "N2NUNet2D", "arch_kwargs": {"ch": 4}})

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from napari_cryoden.models import DEFAULT_MODEL, builtin_model_dir, load_model
+from napari_cryoden.models import ARCHITECTURES, DEFAULT_MODEL, builtin_model_dir, load_model
 from napari_cryoden.training.recipes import RECIPES
 
 CARDS = sorted(builtin_model_dir().glob("*.json"))
@@ -33,3 +33,18 @@ def test_shipped_card_is_complete_and_its_recipe_rebuilds_it(card_path):
     assert held["particles"] == ["1u6g", "3h84"]
     scores = held["metrics"]
     assert scores["denoised"]["psnr"]["50"] > scores["input"]["psnr"]["50"]
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_arch_spec_stride_and_default_overlap_fit_the_network(architecture):
+    """ArchSpec's stride is the network's, and its default overlap covers the measured receptive
+    field (the margin that makes tiles seam-free) of a network of the default size."""
+    from napari_cryoden.inference.measure import receptive_margin
+    from napari_cryoden.models import LoadedModel, build
+
+    spec = ARCHITECTURES[architecture]
+    net = build(architecture)
+    assert spec.cls is type(net) and spec.stride == int(getattr(net, "stride", 1))
+    if spec.default_overlap is not None:
+        margin = receptive_margin(LoadedModel.from_module(net, name=architecture, ndim=spec.ndim))
+        assert max(margin) <= spec.default_overlap

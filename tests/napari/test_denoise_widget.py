@@ -222,7 +222,7 @@ def test_2d_image_gives_an_error_notification(viewer_model, qtbot, tiny_model_di
     message = error_notifications[0]
     assert "'tiny-test' is a 3D tomogram model and the input is a 2D image" in message
     # The hint names the 2D models there are (a shipped one in models/, user ones), or says there is none.
-    two_d = [name for name, card in available_models().items() if ARCHITECTURES[card["architecture"]][2] == 2]
+    two_d = [name for name, card in available_models().items() if ARCHITECTURES[card["architecture"]].ndim == 2]
     if two_d:
         assert f"choose a 2D micrograph model ({', '.join(two_d)})" in message
     else:

@@ -123,7 +123,7 @@ def test_preview_slice_equals_that_slice_of_the_full_result(rng, architecture, s
 
     torch.manual_seed(0)
     net = build(architecture, ch=4).eval()
-    ndim = ARCHITECTURES[architecture][2]
+    ndim = ARCHITECTURES[architecture].ndim
     vol = (rng.normal(size=shape) * 2 + 7).astype(np.float32)
     full = denoise(vol, LoadedModel(name="m", module=net, card={"overlap": 24}, stride=net.stride, ndim=ndim),
                    device="cpu", precision="fp32")

@@ -642,7 +642,7 @@ class DenoiseWidget(QWidget):
         from ..models.registry import ARCHITECTURES
 
         arch = (self._model_cards.get(model) or {}).get("architecture")
-        return ARCHITECTURES[arch][2] if arch in ARCHITECTURES else None
+        return ARCHITECTURES[arch].ndim if arch in ARCHITECTURES else None
 
     def _job_spec(self, *, preview: bool = False) -> dict[str, Any] | None:
         layer = self.image.value

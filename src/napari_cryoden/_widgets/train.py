@@ -223,7 +223,7 @@ def scratch_arch_kwargs(architecture: str, channels: int) -> dict[str, Any]:
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
-    allowed = ARCHITECTURES[architecture][1]
+    allowed = ARCHITECTURES[architecture].kwargs
     kwargs: dict[str, Any] = {}
     if "ch" in allowed:
         kwargs["ch"] = int(channels)
@@ -512,10 +512,10 @@ def _model_geometry(model: str | None, architecture: str | None) -> tuple[int, i
     (measuring the receptive field can take many seconds on a CPU).
     """
     if model is None:
-        return (ARCHITECTURES[architecture][2] if architecture in ARCHITECTURES else 3), DEFAULT_CONTEXT
+        return (ARCHITECTURES[architecture].ndim if architecture in ARCHITECTURES else 3), DEFAULT_CONTEXT
     card = available_models().get(model, {})
     arch = card.get("architecture")
-    ndim = ARCHITECTURES[arch][2] if arch in ARCHITECTURES else int(card.get("ndim") or 3)
+    ndim = ARCHITECTURES[arch].ndim if arch in ARCHITECTURES else int(card.get("ndim") or 3)
     overlap = card.get("overlap")
     return ndim, (int(overlap) if isinstance(overlap, int) and not isinstance(overlap, bool) and overlap >= 0
                   else DEFAULT_CONTEXT)
@@ -845,7 +845,8 @@ class TrainWidget(QWidget):
             self._scratch_chosen = scratch  # the user's choice survives a refresh of the list
             self._start_picked = True
         self.architecture.visible = scratch
-        self.channels.visible = scratch and "ch" in ARCHITECTURES.get(self.architecture.value, (None, ()))[1]
+        spec = ARCHITECTURES.get(self.architecture.value)
+        self.channels.visible = scratch and spec is not None and "ch" in spec.kwargs
 
     def input_visibility(self) -> dict[str, bool]:
         """Which optional inputs the current mode and starting point show (for tests and docs)."""
@@ -878,8 +879,9 @@ class TrainWidget(QWidget):
             return int(self.patch.value)
         model = None if self.start.value in (None, SCRATCH) else self.start.value
         arch = self.architecture.value if model is None else available_models().get(model, {}).get("architecture")
-        cls, _, ndim = ARCHITECTURES.get(arch, (None, None, len(shape)))
-        return default_patch(shape, int(getattr(cls, "stride", 8) or 8), ndim)
+        spec = ARCHITECTURES.get(arch)
+        stride, ndim = (spec.stride, spec.ndim) if spec is not None else (8, len(shape))
+        return default_patch(shape, stride, ndim)
 
     def _set_default_slab(self, shape) -> None:
         self._val_axis = validation_axis(shape)

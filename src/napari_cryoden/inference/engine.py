@@ -140,7 +140,7 @@ def _models_of_ndim(ndim: int) -> list[str]:
     from ..models.registry import ARCHITECTURES, available_models
 
     return [name for name, card in available_models().items()
-            if ARCHITECTURES.get(card.get("architecture"), (None, None, 0))[2] == ndim]
+            if card.get("architecture") in ARCHITECTURES and ARCHITECTURES[card["architecture"]].ndim == ndim]
 
 
 def input_mode(data_ndim: int, model: LoadedModel, *, image_stack: bool = False) -> str:

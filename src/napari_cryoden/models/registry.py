@@ -19,7 +19,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from . import fast, networks
 
 __all__ = [
     "ARCHITECTURES",
+    "ArchSpec",
     "DEFAULT_MODEL",
     "DEFAULT_MODEL_2D",
     "LoadedModel",
@@ -54,13 +55,43 @@ def default_model_for(data_ndim: int, *, image_stack: bool = False) -> str:
     2D images (`image_stack`, e.g. a ``.mrcs`` file)."""
     return DEFAULT_MODEL_2D if data_ndim == 2 or image_stack else DEFAULT_MODEL
 
-#: Architecture name -> (constructor, keyword arguments a card may set, spatial dimensions).
-ARCHITECTURES: dict[str, tuple[type[nn.Module], frozenset[str], int]] = {
-    "UpsampleUnet48": (networks.UpsampleUnet48, frozenset({"ch", "shared_weights", "final_activation"}), 3),
-    "Unet48": (networks.Unet48, frozenset({"ch", "shared_weights", "final_activation"}), 3),
-    "SimpleAutoEncoder": (networks.SimpleAutoEncoder, frozenset({"final_activation"}), 3),
-    "N2NUNet2D": (networks.N2NUNet2D, frozenset({"ch"}), 2),
-    "FastUNet3D": (fast.FastUNet3D, frozenset({"ch", "refine", "final_activation"}), 3),
+class ArchSpec(NamedTuple):
+    """One architecture of the registry.
+
+    Attributes
+    ----------
+    cls : type of torch.nn.Module
+        The constructor.
+    kwargs : frozenset of str
+        The keyword arguments a model card may set (``arch_kwargs``).
+    ndim : int
+        Spatial dimensions: 3 for tomograms, 2 for micrographs.
+    stride : int
+        What every spatial size of the input must be a multiple of (the class's ``stride``).
+    default_overlap : int or None
+        Voxels of tile context per side that make tiled inference seam-free (measured with
+        :func:`~napari_cryoden.inference.measure.receptive_margin` at the shipped channel
+        counts), for cards of this architecture that state none; None: measured per model.
+    """
+
+    cls: type[nn.Module]
+    kwargs: frozenset[str]
+    ndim: int
+    stride: int
+    default_overlap: int | None
+
+
+def _spec(cls: type[nn.Module], kwargs: set[str], ndim: int, default_overlap: int | None) -> ArchSpec:
+    return ArchSpec(cls, frozenset(kwargs), ndim, int(getattr(cls, "stride", 1)), default_overlap)
+
+
+#: Architecture name -> :class:`ArchSpec`.
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "UpsampleUnet48": _spec(networks.UpsampleUnet48, {"ch", "shared_weights", "final_activation"}, 3, 24),
+    "Unet48": _spec(networks.Unet48, {"ch", "shared_weights", "final_activation"}, 3, 64),
+    "SimpleAutoEncoder": _spec(networks.SimpleAutoEncoder, {"final_activation"}, 3, 48),
+    "N2NUNet2D": _spec(networks.N2NUNet2D, {"ch"}, 2, 128),
+    "FastUNet3D": _spec(fast.FastUNet3D, {"ch", "refine", "final_activation"}, 3, None),
 }
 
 _CARD_REQUIRED = ("name", "architecture", "arch_kwargs", "sha256", "voxel_size_A", "normalization")
@@ -115,7 +146,7 @@ def check_arch_kwargs(architecture: str, kwargs: Any) -> None:
         raise ModelError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
     if not isinstance(kwargs, dict):
         raise ModelError("arch_kwargs must be a JSON object")
-    allowed = ARCHITECTURES[architecture][1]
+    allowed = ARCHITECTURES[architecture].kwargs
     bad = [k for k, v in kwargs.items() if k not in allowed or not isinstance(v, _ALLOWED_KWARG_TYPES)]
     if bad:
         raise ModelError(f"arch_kwargs {bad} not allowed for {architecture} (allowed: {sorted(allowed)})")
@@ -276,7 +307,7 @@ def build(architecture: str, **kwargs: Any) -> nn.Module:
         or out of range (:func:`check_arch_kwargs`).
     """
     check_arch_kwargs(architecture, kwargs)
-    return ARCHITECTURES[architecture][0](**kwargs)
+    return ARCHITECTURES[architecture].cls(**kwargs)
 
 
 def _sha256(path: Path) -> str:
@@ -349,7 +380,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> LoadedModel:
     module.eval()
     return LoadedModel(
         name=card_path.stem, module=module, card={**card, "name": card_path.stem},
-        stride=int(getattr(module, "stride", 1)), ndim=ARCHITECTURES[arch][2],
+        stride=int(getattr(module, "stride", 1)), ndim=ARCHITECTURES[arch].ndim,
     )
 
 

@@ -103,10 +103,6 @@ ADVERSARIAL = ("none", "gan", "wgangp")
 #: JSON in its metadata) and ``checkpoint.json`` (a readable copy of the state).
 CHECKPOINT_NAME = "checkpoint"
 _CHECKPOINT_FORMAT = "napari-cryoden fine-tune checkpoint 1"
-#: Per-side overlap (voxels) written into the card of a model trained from scratch: at least the
-#: one-sided receptive field of one output voxel, measured with autograd on random input
-#: (UpsampleUnet48 23, Unet48 62, SimpleAutoEncoder 46, N2NUNet2D 128 pixels).
-DEFAULT_OVERLAP = {"UpsampleUnet48": 24, "Unet48": 64, "SimpleAutoEncoder": 48, "N2NUNet2D": 128}
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: Settings that may change when a run is resumed; all others must match the checkpoint.
 _RESUMABLE_CHANGES = {"steps", "val_every", "preview_every", "log_every", "device", "precision"}
@@ -395,7 +391,8 @@ def _resolve_net(model, architecture, arch_kwargs, *, load: bool) -> _Net:
             raise ValueError("give a model to fine-tune or an architecture to train from scratch")
         kwargs = dict(arch_kwargs or {})
         check_arch_kwargs(architecture, kwargs)  # ModelError, a ValueError
-        cls, allowed, ndim = ARCHITECTURES[architecture]
+        spec = ARCHITECTURES[architecture]
+        cls, allowed, ndim = spec.cls, spec.kwargs, spec.ndim
         if "final_activation" in allowed:
             kwargs.setdefault("final_activation", "identity")  # outputs are zero-centred
         return _Net(architecture, kwargs, ndim, int(getattr(cls, "stride", 1)), None, {})
@@ -410,8 +407,8 @@ def _resolve_net(model, architecture, arch_kwargs, *, load: bool) -> _Net:
         card = model_card(model)  # ModelError (a ValueError) names the available models
         arch = card["architecture"]
         lm = load_model(model) if load else None
-        net = _Net(arch, dict(card["arch_kwargs"]), ARCHITECTURES[arch][2],
-                   int(getattr(ARCHITECTURES[arch][0], "stride", 1)), card["name"], card, lm)
+        net = _Net(arch, dict(card["arch_kwargs"]), ARCHITECTURES[arch].ndim, ARCHITECTURES[arch].stride,
+                   card["name"], card, lm)
     else:
         raise TypeError(f"model must be a registry name, a card path or a LoadedModel, got {type(model).__name__}")
     if architecture is not None and architecture != net.architecture:
@@ -1326,6 +1323,14 @@ def check_model_name(name: str, *, folder: str | os.PathLike | None = None, over
 _RESERVED_CARD_KEYS = {"name", "architecture", "arch_kwargs", "sha256", "weights", "normalization", "ndim", "training"}
 
 
+
+def _default_overlap(architecture: str) -> int | None:
+    """The per-side overlap written into the card of a model trained from scratch: at least the
+    one-sided receptive field of one output voxel (the registry's ``default_overlap``)."""
+    spec = ARCHITECTURES.get(architecture)
+    return spec.default_overlap if spec is not None else None
+
+
 def save_finetuned(
     result: FineTuneResult,
     name: str,
@@ -1338,7 +1343,8 @@ def save_finetuned(
 
     The card records the architecture, the parent model, the normalisation (that of inference,
     :data:`~napari_cryoden.models.NORMALIZATION`), the voxel size (from `card_extra`, else the
-    parent's), the per-side tile overlap (the parent's, else :data:`DEFAULT_OVERLAP`, else none:
+    parent's), the per-side tile overlap (the parent's, else the architecture's
+    :attr:`~napari_cryoden.models.registry.ArchSpec.default_overlap`, else none:
     the engine measures the receptive field), and under
     ``training`` the mode, losses, steps, patch, batch, learning rate, seed, validation slab,
     initial/best/final validation loss, seconds, data shape, torch version and date.
@@ -1425,7 +1431,7 @@ def save_finetuned(
         "ndim": result.ndim,
         "voxel_size_A": voxel,
         "normalization": NORMALIZATION,
-        "overlap": extra.pop("overlap", parent_card.get("overlap", DEFAULT_OVERLAP.get(result.architecture))),
+        "overlap": extra.pop("overlap", parent_card.get("overlap", _default_overlap(result.architecture))),
         "parent": result.parent,
         "training": training,
         **extra,
