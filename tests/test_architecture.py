@@ -3,7 +3,8 @@
 import subprocess
 import sys
 
-CORE = ["device", "io", "models", "inference", "training", "simulate", "metrics", "evaluation"]
+CORE = ["device", "io", "models", "inference", "training", "simulate", "metrics", "evaluation",
+        "_widgets.train_settings"]  # the Train widget's settings: Qt-free, tested without it
 
 
 def test_core_imports_without_qt():

@@ -63,7 +63,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -88,11 +88,13 @@ __all__ = [
     "check_model_name",
     "check_settings",
     "default_patch",
+    "default_val_slab",
     "fine_tune",
     "n2v_manipulate",
-    "validation_axis",
     "noise_correlation_mask",
     "save_finetuned",
+    "scratch_arch_kwargs",
+    "validation_axis",
 ]
 
 MODES = ("n2n", "supervised", "n2v")
@@ -111,6 +113,63 @@ _LEGACY_SETTINGS = {"rampdown": 0.0, "max_grad_norm": None, "val_axis": 0}
 #: Largest automatic training patch edge, by the network's dimensionality (the 2D one a multiple
 #: of the N2NUNet2D stride, 32); smaller data gets the largest multiple of the stride that fits.
 DEFAULT_PATCH = {3: 48, 2: 64}
+
+
+def default_val_slab(n: int, patch: int) -> tuple[int, int]:
+    """The validation slab the trainer holds out by default: the last ``max(patch, 10 %)`` slices.
+
+    Parameters
+    ----------
+    n : int
+        Length of the validation axis (:func:`validation_axis`), in voxels.
+    patch : int
+        Training patch edge in voxels.
+
+    Returns
+    -------
+    (start, stop) : tuple of int
+        Indices ``start:stop`` along that axis.
+
+    Examples
+    --------
+    >>> default_val_slab(200, 48)
+    (152, 200)
+    >>> default_val_slab(600, 48)
+    (540, 600)
+    """
+    n = int(n)
+    k = min(n, max(int(patch), math.ceil(0.1 * n)))
+    return n - k, n
+
+
+def scratch_arch_kwargs(architecture: str, channels: int | None = None) -> dict[str, Any]:
+    """Keyword arguments of a network trained from scratch.
+
+    The output is linear (``final_activation="identity"``): training targets are robustly
+    normalised and take negative values. `channels` sets the width where the architecture has one
+    (None: the architecture's default).
+
+    Raises
+    ------
+    ValueError
+        If the architecture is not in :data:`~napari_cryoden.models.ARCHITECTURES`.
+
+    Examples
+    --------
+    >>> scratch_arch_kwargs("UpsampleUnet48", 8)
+    {'ch': 8, 'final_activation': 'identity'}
+    >>> scratch_arch_kwargs("SimpleAutoEncoder", 8)
+    {'final_activation': 'identity'}
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    allowed = ARCHITECTURES[architecture].kwargs
+    kwargs: dict[str, Any] = {}
+    if "ch" in allowed and channels is not None:
+        kwargs["ch"] = int(channels)
+    if "final_activation" in allowed:
+        kwargs["final_activation"] = "identity"
+    return kwargs
 
 
 def validation_axis(shape: Sequence[int]) -> int:
@@ -392,10 +451,8 @@ def _resolve_net(model, architecture, arch_kwargs, *, load: bool) -> _Net:
         kwargs = dict(arch_kwargs or {})
         check_arch_kwargs(architecture, kwargs)  # ModelError, a ValueError
         spec = ARCHITECTURES[architecture]
-        cls, allowed, ndim = spec.cls, spec.kwargs, spec.ndim
-        if "final_activation" in allowed:
-            kwargs.setdefault("final_activation", "identity")  # outputs are zero-centred
-        return _Net(architecture, kwargs, ndim, int(getattr(cls, "stride", 1)), None, {})
+        kwargs = {**scratch_arch_kwargs(architecture), **kwargs}  # outputs are zero-centred: linear
+        return _Net(architecture, kwargs, spec.ndim, spec.stride, None, {})
     if isinstance(model, LoadedModel):
         card = dict(model.card or {})
         arch = card.get("architecture") or architecture
@@ -543,8 +600,7 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
                              + smaller_patch(min(shape) if a != axis else shape[a] // 2))
     _check_batch_memory(int(c.batch), p, net.ndim, dev)
     if c.val_slab is None:
-        thick = max(p, math.ceil(0.1 * n0))
-        val = (n0 - thick, n0)
+        val = default_val_slab(n0, p)
     else:
         try:
             v0, v1 = (int(v) for v in c.val_slab)
