@@ -144,3 +144,14 @@ def test_val_slab_rectangles_across_rows_or_columns():
 def test_finetune_config_patch_0_is_automatic_and_keeps_the_axis():
     cfg = finetune_config(mode="n2v", patch=0, batch=1, steps=1, lr=1e-4, val_slab=(10, 20), val_every=1, val_axis=2)
     assert cfg.patch is None and cfg.val_axis == 2 and cfg.val_slab == (10, 20)
+
+
+def test_card_voxel_size_is_one_answer_for_the_cli_and_the_widget():
+    from napari_cryoden.training.finetune import card_voxel_size
+
+    assert card_voxel_size((12.0, 10.0, 8.0)) == 9.0 == voxel_size_A((12.0, 10.0, 8.0))  # mean of Y and X
+    assert card_voxel_size((5.0, 5.0)) == 5.0
+    for bad in ((10.0, 0.0), (10.0, float("nan")), (-1.0, -1.0)):
+        assert card_voxel_size(bad) is None and voxel_size_A(bad) is None
+    assert card_voxel_size((10.0, 10.0), known=False) is None
+    assert voxel_size_A((10.0, 10.0), {"voxel_size_known": False}) is None

@@ -330,16 +330,11 @@ def preview_slice(
 
 
 def voxel_size_A(scale: Sequence[float], metadata: Mapping | None = None) -> float | None:
-    """In-plane voxel size (Å) to record on a model card, from a layer's scale.
+    """The voxel size (Å) to record on a model card, from a layer's scale and metadata: that of
+    :func:`~napari_cryoden.training.finetune.card_voxel_size`, as ``cryoden train`` records it.
 
     The reader puts the MRC voxel size (Å) in the layer scale, in array axis order, and says in
-    ``metadata["voxel_size_known"]`` whether the header held one. The card's ``voxel_size_A`` is
-    the size along X (the last axis), the one that sets the scale of what the network saw.
-
-    Returns
-    -------
-    float or None
-        None when the size is unknown or not a positive number.
+    ``metadata["voxel_size_known"]`` whether the header held one.
 
     Examples
     --------
@@ -348,12 +343,7 @@ def voxel_size_A(scale: Sequence[float], metadata: Mapping | None = None) -> flo
     >>> voxel_size_A((1.0, 1.0), {"voxel_size_known": False}) is None
     True
     """
-    if metadata and metadata.get("voxel_size_known") is False:
-        return None
-    values = [float(s) for s in scale]
-    if not values or not math.isfinite(values[-1]) or values[-1] <= 0:
-        return None
-    return values[-1]
+    return _ft.card_voxel_size(scale, known=not (metadata and metadata.get("voxel_size_known") is False))
 
 
 def card_extra(mode: str, inputs: Sequence[tuple[str, str, Sequence[int], Sequence[float], Mapping | None]]) -> dict:

@@ -426,7 +426,8 @@ def run(args: argparse.Namespace) -> int:
     values = _settings(args)
     mode, name = values["mode"], values["name"]
 
-    from ..training.finetune import FineTuneConfig, check_model_name, check_settings, fine_tune, save_finetuned
+    from ..training.finetune import (FineTuneConfig, card_voxel_size, check_model_name, check_settings, fine_tune,
+                                     save_finetuned)
 
     resume, overwrite = bool(values["resume"]), bool(values["overwrite"])
     check_model_name(name, overwrite=overwrite)
@@ -507,8 +508,7 @@ def run(args: argparse.Namespace) -> int:
     if result.skipped_steps:
         _note(f"{result.skipped_steps} updates were skipped because their gradients were not finite")
 
-    xy = source.voxel_size[-2:]
-    voxel = float(sum(xy) / len(xy)) if source.metadata.get("voxel_size_known", True) else None
+    voxel = card_voxel_size(source.voxel_size, known=source.metadata.get("voxel_size_known", True))
     card_extra = {
         "voxel_size_A": voxel,
         "data": {k: str(v) for k, v in files.items()},

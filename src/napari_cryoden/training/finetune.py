@@ -85,6 +85,7 @@ __all__ = [
     "FineTuneConfig",
     "FineTuneResult",
     "TrainEvent",
+    "card_voxel_size",
     "check_model_name",
     "check_settings",
     "default_patch",
@@ -170,6 +171,40 @@ def scratch_arch_kwargs(architecture: str, channels: int | None = None) -> dict[
     if "final_activation" in allowed:
         kwargs["final_activation"] = "identity"
     return kwargs
+
+
+def card_voxel_size(voxel_size: Sequence[float], known: bool = True) -> float | None:
+    """The ``voxel_size_A`` a fine-tuned model's card records: the in-plane voxel size in Å, the
+    mean of the Y and X sizes of the training data (the scale of what the network saw).
+
+    Used alike by ``cryoden train`` (from the MRC header) and the Train widget (from the layer's
+    scale, in which the reader puts the header's voxel size).
+
+    Parameters
+    ----------
+    voxel_size : sequence of float
+        Å per voxel in array order: (Z, Y, X) or (Y, X).
+    known : bool, default=True
+        Whether the header held a voxel size (``metadata["voxel_size_known"]`` of the reader).
+
+    Returns
+    -------
+    float or None
+        None when unknown, or when Y or X is not a finite positive number.
+
+    Examples
+    --------
+    >>> card_voxel_size((12.0, 10.0, 10.0))
+    10.0
+    >>> card_voxel_size((1.0, 1.0), known=False) is None
+    True
+    """
+    if not known:
+        return None
+    xy = [float(v) for v in tuple(voxel_size)[-2:]]
+    if not xy or not all(math.isfinite(v) and v > 0 for v in xy):
+        return None
+    return sum(xy) / len(xy)
 
 
 def validation_axis(shape: Sequence[int]) -> int:
