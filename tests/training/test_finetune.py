@@ -392,7 +392,7 @@ def test_card_extra_cannot_replace_the_essentials(data, tmp_path):
 
 def test_n2v_blind_spots_take_a_neighbours_value():
     patch = np.arange(16**3, dtype=np.float32).reshape(16, 16, 16)  # every value unique
-    masked, mask = n2v_manipulate(patch, np.random.default_rng(0), 0.01, radius=2, blind=0)
+    masked, mask = n2v_manipulate(patch, np.random.default_rng(0), fraction=0.01, radius=2, blind=0)
     pos = np.argwhere(mask == 1)
     assert len(pos) == round(0.01 * patch.size) and mask.sum() == len(pos)
     changed = masked != patch
@@ -406,7 +406,7 @@ def test_structured_blind_spots_hide_the_whole_cube():
     """blind=1: the 3^3 cube around each centre is replaced by values from anywhere in the
     patch, the loss mask stays on the centres, and nothing else changes."""
     patch = np.arange(20**3, dtype=np.float32).reshape(20, 20, 20)
-    masked, mask = n2v_manipulate(patch, np.random.default_rng(1), 0.002, radius=2, blind=1)
+    masked, mask = n2v_manipulate(patch, np.random.default_rng(1), fraction=0.002, radius=2, blind=1)
     centres = np.argwhere(mask == 1)
     assert len(centres) == round(0.002 * patch.size)
     cube = np.zeros(patch.shape, bool)
@@ -423,7 +423,7 @@ def test_structured_blind_spots_hide_the_whole_cube():
 def test_structured_offsets_hide_exactly_those_neighbours():
     patch = np.arange(24**3, dtype=np.float32).reshape(24, 24, 24)
     offsets = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 0, 2], [0, 0, -2]])
-    masked, mask = n2v_manipulate(patch, np.random.default_rng(2), 0.001, offsets=offsets)
+    masked, mask = n2v_manipulate(patch, np.random.default_rng(2), fraction=0.001, offsets=offsets)
     centres = np.argwhere(mask == 1)
     hidden = np.zeros(patch.shape, bool)
     for c in centres:
@@ -433,7 +433,7 @@ def test_structured_offsets_hide_exactly_those_neighbours():
     assert not changed[~hidden].any()
     assert changed[hidden].mean() > 0.95
     # a single zero offset is classic Noise2Void: a neighbour's value at the blind spot only
-    masked, mask = n2v_manipulate(patch, np.random.default_rng(2), 0.001, offsets=np.zeros((1, 3), int))
+    masked, mask = n2v_manipulate(patch, np.random.default_rng(2), fraction=0.001, offsets=np.zeros((1, 3), int))
     assert ((masked != patch) == (mask == 1)).all()
 
 

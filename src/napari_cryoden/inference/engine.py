@@ -64,6 +64,16 @@ def count_nonfinite(volume: np.ndarray, *, chunk_bytes: int = 64 * 1024**2) -> i
     the pages of a memory-mapped volume are let go after each slab).
 
     Integer and boolean volumes are always finite and are not read.
+
+    Parameters
+    ----------
+    volume : ndarray or memmap, any shape
+    chunk_bytes : int, default=64 MiB
+        Bytes read at a time.
+
+    Returns
+    -------
+    int
     """
     if not np.issubdtype(volume.dtype, np.inexact):
         return 0
@@ -245,6 +255,28 @@ def plan_geometry(
     spans the first axis, with no margin along it (the slab's first and last slices are the
     context; outputs within the margin of them are not exact), and the given or automatic
     `tile` applies to Y and X.
+
+    Parameters
+    ----------
+    model : LoadedModel
+    shape : sequence of int
+        The data's shape: (Z, Y, X), (Y, X) or (N, Y, X), in voxels.
+    device : torch.device
+    precision : str, default="fp32"
+        A resolved precision; sets the activation bytes per voxel.
+    tile, overlap : int or sequence of int, optional
+        Core and context per side, in voxels, per spatial axis of the model.
+    batch_size : int, optional
+    memory_bytes : int, optional
+        Bytes one forward pass may use.
+    image_stack, whole_first_axis : bool
+        See above and :func:`input_mode`.
+
+    Returns
+    -------
+    Plan
+        The mode, the geometry (cores, margins, strides, batch) of the (Z, Y, X) working view,
+        and that view's shape.
 
     Raises
     ------
@@ -603,9 +635,31 @@ def prepare_run(
     ``nonfinite`` and ``nonfinite_action``.
 
     `resident` (True, False, or None for automatic: on CUDA when the float32 input and output
-    take at most :data:`~napari_cryoden.inference.resident.RESIDENT_FRACTION` of the free GPU memory) copies the input to the device
-    first (:func:`to_device`) and counts the NaN/Inf voxels and takes the statistics there; the
-    memory one forward pass may use is then the budget less :func:`resident_bytes`.
+    take at most :data:`~napari_cryoden.inference.resident.RESIDENT_FRACTION` of the free GPU
+    memory) copies the input to the device first (:func:`~napari_cryoden.inference.resident.
+    to_device`) and counts the NaN/Inf voxels and takes the statistics there; the memory one
+    forward pass may use is then the budget less
+    :func:`~napari_cryoden.inference.resident.resident_bytes`.
+
+    Parameters
+    ----------
+    vol : ndarray or memmap of real dtype
+        (Z, Y, X) tomogram, (Y, X) micrograph or (N, Y, X) stack, as for :func:`denoise`.
+    lm : LoadedModel
+    tile, overlap, device, precision, batch_size, nonfinite, image_stack, memory_bytes, stats, whole_first_axis
+        As for :func:`iter_denoise`.
+    info : dict, optional
+        Gets ``nonfinite`` and ``nonfinite_action``.
+    resident : bool or None, default=False
+        See above.
+    stages : Stages, optional
+        Charges the upload to "read"/"h2d" and the NaN/Inf count and statistics to "stats".
+
+    Returns
+    -------
+    RunSetup
+        The plan, device, precision, NaN/Inf count, ``(center, scale)`` in the input's intensity
+        units, and the input on the device for a resident run.
 
     Raises
     ------
@@ -690,6 +744,21 @@ def iter_denoise(
 
     `timings`, a dict, receives the seconds spent per stage (:data:`~napari_cryoden.inference.
     timing.STAGES`); the CUDA device is synchronised around each stage, for benchmarks.
+
+    Yields
+    ------
+    (int, int)
+        Tiles done and tiles in all, from ``(0, total)`` to ``(total, total)``.
+
+    Returns
+    -------
+    ndarray of float32
+        `out` (or a new array) of the input's shape, in the input's intensity scale.
+
+    Raises
+    ------
+    ValueError, MemoryError
+        As :func:`denoise`.
     """
     vol = volume
     if not isinstance(vol, np.ndarray):

@@ -44,6 +44,13 @@ def receptive_margin(model: LoadedModel, *, max_length: int = 2048) -> tuple[int
     the field. The margin is rounded up to a multiple of the stride. Cached per module and per
     weights file (the card's sha256); about 0.1-2 s on 2 CPU cores.
 
+    Parameters
+    ----------
+    model : LoadedModel
+        2D or 3D; measured on the device its parameters are on.
+    max_length : int, default=2048
+        Longest probe, in voxels along one axis.
+
     Returns
     -------
     tuple of int
@@ -104,6 +111,15 @@ def model_overlap(model: LoadedModel) -> tuple[int, ...]:
     The model card's ``overlap`` when it has one, else :func:`receptive_margin` (falling back to
     :data:`DEFAULT_OVERLAP` with a warning if that cannot be measured); rounded up so that twice
     the margin is a multiple of the stride.
+
+    Parameters
+    ----------
+    model : LoadedModel
+
+    Returns
+    -------
+    tuple of int
+        Voxels of context per side, one per spatial axis of the model ((Z, Y, X) or (Y, X)).
     """
     s = max(1, model.stride)
     card_overlap = model.card.get("overlap") if isinstance(model.card, dict) else None
@@ -169,6 +185,18 @@ def activation_bytes_per_voxel(model: LoadedModel, precision: str = "fp32") -> f
     the measured peak RSS increase of a 128³ forward pass within 10 % for UpsampleUnet48 (about
     300 bytes per voxel in bf16) and FastUNet3D (about 55). Not less than 32 bytes (input,
     output and their copies). Cached per module and precision.
+
+    Parameters
+    ----------
+    model : LoadedModel
+        Probed on the device its parameters are on.
+    precision : {"fp32", "bf16", "fp16"}, default="fp32"
+        A resolved precision (:func:`~napari_cryoden.device.resolve_precision`).
+
+    Returns
+    -------
+    float
+        Bytes per input voxel of one forward pass (batch 1), at least 32.
     """
     module = model.module
     per = _BYTES.setdefault(module, {})

@@ -300,6 +300,18 @@ def available_models(skipped: list[str] | None = None) -> dict[str, dict]:
 def build(architecture: str, **kwargs: Any) -> nn.Module:
     """Construct an architecture from :data:`ARCHITECTURES` with random weights.
 
+    Parameters
+    ----------
+    architecture : str
+        A key of :data:`ARCHITECTURES`, e.g. ``"UpsampleUnet48"``.
+    **kwargs
+        Constructor arguments a card may set (:attr:`ArchSpec.kwargs`), e.g. ``ch=48``.
+
+    Returns
+    -------
+    torch.nn.Module
+        In training mode, on the CPU, float32.
+
     Raises
     ------
     ModelError
@@ -333,6 +345,17 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
 def model_card(name_or_path: str | os.PathLike) -> dict:
     """The validated card of a model (by registry name or card/weights path), without its weights.
 
+    Parameters
+    ----------
+    name_or_path : str or path-like
+        As for :func:`load_model`.
+
+    Returns
+    -------
+    dict
+        The card's JSON: ``name``, ``architecture``, ``arch_kwargs``, ``sha256``,
+        ``voxel_size_A`` (Å), ``normalization`` and what training recorded.
+
     Raises
     ------
     ModelError
@@ -348,6 +371,17 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> LoadedModel:
     The model's name is its card file's stem, whatever the card's ``name`` says. Weights are
     read with :func:`safetensors.torch.load_file` (never pickle) after their sha256 is checked
     against the card.
+
+    Parameters
+    ----------
+    name_or_path : str or path-like, default="upsampleunet48-gan"
+        A name of :func:`available_models` (shipped or in the user model folder), or the path of
+        a ``.json`` card or of the ``.safetensors`` weights next to it.
+
+    Returns
+    -------
+    LoadedModel
+        The network in eval mode on the CPU, with its card, stride and spatial dimensions.
 
     Raises
     ------
@@ -387,8 +421,21 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> LoadedModel:
 def save_model(module: nn.Module, folder: str | os.PathLike, name: str, card: dict) -> Path:
     """Write ``<name>.safetensors`` and ``<name>.json`` atomically into `folder`.
 
-    `card` must hold ``architecture`` and ``arch_kwargs``; ``name`` and ``sha256`` are filled in.
-    Returns the card path.
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network; its state dict is saved with safetensors (never pickle).
+    folder : path-like
+        Created if missing.
+    name : str
+        The model's name, the stem of both files.
+    card : dict
+        Must hold ``architecture`` and ``arch_kwargs``; ``name`` and ``sha256`` are filled in.
+
+    Returns
+    -------
+    Path
+        The card's path.
     """
     from safetensors.torch import save
 

@@ -211,6 +211,16 @@ def validation_axis(shape: Sequence[int]) -> int:
     """The axis across which the validation slab is cut: the longest in-plane axis, Y or X
     (the first on a tie). Never Z, the thinnest axis of a tomogram.
 
+    Parameters
+    ----------
+    shape : sequence of int
+        (Z, Y, X) or (Y, X) voxels.
+
+    Returns
+    -------
+    int
+        The axis index in `shape` (1 or 2 for a volume; 0 or 1 for an image).
+
     Examples
     --------
     >>> validation_axis((36, 206, 94)), validation_axis((64, 128, 128)), validation_axis((300, 512))
@@ -225,6 +235,20 @@ def default_patch(shape: Sequence[int], stride: int, ndim: int) -> int:
     """The automatic training patch edge for data of `shape`: :data:`DEFAULT_PATCH` for the
     network's `ndim`, or, when the data is smaller, the largest multiple of `stride` that fits
     every axis and half the validation axis (room for the validation slab and the training part).
+
+    Parameters
+    ----------
+    shape : sequence of int
+        (Z, Y, X) or (Y, X) voxels.
+    stride : int
+        The network's stride; the patch is a multiple of it.
+    ndim : int
+        The network's spatial dimensions (3 or 2).
+
+    Returns
+    -------
+    int
+        Patch edge in voxels (at least `stride`).
 
     Examples
     --------
@@ -819,11 +843,12 @@ def noise_correlation_mask(
 def n2v_manipulate(
     patch: np.ndarray,
     rng: np.random.Generator,
+    *,
     fraction: float,
     radius: int = 2,
     blind: int = 0,
     offsets: np.ndarray | None = None,
-):
+) -> tuple[np.ndarray, np.ndarray]:
     """Noise2Void blind spots: hide a random fraction of voxels from the network.
 
     Krull et al. (2019): ``n = max(1, round(fraction * patch.size))`` distinct voxels are drawn
@@ -834,9 +859,12 @@ def n2v_manipulate(
     Parameters
     ----------
     patch : ndarray of float32, 2D or 3D
+        A normalised training patch, (Z, Y, X) or (Y, X) voxels.
     rng : numpy.random.Generator
     fraction : float
+        Share of the patch's voxels that become blind spots, in (0, 1] (at least one voxel).
     radius : int, default=2
+        Half-width in voxels of the window a classic blind spot's replacement value is drawn from.
     blind : int, default=0
         Half-width of a cubic structured blind spot: the same as `offsets` holding the whole cube
         of ``2 * blind + 1`` voxels per axis. 0: no cube.
@@ -927,8 +955,8 @@ class _Patches:
             src = self._augment(src, k, flip)
             tgt = self._augment(tgt, k, flip) if tgt is not None else None
         if mode == "n2v":
-            masked, mask = n2v_manipulate(src, rng, self.c.n2v_fraction, self.c.n2v_radius, self.c.n2v_blind,
-                                          self.offsets)
+            masked, mask = n2v_manipulate(src, rng, fraction=self.c.n2v_fraction, radius=self.c.n2v_radius,
+                                          blind=self.c.n2v_blind, offsets=self.offsets)
             return masked, src, mask
         return src, tgt, None
 
