@@ -1,9 +1,18 @@
-"""Small helpers shared by the ``cryoden`` subcommands (standard library only)."""
+"""What the ``cryoden`` subcommands share (standard library only): the exit statuses, the error
+type, one-line notes and errors, the number parsers and the progress bar."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+import sys
+import time
+from typing import Callable, Sequence, TextIO
+
+PROG = "cryoden"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def int_at_least(minimum: int, what: str, *, not_int: str | None = None) -> Callable[[str], int]:
@@ -38,3 +47,125 @@ def printable(text: str) -> str:
     escapes (``\\n``, ``\\x1b``), so a message naming any path or card prints on one line and
     cannot drive the terminal."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
+class CliError(Exception):
+    """A problem with the user's input, found by the CLI itself: exit status 2."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (name of the exception type when it has none).
+
+    Bad-input messages (ours, naming paths) keep their newlines as ``\\n``, so a path with a
+    newline stays recognisable; others (multi-line library messages) are joined with spaces.
+    """
+    if isinstance(exc, (CliError, ValueError, FileExistsError)):
+        text = printable(str(exc).strip())
+    else:
+        text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.strerror:
+        name = printable(exc.filename) if exc.filename is not None else ""
+        text = f"{name}: {exc.strerror}" if name else exc.strerror
+    return text or type(exc).__name__
+
+
+def error(message: str, stream: TextIO | None = None) -> None:
+    print(f"{PROG}: error: {printable(message)}", file=stream or sys.stderr, flush=True)
+
+
+def note(message: str) -> None:
+    print(f"{PROG}: note: {printable(message)}", file=sys.stderr, flush=True)
+
+
+positive_int = int_at_least(1, "a positive integer")
+non_negative_int = int_at_least(0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def format_voxel_size(voxel_size: Sequence[float]) -> str:
+    """``'10.52 Å'`` when isotropic, else ``'(12, 10, 10) Å (Z, Y, X)'``."""
+    values = [float(v) for v in voxel_size]
+    if len(set(values)) == 1:
+        return f"{values[0]:g} Å"
+    axes = "ZYX"[-len(values):] if len(values) <= 3 else None
+    joined = ", ".join(f"{v:g}" for v in values)
+    return f"({joined}) Å" + (f" ({', '.join(axes)})" if axes else "")
+
+
+class ProgressBar:
+    """A small textual progress bar for ``(done, total)`` reports, written to a stream.
+
+    On a terminal the bar is redrawn in place (at most ten times a second); otherwise a line is
+    written each time another tenth of the work is done, so log files stay short.
+
+    Parameters
+    ----------
+    label : str
+        Written before the bar.
+    stream : text stream, optional
+        Default: ``sys.stderr``.
+    width : int, default=30
+        Characters of the bar itself.
+    """
+
+    def __init__(self, label: str, stream: TextIO | None = None, *, width: int = 30):
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        try:
+            self.tty = bool(self.stream.isatty())
+        except (AttributeError, ValueError):
+            self.tty = False
+        self._start = time.perf_counter()
+        self._last_draw = -1.0
+        self._last_tenth = 0
+        self._open = False  # a line without its newline is on a terminal
+        self._drawn = 0  # length of the text on that line
+
+    def _text(self, done: int, total: int) -> str:
+        frac = done / total if total else 1.0
+        filled = int(round(self.width * frac))
+        elapsed = time.perf_counter() - self._start
+        text = (f"{self.label} [{'#' * filled}{'-' * (self.width - filled)}] "
+                f"{done}/{total} tiles {100 * frac:3.0f}%  {format_seconds(elapsed)}")
+        if 0 < done < total:
+            text += f" (~{format_seconds(elapsed * (total - done) / done)} left)"
+        return text
+
+    def update(self, done: int, total: int) -> None:
+        """Report that `done` of `total` tiles are finished."""
+        if self.tty:
+            now = time.perf_counter()
+            if done < total and now - self._last_draw < 0.1:
+                return
+            self._last_draw = now
+            text = self._text(done, total)
+            self.stream.write("\r" + text.ljust(self._drawn))  # blank what a longer line left
+            self._drawn = len(text)
+            self._open = True
+            if done >= total:
+                self.close()
+        else:
+            tenth = 10 * done // total if total else 10
+            if tenth > self._last_tenth:
+                self._last_tenth = tenth
+                self.stream.write(self._text(done, total) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the bar's line (call it before printing anything else to the stream)."""
+        if self._open:
+            self.stream.write("\n")
+            self._drawn = 0
+            self.stream.flush()
+            self._open = False

@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ._common import int_at_least
+from ._common import PROG, int_at_least
 
 __all__ = ["DESCRIPTION", "EPILOG", "HELP", "add_arguments", "run"]
 
-PROG = "cryoden"
 
 HELP = "simulate a tomogram, a micrograph or thesis training pairs, with clean and even/odd versions"
 

@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ._common import EXIT_INTERRUPTED, EXIT_OK, PROG
 from ._common import format_seconds as _format_seconds
+from ._common import note as _note
 
 __all__ = ["DESCRIPTION", "EPILOG", "HELP", "OPTION_DEFAULTS", "add_arguments", "run"]
 
-PROG = "cryoden"
 
 HELP = "fine-tune a denoising model on your data (Noise2Noise, supervised, Noise2Void) and save it"
 
@@ -421,8 +422,6 @@ def _resume_hint(values: dict, workdir: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``cryoden train``; see :data:`DESCRIPTION`."""
-    from .main import EXIT_INTERRUPTED, EXIT_OK, _note
-
     values = _settings(args)
     mode, name = values["mode"], values["name"]
 
