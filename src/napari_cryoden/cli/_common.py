@@ -4,9 +4,10 @@ type, one-line notes and errors, the number parsers and the progress bar."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
-from typing import Callable, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 PROG = "cryoden"
 EXIT_OK = 0
@@ -15,23 +16,62 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def int_at_least(minimum: int, what: str, *, not_int: str | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer >= `minimum`.
+# --------------------------------------------------------------------------------------------
+# Value parsers: argparse types that also check --config values (TOML numbers and strings)
 
-    Errors read ``expected <what>, got <value>``; text that is not an integer at all reads
-    ``expected <not_int>, got '<text>'`` (`what` when `not_int` is None).
+
+class BadValue(argparse.ArgumentTypeError, ValueError):
+    """A refused option value: argparse reports it as the option's error, and being a
+    :class:`ValueError` it is bad input (exit status 2) wherever else it is raised."""
+
+
+def int_at_least(minimum: int, what: str | None = None, *, not_int: str | None = None) -> Callable[[Any], int]:
+    """A parser of integers >= `minimum`, from text or an int (not a bool).
+
+    Errors (:class:`BadValue`) read ``expected <what>, got <value>``, `what` being ``an integer >=
+    <minimum>`` when None; a value that is not an integer at all reads ``expected <not_int>, got
+    '<text>'`` (`what` when `not_int` is None).
     """
+    what = what or f"an integer >= {minimum}"
 
-    def parse(text: str) -> int:
+    def parse(value) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise BadValue(f"expected {not_int or what}, got {value!r}")
         try:
-            value = int(text)
+            number = int(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {not_int or what}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
-        return value
+            raise BadValue(f"expected {not_int or what}, got {value!r}") from None
+        if number < minimum:
+            raise BadValue(f"expected {what}, got {number}")
+        return number
 
     return parse
+
+
+def float_where(ok: Callable[[float], bool], what: str, *, not_float: str | None = None) -> Callable[[Any], float]:
+    """A parser of finite numbers for which `ok` holds, from text or a number (not a bool).
+
+    Errors (:class:`BadValue`) read ``expected <what>, got '<text>'``; a value that is not a number
+    at all reads ``expected <not_float>, got '<text>'`` (`what` when `not_float` is None).
+    """
+
+    def parse(value) -> float:
+        try:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError
+            number = float(value)
+        except ValueError:
+            raise BadValue(f"expected {not_float or what}, got {value!r}") from None
+        if not (math.isfinite(number) and ok(number)):
+            raise BadValue(f"expected {what}, got {value!r}")
+        return number
+
+    return parse
+
+
+positive_int = int_at_least(1, "a positive integer")
+non_negative_int = int_at_least(0, "an integer >= 0")
+positive_float = float_where(lambda v: v > 0, "a positive number")
 
 
 def format_seconds(seconds: float) -> str:
@@ -75,21 +115,6 @@ def error(message: str, stream: TextIO | None = None) -> None:
 
 def note(message: str) -> None:
     print(f"{PROG}: note: {printable(message)}", file=sys.stderr, flush=True)
-
-
-positive_int = int_at_least(1, "a positive integer")
-non_negative_int = int_at_least(0, "an integer >= 0")
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (0 < value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
 
 
 def format_voxel_size(voxel_size: Sequence[float]) -> str:
