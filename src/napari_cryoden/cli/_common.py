@@ -131,7 +131,9 @@ class ProgressBar:
     """A small textual progress bar for ``(done, total)`` reports, written to a stream.
 
     On a terminal the bar is redrawn in place (at most ten times a second); otherwise a line is
-    written each time another tenth of the work is done, so log files stay short.
+    written each time another tenth of the work is done, so log files stay short. Bars of other
+    reports (``cryoden train``'s steps and losses) build on :meth:`bar`, :meth:`times` and
+    :meth:`show`.
 
     Parameters
     ----------
@@ -141,12 +143,15 @@ class ProgressBar:
         Default: ``sys.stderr``.
     width : int, default=30
         Characters of the bar itself.
+    unit : str, default="tiles"
+        What is counted, written after ``done/total``.
     """
 
-    def __init__(self, label: str, stream: TextIO | None = None, *, width: int = 30):
+    def __init__(self, label: str, stream: TextIO | None = None, *, width: int = 30, unit: str = "tiles"):
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
         self.width = width
+        self.unit = unit
         try:
             self.tty = bool(self.stream.isatty())
         except (AttributeError, ValueError):
@@ -157,35 +162,50 @@ class ProgressBar:
         self._open = False  # a line without its newline is on a terminal
         self._drawn = 0  # length of the text on that line
 
-    def _text(self, done: int, total: int) -> str:
+    def bar(self, done: int, total: int) -> str:
+        """``'<label> [####------] done/total <unit>'``."""
         frac = done / total if total else 1.0
         filled = int(round(self.width * frac))
-        elapsed = time.perf_counter() - self._start
-        text = (f"{self.label} [{'#' * filled}{'-' * (self.width - filled)}] "
-                f"{done}/{total} tiles {100 * frac:3.0f}%  {format_seconds(elapsed)}")
+        return f"{self.label} [{'#' * filled}{'-' * (self.width - filled)}] {done}/{total} {self.unit}"
+
+    @staticmethod
+    def times(seconds: float, done: int, total: int) -> str:
+        """``'  m:ss'`` elapsed, then ``' (~m:ss left)'`` while unfinished."""
+        text = f"  {format_seconds(seconds)}"
         if 0 < done < total:
-            text += f" (~{format_seconds(elapsed * (total - done) / done)} left)"
+            text += f" (~{format_seconds(seconds * (total - done) / done)} left)"
         return text
 
-    def update(self, done: int, total: int) -> None:
-        """Report that `done` of `total` tiles are finished."""
+    def _text(self, done: int, total: int) -> str:
+        frac = done / total if total else 1.0
+        return f"{self.bar(done, total)} {100 * frac:3.0f}%{self.times(time.perf_counter() - self._start, done, total)}"
+
+    def show(self, render: Callable[[], str], *, now: bool, line: bool) -> None:
+        """Write the text `render` returns (called only when something is written): on a terminal
+        redrawn in place, skipped when the last draw is under 0.1 s old unless `now`; otherwise as
+        a line of its own when `line`."""
         if self.tty:
-            now = time.perf_counter()
-            if done < total and now - self._last_draw < 0.1:
+            clock = time.perf_counter()
+            if not now and clock - self._last_draw < 0.1:
                 return
-            self._last_draw = now
-            text = self._text(done, total)
+            self._last_draw = clock
+            text = render()
             self.stream.write("\r" + text.ljust(self._drawn))  # blank what a longer line left
             self._drawn = len(text)
             self._open = True
-            if done >= total:
-                self.close()
-        else:
-            tenth = 10 * done // total if total else 10
-            if tenth > self._last_tenth:
-                self._last_tenth = tenth
-                self.stream.write(self._text(done, total) + "\n")
+        elif line:
+            self.stream.write(render() + "\n")
         self.stream.flush()
+
+    def update(self, done: int, total: int) -> None:
+        """Report that `done` of `total` tiles are finished."""
+        tenth = 10 * done // total if total else 10
+        line = not self.tty and tenth > self._last_tenth
+        if line:
+            self._last_tenth = tenth
+        self.show(lambda: self._text(done, total), now=done >= total, line=line)
+        if self.tty and done >= total:
+            self.close()
 
     def close(self) -> None:
         """End the bar's line (call it before printing anything else to the stream)."""

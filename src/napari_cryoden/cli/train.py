@@ -12,11 +12,10 @@ import json
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ._common import EXIT_INTERRUPTED, EXIT_OK, PROG
+from ._common import EXIT_INTERRUPTED, EXIT_OK, PROG, ProgressBar
 from ._common import float_where, int_at_least, positive_float
 from ._common import format_seconds as _format_seconds
 from ._common import note as _note
@@ -294,50 +293,23 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 # Progress
 
 
-class _TrainBar:
+class _TrainBar(ProgressBar):
     """Training progress on stderr: redrawn in place on a terminal, one line per validation otherwise."""
 
-    def __init__(self, label: str, stream=None, width: int = 24):
-        self.label, self.width = label, width
-        self.stream = stream if stream is not None else sys.stderr
-        try:
-            self.tty = bool(self.stream.isatty())
-        except (AttributeError, ValueError):
-            self.tty = False
-        self._open, self._drawn, self._last = False, 0, -1.0
+    def __init__(self, label: str, stream=None):
+        super().__init__(label, stream, width=24, unit="steps")
 
     def text(self, ev) -> str:
-        frac = ev.step / ev.steps if ev.steps else 1.0
-        filled = int(round(self.width * frac))
-        text = (f"{self.label} [{'#' * filled}{'-' * (self.width - filled)}] {ev.step}/{ev.steps} steps"
-                f"  loss {ev.train_loss:.4g}")
+        text = f"{self.bar(ev.step, ev.steps)}  loss {ev.train_loss:.4g}"
         if ev.val_loss is not None:
             text += f"  val {ev.val_loss:.4g}"
         if ev.best_val is not None:
             text += f" (best {ev.best_val:.4g})"
-        text += f"  {_format_seconds(ev.seconds)}"
-        if 0 < ev.step < ev.steps:
-            text += f" (~{_format_seconds(ev.seconds / ev.step * (ev.steps - ev.step))} left)"
-        return text
+        return text + self.times(ev.seconds, ev.step, ev.steps)
 
-    def update(self, ev) -> None:
-        if self.tty:
-            now = time.perf_counter()
-            if ev.val_loss is None and ev.step < ev.steps and now - self._last < 0.1:
-                return
-            self._last = now
-            text = self.text(ev)
-            self.stream.write("\r" + text.ljust(self._drawn))
-            self._drawn, self._open = len(text), True
-        elif ev.val_loss is not None:
-            self.stream.write(self.text(ev) + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self._open:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._open, self._drawn = False, 0
+    def update(self, ev) -> None:  # a training event, not (done, total)
+        validated = ev.val_loss is not None
+        self.show(lambda: self.text(ev), now=validated or ev.step >= ev.steps, line=validated)
 
 
 class _Interrupt:
