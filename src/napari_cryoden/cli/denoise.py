@@ -203,6 +203,17 @@ def _input_notes(src: Path, info: dict, model) -> list[str]:
     return notes
 
 
+def _say_notes(src: Path, info: dict, model, *, quiet: bool) -> None:
+    """Write the notes on input `src`: the replaced NaN/Inf voxels always, the others
+    (:func:`_input_notes`) unless `quiet`."""
+    if info.get("nonfinite"):
+        _note(f"replaced {info['nonfinite']} NaN/Inf voxels of {src.name} by the median "
+              f"{info['nonfinite_value']:g} (use --nonfinite refuse to stop instead)")
+    if not quiet:
+        for note in _input_notes(src, info, model):
+            _note(note)
+
+
 _GLOB_CHARS = set("*?[")
 
 
@@ -263,12 +274,7 @@ def _denoise_one(src: Path, dst: Path, model, device, precision: str, args: argp
     try:
         # Arguments are checked before the first report, so a bad value ends here with one line.
         done, total = next(steps)
-        if info.get("nonfinite"):
-            _note(f"replaced {info['nonfinite']} NaN/Inf voxels of {src.name} by the median "
-                  f"{info['nonfinite_value']:g} (use --nonfinite refuse to stop instead)")
-        if not args.quiet:
-            for note in _input_notes(src, info, model):
-                _note(note)
+        _say_notes(src, info, model, quiet=args.quiet)
         while True:
             if bar is not None:
                 bar.update(done, total)
@@ -494,13 +500,9 @@ def _run_denoise_batch_cluster(args: argparse.Namespace, inputs: list[Path], n_u
                             continue
                         written += 1
                         info = result.info
-                        if info.get("nonfinite"):
-                            _note(f"replaced {info['nonfinite']} NaN/Inf voxels of {src.name} by the median "
-                                  f"{info['nonfinite_value']:g} (use --nonfinite refuse to stop instead)")
+                        _say_notes(src, info, model, quiet=args.quiet)
                         if args.quiet:
                             continue
-                        for note in _input_notes(src, info, model):
-                            _note(note)
                         print(_summary(result, info["device"], info["precision"], result.tiles, result.seconds),
                               flush=True)
                 finally:
