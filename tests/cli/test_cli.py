@@ -302,7 +302,7 @@ def test_models_long_prints_whole_descriptions(tiny_model_dir, capsys):
 
 
 def test_help_default_model_matches_registry(capsys):
-    from napari_cryoden.cli.main import DEFAULT_MODEL, DEFAULT_MODEL_2D
+    from napari_cryoden.cli.denoise import DEFAULT_MODEL, DEFAULT_MODEL_2D
     from napari_cryoden.inference.engine import DEFAULT_TILE
     from napari_cryoden.models import DEFAULT_MODEL as registry_default
     from napari_cryoden.models import DEFAULT_MODEL_2D as registry_default_2d

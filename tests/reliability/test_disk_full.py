@@ -137,12 +137,12 @@ def test_simulate_overwrite_failing_midway_keeps_the_old_set(failing, tmp_path, 
 #: A streaming ``cryoden`` whose progress bar truncates the input at its first report, as
 #: another program rewriting the tomogram would.
 TRUNCATING_CLI = STREAMING_CLI.replace("sys.exit(main(sys.argv[1:]))", """
-cli_main = sys.modules["napari_cryoden.cli.main"]
-real_update = cli_main.ProgressBar.update
+common = sys.modules["napari_cryoden.cli._common"]
+real_update = common.ProgressBar.update
 def update(self, done, total):
     real_update(self, done, total)
     os.truncate(sys.argv[2], 4096)
-cli_main.ProgressBar.update = update
+common.ProgressBar.update = update
 sys.exit(main(sys.argv[1:]))
 """)
 

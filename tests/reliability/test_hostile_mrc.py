@@ -94,7 +94,7 @@ def hostile_files(draw):
             raw = patch(raw, MAP, draw(st.binary(min_size=4, max_size=4)))
         elif kind == "machst":
             raw = patch(raw, MACHST, draw(st.binary(min_size=4, max_size=4)))
-        elif kind == "truncate":
+        elif kind == "truncate" and raw:  # a second truncation may find the file empty already
             raw = raw[: draw(st.integers(0, len(raw) - 1))]
         elif kind == "append":
             raw = raw + draw(st.binary(min_size=1, max_size=64))

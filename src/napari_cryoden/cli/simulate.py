@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Callable
 
-from ._common import int_at_least
+from ._common import PROG, float_where, int_at_least
 
 __all__ = ["DESCRIPTION", "EPILOG", "HELP", "add_arguments", "run"]
 
-PROG = "cryoden"
 
 HELP = "simulate a tomogram, a micrograph or thesis training pairs, with clean and even/odd versions"
 
@@ -76,27 +74,12 @@ def _shape(text: str) -> tuple[int, ...]:
     return values
 
 
-def _finite_float(ok: Callable[[float], bool], what: str) -> Callable[[str], float]:
-    """An argparse type: a finite number for which `ok` is true, described as `what` in errors."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_float = _finite_float(lambda v: v > 0, "a positive number")
-_non_negative_float = _finite_float(lambda v: v >= 0, "a number >= 0")
+_positive_float = float_where(lambda v: v > 0, "a positive number", not_float="a number")
+_non_negative_float = float_where(lambda v: v >= 0, "a number >= 0", not_float="a number")
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
-    return int_at_least(minimum, f"an integer >= {minimum}", not_int="an integer")
+    return int_at_least(minimum, not_int="an integer")
 
 
 def _density(text: str) -> float | int:

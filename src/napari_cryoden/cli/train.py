@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ._common import EXIT_INTERRUPTED, EXIT_OK, PROG, ProgressBar
+from ._common import float_where, int_at_least, positive_float
 from ._common import format_seconds as _format_seconds
+from ._common import note as _note
 
 __all__ = ["DESCRIPTION", "EPILOG", "HELP", "OPTION_DEFAULTS", "add_arguments", "run"]
 
-PROG = "cryoden"
 
 HELP = "fine-tune a denoising model on your data (Noise2Noise, supervised, Noise2Void) and save it"
 
@@ -77,41 +77,7 @@ _PATH_OPTIONS = ("even", "odd", "noisy", "clean", "input", "workdir")
 # --------------------------------------------------------------------------------------------
 # Value parsers: used by argparse (strings) and for --config values (TOML types)
 
-
-def _int(minimum: int) -> Callable[[Any], int]:
-    def parse(value) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
-        try:
-            number = int(value)
-        except ValueError:
-            raise ValueError(f"expected an integer >= {minimum}, got {value!r}") from None
-        if number < minimum:
-            raise ValueError(f"expected an integer >= {minimum}, got {number}")
-        return number
-
-    return parse
-
-
-def _float(what: str, ok: Callable[[float], bool]) -> Callable[[Any], float]:
-    """A parser of numbers (or numeric strings) for which `ok` holds; `what` names them in errors."""
-
-    def parse(value) -> float:
-        number = math.nan
-        if not isinstance(value, bool) and isinstance(value, (int, float, str)):
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if not ok(number):
-            raise ValueError(f"expected {what}, got {value!r}")
-        return number
-
-    return parse
-
-
-_positive_float = _float("a positive number", lambda x: math.isfinite(x) and x > 0)
-_fraction = _float("a number from 0 to 1", lambda x: 0.0 <= x <= 1.0)
+_fraction = float_where(lambda x: 0.0 <= x <= 1.0, "a number from 0 to 1")
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
@@ -197,26 +163,26 @@ _OPTIONS: dict[str, tuple[str, Callable[[Any], Any], str | None, str]] = {
     "loss": ("--loss", _choice(("l1", "l2", "graylevel")), "{l1,l2,graylevel}", "content loss (default: l2)"),
     "adversarial": ("--adversarial", _choice(("none", "gan", "wgangp")), "{none,gan,wgangp}",
                     "supervised only: add a GAN or WGAN-GP loss (default: none)"),
-    "patch": ("--patch", _int(1), "N", "edge of the cubic (square for 2D) training patches, a multiple of the "
+    "patch": ("--patch", int_at_least(1), "N", "edge of the cubic (square for 2D) training patches, a multiple of the "
                                        "network stride (default: 48 for 3D, 64 for 2D, less for smaller data)"),
-    "batch": ("--batch", _int(1), "N", "patches per step (default: 4)"),
-    "steps": ("--steps", _int(1), "N", "training steps in all, resumed ones included (default: 200)"),
-    "lr": ("--lr", _positive_float, "X", "Adam learning rate (default: 0.0001)"),
+    "batch": ("--batch", int_at_least(1), "N", "patches per step (default: 4)"),
+    "steps": ("--steps", int_at_least(1), "N", "training steps in all, resumed ones included (default: 200)"),
+    "lr": ("--lr", positive_float, "X", "Adam learning rate (default: 0.0001)"),
     "rampdown": ("--rampdown", _fraction, "X",
                  "fraction of the steps, at the end, over which the learning rate falls to zero along a half "
                  "cosine, as in Noise2Noise (0.3 there) (default: 0, a constant rate)"),
-    "max_grad_norm": ("--max-grad-norm", _positive_float, "X",
+    "max_grad_norm": ("--max-grad-norm", positive_float, "X",
                       "clip the gradient to this L2 norm before each update, against divergence "
                       "(default: no clipping)"),
     "val_slab": ("--val-slab", _slab, "START:STOP",
                  "voxels along the longest in-plane axis (Y or X) held out for validation (default: the "
                  "last max(patch, 10 %%))"),
-    "val_every": ("--val-every", _int(1), "N", "steps between validations and checkpoints (default: 20)"),
-    "n2v_fraction": ("--n2v-fraction", _positive_float, "X", "n2v: fraction of blind-spot voxels (default: 0.005)"),
+    "val_every": ("--val-every", int_at_least(1), "N", "steps between validations and checkpoints (default: 20)"),
+    "n2v_fraction": ("--n2v-fraction", positive_float, "X", "n2v: fraction of blind-spot voxels (default: 0.005)"),
     "n2v_mask": ("--n2v-mask", _choice(("auto", "voxel")), "{auto,voxel}",
                  "n2v: blind spots also hide the neighbours whose noise is correlated, estimated from the "
                  "data (auto, for tomograms), or one voxel each (voxel) (default: auto)"),
-    "seed": ("--seed", _int(0), "N", "random seed (default: 0)"),
+    "seed": ("--seed", int_at_least(0), "N", "random seed (default: 0)"),
     "workdir": ("--workdir", _text, "DIR",
                 "folder for checkpoints (default: a folder per model name in the user cache; it is "
                 "removed after a successful run)"),
@@ -327,50 +293,23 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 # Progress
 
 
-class _TrainBar:
+class _TrainBar(ProgressBar):
     """Training progress on stderr: redrawn in place on a terminal, one line per validation otherwise."""
 
-    def __init__(self, label: str, stream=None, width: int = 24):
-        self.label, self.width = label, width
-        self.stream = stream if stream is not None else sys.stderr
-        try:
-            self.tty = bool(self.stream.isatty())
-        except (AttributeError, ValueError):
-            self.tty = False
-        self._open, self._drawn, self._last = False, 0, -1.0
+    def __init__(self, label: str, stream=None):
+        super().__init__(label, stream, width=24, unit="steps")
 
     def text(self, ev) -> str:
-        frac = ev.step / ev.steps if ev.steps else 1.0
-        filled = int(round(self.width * frac))
-        text = (f"{self.label} [{'#' * filled}{'-' * (self.width - filled)}] {ev.step}/{ev.steps} steps"
-                f"  loss {ev.train_loss:.4g}")
+        text = f"{self.bar(ev.step, ev.steps)}  loss {ev.train_loss:.4g}"
         if ev.val_loss is not None:
             text += f"  val {ev.val_loss:.4g}"
         if ev.best_val is not None:
             text += f" (best {ev.best_val:.4g})"
-        text += f"  {_format_seconds(ev.seconds)}"
-        if 0 < ev.step < ev.steps:
-            text += f" (~{_format_seconds(ev.seconds / ev.step * (ev.steps - ev.step))} left)"
-        return text
+        return text + self.times(ev.seconds, ev.step, ev.steps)
 
-    def update(self, ev) -> None:
-        if self.tty:
-            now = time.perf_counter()
-            if ev.val_loss is None and ev.step < ev.steps and now - self._last < 0.1:
-                return
-            self._last = now
-            text = self.text(ev)
-            self.stream.write("\r" + text.ljust(self._drawn))
-            self._drawn, self._open = len(text), True
-        elif ev.val_loss is not None:
-            self.stream.write(self.text(ev) + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self._open:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._open, self._drawn = False, 0
+    def update(self, ev) -> None:  # a training event, not (done, total)
+        validated = ev.val_loss is not None
+        self.show(lambda: self.text(ev), now=validated or ev.step >= ev.steps, line=validated)
 
 
 class _Interrupt:
@@ -421,8 +360,6 @@ def _resume_hint(values: dict, workdir: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``cryoden train``; see :data:`DESCRIPTION`."""
-    from .main import EXIT_INTERRUPTED, EXIT_OK, _note
-
     values = _settings(args)
     mode, name = values["mode"], values["name"]
 

@@ -28,7 +28,9 @@ from . import resample as resampling
 from .tiling import release_pages
 from .timing import Stages
 
-__all__ = ["FileResult", "denoise_file", "header_stats", "is_image_stack_path", "iter_denoise_file", "prefetch"]
+__all__ = [
+    "FileResult", "denoise_file", "denoised_name", "header_stats", "is_image_stack_path", "iter_denoise_file", "prefetch",
+]
 
 _COMPRESSED = (".gz", ".bz2")
 
@@ -139,6 +141,27 @@ def _packages():
     from .. import inference, io
 
     return io, inference
+
+
+def denoised_name(src) -> str:
+    """The name of a denoised file in a batch's output folder: ``<stem>_denoised.mrc``
+    (``.mrcs`` for a stack of 2D images), the stem without ``.gz``/``.bz2`` and the MRC extension.
+
+    Examples
+    --------
+    >>> denoised_name("tomos/TS_01.rec.gz"), denoised_name("particles.mrcs"), denoised_name("odd.name")
+    ('TS_01_denoised.mrc', 'particles_denoised.mrcs', 'odd.name_denoised.mrc')
+    """
+    from ..io.mrc import MRC_EXTENSIONS
+
+    name = Path(src).name
+    for comp in _COMPRESSED:
+        if name.lower().endswith(comp):
+            name = name[: -len(comp)]
+    stem, ext = Path(name).stem, Path(name).suffix.lower()
+    if ext not in MRC_EXTENSIONS:
+        stem = name
+    return f"{stem}_denoised{'.mrcs' if ext == '.mrcs' else '.mrc'}"
 
 
 def check_output(src: Path, dst: Path, *, overwrite: bool) -> None:
