@@ -623,7 +623,6 @@ def prepare_run(
     memory_bytes: int | None = None,
     stats: tuple[float, float] | None = None,
     whole_first_axis: bool = False,
-    info: dict | None = None,
     resident: bool = False,
     stages: Stages | None = None,
 ) -> RunSetup:
@@ -631,8 +630,8 @@ def prepare_run(
     and the cluster's planning task: the input must be real and non-empty data the model takes,
     the device and precision are resolved, the tile plan is made (:func:`plan_geometry`), the
     NaN/Inf voxels are counted (and refused when `nonfinite` is "refuse") and the normalisation
-    statistics are taken (the volume's robust statistics unless `stats` is given). `info` gets
-    ``nonfinite`` and ``nonfinite_action``.
+    statistics are taken (the volume's robust statistics unless `stats` is given).
+    :meth:`RunSetup.report` says what was decided.
 
     `resident` (True, False, or None for automatic: on CUDA when the float32 input and output
     take at most :data:`~napari_cryoden.inference.resident.RESIDENT_FRACTION` of the free GPU
@@ -648,8 +647,6 @@ def prepare_run(
     lm : LoadedModel
     tile, overlap, device, precision, batch_size, nonfinite, image_stack, memory_bytes, stats, whole_first_axis
         As for :func:`iter_denoise`.
-    info : dict, optional
-        Gets ``nonfinite`` and ``nonfinite_action``.
     resident : bool or None, default=False
         See above.
     stages : Stages, optional
@@ -685,9 +682,6 @@ def prepare_run(
     dvol = to_device(vol, dev, stages) if resident else None
     with stages("stats"):
         n_bad = count_nonfinite(vol) if dvol is None else int((~torch.isfinite(dvol)).sum())
-    if info is not None:
-        info["nonfinite"] = n_bad
-        info["nonfinite_action"] = nonfinite if n_bad else None
     if n_bad and nonfinite == "refuse":
         raise ValueError(
             f"the input holds {n_bad} NaN/Inf voxels; fix the data or let them be replaced by the median "
@@ -769,7 +763,7 @@ def iter_denoise(
     stages = Stages(timings)
     run = prepare_run(vol, lm, tile=tile, overlap=overlap, device=device, precision=precision,
                       batch_size=batch_size, nonfinite=nonfinite, image_stack=image_stack,
-                      memory_bytes=memory_bytes, stats=stats, whole_first_axis=whole_first_axis, info=info,
+                      memory_bytes=memory_bytes, stats=stats, whole_first_axis=whole_first_axis,
                       resident=resident, stages=stages)
     plan, dev, prec, n_bad, center, scale = run.plan, run.device, run.precision, run.n_bad, run.center, run.scale
     g = plan.geometry

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import torch
 
+from ..io.mrc import clip_header_stats
 from .tiling import Tile, reflect_indices, release_pages
 from .timing import Stages
 
@@ -197,5 +198,4 @@ def tensor_stats(tensor: torch.Tensor) -> tuple[float, float, float, float]:
     wide = tensor.to(torch.float64)
     var, mean = torch.var_mean(wide, correction=0)
     lo, hi = torch.aminmax(tensor)
-    top = float(np.finfo(np.float32).max)  # the header's fields are float32, as header_stats clips
-    return float(lo), float(hi), min(max(float(mean), -top), top), min(math.sqrt(max(float(var), 0.0)), top)
+    return clip_header_stats(lo, hi, mean, math.sqrt(max(float(var), 0.0)))

@@ -22,7 +22,7 @@ from typing import Callable, Generator, Sequence
 import numpy as np
 
 from ..io.atomic import atomic_path, same_file
-from ..io.mrc import DEFAULT_MMAP_THRESHOLD, HeaderFields
+from ..io.mrc import DEFAULT_MMAP_THRESHOLD, HeaderFields, clip_header_stats
 from ..models.registry import DEFAULT_MODEL
 from . import resample as resampling
 from .tiling import release_pages
@@ -109,8 +109,7 @@ def header_stats(data: np.ndarray, *, chunk_bytes: int | None = None) -> tuple[f
         m2 += slab_m2 + delta * delta * n * k / total
         n = total
         release_pages(data)
-    top = float(np.finfo(np.float32).max)  # the header's fields are float32
-    return lo, hi, min(max(mean, -top), top), min(math.sqrt(m2 / n), top)
+    return clip_header_stats(lo, hi, mean, math.sqrt(m2 / n))
 
 
 def prefetch(path) -> bool:

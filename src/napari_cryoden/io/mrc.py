@@ -657,14 +657,20 @@ def _write_with_stats(tmp: Path, arr: np.ndarray, voxel_size, label: str | None,
         h = mrc.header
         h.dmin, h.dmax, h.dmean, h.rms = stats
         offset = h.nbytes + mrc.extended_header.nbytes
-    flat = arr.reshape(-1) if arr.dtype == np.float32 else None
+    flat = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)  # no copy for float32 C-order data
     step = 16 * 1024**2  # float32 values per write
     with open(tmp, "r+b") as fh:
         fh.seek(offset)
-        for start in range(0, arr.size, step):
-            chunk = flat[start : start + step] if flat is not None else (
-                arr.reshape(-1)[start : start + step].astype(np.float32))
-            fh.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+        for start in range(0, flat.size, step):
+            fh.write(memoryview(flat[start : start + step]).cast("B"))
+
+
+def clip_header_stats(lo: float, hi: float, mean: float, std: float) -> tuple[float, float, float, float]:
+    """``(min, max, mean, std)`` as an MRC header can hold them: the mean and std (accumulated in
+    float64) clipped to the range of the header's float32 fields, so that data near 1e38 does
+    not give an ``inf`` mean or rms that :func:`mrcfile.validate` rejects."""
+    top = float(np.finfo(np.float32).max)
+    return float(lo), float(hi), min(max(float(mean), -top), top), min(max(float(std), 0.0), top)
 
 
 def _finite_header_stats(mrc) -> None:
@@ -673,6 +679,5 @@ def _finite_header_stats(mrc) -> None:
     h = mrc.header
     if np.isfinite([h.dmin, h.dmax, h.dmean, h.rms]).all() or not np.isfinite([h.dmin, h.dmax]).all():
         return
-    top = float(np.finfo(np.float32).max)
-    h.dmean = float(np.clip(np.mean(mrc.data, dtype=np.float64), -top, top))
-    h.rms = float(np.clip(np.std(mrc.data, dtype=np.float64), 0.0, top))
+    _, _, h.dmean, h.rms = clip_header_stats(h.dmin, h.dmax, np.mean(mrc.data, dtype=np.float64),
+                                             np.std(mrc.data, dtype=np.float64))
