@@ -3,9 +3,11 @@ tomograms and micrographs with even/odd halves.
 
 Modules: ``physics`` (electron optics, CTF, radiation damage, image formation), ``specimen``
 (particles, vesicles, ice), ``tomogram`` (tilt series and reconstruction), ``micrograph``
-(frame sums of a movie), ``thesis`` (the dataset of van Gijn 2019) and ``samples``.
+(frame sums of a movie), ``thesis`` (the dataset of van Gijn 2019), ``samples`` and ``batched``
+(thesis and realistic training pairs made in batches with torch on the training device).
 """
 
+from .batched import BatchedStream, ParticleBank, realistic_batch, thesis_batch
 from .micrograph import SimulatedMicrograph, simulate_micrograph
 from .samples import sample_tomogram
 from .specimen import blob_particle, load_particle_maps, random_rotation, rotate_particle
@@ -15,6 +17,7 @@ from .thesis import (
 from .tomogram import SimulatedTomogram, simulate_tomogram
 
 __all__ = [
+    "BatchedStream", "ParticleBank", "realistic_batch", "thesis_batch",
     "add_gaussian_noise", "apply_missing_wedge", "blob_particle", "load_particle_maps",
     "missing_wedge_mask", "place_particles", "random_rotation", "rotate_particle",
     "salt_and_pepper", "sample_tomogram", "thesis_pair",
