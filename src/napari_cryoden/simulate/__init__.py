@@ -7,7 +7,6 @@ Modules: ``physics`` (electron optics, CTF, radiation damage, image formation), 
 (thesis and realistic training pairs made in batches with torch on the training device).
 """
 
-from .batched import BatchedStream, ParticleBank, realistic_batch, thesis_batch
 from .micrograph import SimulatedMicrograph, simulate_micrograph
 from .samples import sample_tomogram
 from .specimen import blob_particle, load_particle_maps, random_rotation, rotate_particle
@@ -23,3 +22,14 @@ __all__ = [
     "salt_and_pepper", "sample_tomogram", "thesis_pair",
     "SimulatedMicrograph", "SimulatedTomogram", "simulate_micrograph", "simulate_tomogram",
 ]
+
+_BATCHED = ("BatchedStream", "ParticleBank", "realistic_batch", "thesis_batch")
+
+
+def __getattr__(name: str):
+    """The torch-based names of :mod:`.batched`, imported on first use (``simulate`` itself imports no torch)."""
+    if name in _BATCHED:
+        from . import batched
+
+        return getattr(batched, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,12 +38,10 @@ sign for the two.
 
 Deviations from the numpy simulators (chosen so that a batch costs a few kernels per step)
 ------------------------------------------------------------------------------------------
-* Thesis placement: the exclusion radius of a particle is ``0.4 * |map shape|`` of the unrotated
-  (support-cropped) map, not of the rotated crop; a particle's centre is drawn so that its
-  bounding sphere (support radius) lies inside the box, and a particle whose bounding sphere is
-  wider than the box is left out (numpy leaves it out when its rotated crop is wider). Each
-  particle gets 32 candidate places drawn at once (numpy: up to 200 tries) and is left out when
-  none is free. Positions are whole voxels, as in numpy.
+* Thesis placement follows ``thesis.place_particles`` (rotated crops of the voxels above 1e-3,
+  whole-voxel corners with the crop inside the box, exclusion spheres of ``0.4 * |crop shape|``,
+  crops wider than the box left out, one particle centred), except that each particle gets 32
+  candidate corners drawn at once (numpy: up to 200 tries) and is left out when none is free.
 * Realistic specimen: each pair is its own box of P³ voxels, not a patch cut from a 64×128×128
   tomogram shared by 32 patches (so the pairs of a batch are independent, and the volume fraction
   is met per patch). Particles may hang over every face of the box (the numpy slab keeps them
@@ -160,8 +158,6 @@ class ParticleBank:
         Each map centred in a cube of odd edge D that holds its bounding sphere.
     radius : (M,) float32 tensor
         Support radius about the map's centre, voxels (as ``specimen.particle_radius``).
-    exclusion : (M,) float32 tensor
-        ``0.4 * |shape|`` of each map, voxels (the numpy thesis placement's exclusion radius).
     equivalent : (M,) float32 tensor
         Radius of the sphere of the map's support volume (density > 0.1 of the maximum), voxels.
     support : (M,) float32 tensor
@@ -179,13 +175,12 @@ class ParticleBank:
         self.names = list(particles)
         self.device = torch.device(device)
         ts = [torch.as_tensor(m, dtype=torch.float32, device=self.device) for m in maps]
-        radius, support, excl = [], [], []
+        radius, support = [], []
         for t in ts:
             idx = torch.nonzero(t > 1e-3, as_tuple=False).to(torch.float32)
             centre = (torch.tensor(t.shape, dtype=torch.float32, device=self.device) - 1) / 2
             radius.append(float(((idx - centre) ** 2).sum(1).sqrt().max()) + 1.0)
             support.append(float((t > _SUPPORT).sum()))
-            excl.append(0.4 * math.sqrt(sum(s * s for s in t.shape)))
         self.D = 2 * int(math.ceil(max(max(radius), max(max(t.shape) for t in ts) / 2))) + 1
         cubes = torch.zeros((len(ts), 1, self.D, self.D, self.D), device=self.device)
         shifts = torch.zeros((len(ts), 3), device=self.device)
@@ -198,7 +193,6 @@ class ParticleBank:
         f32 = {"dtype": torch.float32, "device": self.device}
         self.radius = torch.tensor(radius, **f32)
         self.support = torch.tensor(support, **f32)
-        self.exclusion = torch.tensor(excl, **f32)
         self.equivalent = (3 * self.support / (4 * math.pi)).clamp_min(1.0) ** (1 / 3)
 
     def __len__(self) -> int:
@@ -260,6 +254,25 @@ def _place(centres: torch.Tensor, radii: torch.Tensor, active: torch.Tensor, all
         chosen[:, j] = cand[torch.arange(b, device=dev), first]
         placed[:, j] = ok.any(1) & active[:, j]
     return chosen, placed
+
+
+def _crop_extent(cubes: torch.Tensor, threshold: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """First voxel and size (N, 3) of the box of voxels above `threshold` of each cube (N, 1, D, D, D).
+
+    As :func:`~napari_cryoden.simulate.rotate_particle` crops; an empty cube keeps its whole box.
+    """
+    n, d = cubes.shape[0], cubes.shape[-1]
+    above = cubes[:, 0] > threshold
+    firsts, sizes = [], []
+    for axis in range(3):
+        other = tuple(a for a in (1, 2, 3) if a != axis + 1)
+        hit = above.any(dim=other).to(torch.uint8)  # (N, D)
+        lo = hit.argmax(1)
+        hi = d - 1 - hit.flip(1).argmax(1)
+        empty = hit.sum(1) == 0
+        firsts.append(torch.where(empty, torch.zeros_like(lo), lo))
+        sizes.append(torch.where(empty, torch.full_like(lo, d), hi - lo + 1))
+    return torch.stack(firsts, 1), torch.stack(sizes, 1)
 
 
 def _paste(boxes: torch.Tensor, cubes: torch.Tensor, item: torch.Tensor, corner: torch.Tensor) -> None:
@@ -406,22 +419,28 @@ def thesis_batch(
     count = torch.where(single, torch.ones_like(many), many)
     which = torch.randint(len(bank), (n, k), generator=g, device=dev)
     active = torch.arange(k, device=dev)[None] < count[:, None]
-    rad = bank.radius[which]  # (n, k)
-    fits = 2 * rad <= patch
-    # candidate centres keep the bounding sphere inside the box; one particle is centred
-    u = torch.rand((n, k, _THESIS_TRIES, 3), generator=g, device=dev)
-    lo, hi = rad[..., None, None], patch - rad[..., None, None]
-    cand = lo + (hi - lo).clamp_min(0) * u
-    centred = (count == 1)[:, None, None, None]
-    cand = torch.where(centred, torch.full_like(cand, patch / 2), cand)
-    centres, placed = _place(cand, bank.exclusion[which], active & fits, None)
-    # rotate and paste the placed particles
-    bi, ki = placed.nonzero(as_tuple=True)
+    # rotate the particles of every item; their crops (voxels > 1e-3) as rotate_particle's
+    bi, ki = active.nonzero(as_tuple=True)
     rot = random_rotations(n * k, g, dev).reshape(n, k, 3, 3)[bi, ki]
     cubes = bank.rotated(which[bi, ki], rot)
-    corner = torch.round(centres[bi, ki] - bank.D / 2).to(torch.long)
+    first, size = _crop_extent(cubes)  # (N, 3) each
+    # corners: uniform with the crop inside the box (place_particles), or centred for one particle
+    m = torch.full((n, k, 3), bank.D, dtype=torch.long, device=dev)
+    m[bi, ki] = size
+    fits = (m <= patch).all(-1)
+    u = torch.rand((n, k, _THESIS_TRIES, 3), generator=g, device=dev)
+    room = (patch - m).clamp_min(0)[:, :, None, :]
+    lo = torch.floor(u * (room + 1)).clamp_max(room)
+    centred = (count == 1)[:, None, None, None]
+    lo = torch.where(centred, torch.div(room, 2, rounding_mode="floor").expand_as(lo), lo)
+    cand = lo + m[:, :, None, :] / 2  # crop centres
+    excl = 0.4 * m.float().norm(dim=-1)  # 0.5 * 0.8 * |crop shape|, as place_particles
+    centres, placed = _place(cand, excl, active & fits, None)
+    # paste the placed crops: the crop's first voxel at the chosen corner
+    keep = placed[bi, ki]
+    corner = torch.round(centres[bi, ki] - m[bi, ki] / 2).long() - first
     clean = torch.zeros((n, *shape), device=dev)
-    _paste(clean, cubes, bi, corner)
+    _paste(clean, cubes[keep], bi[keep], corner[keep])
     # missing wedge, noise at the drawn SNR
     tilt = _uniform(n, tilt_lo, tilt_hi, g, dev)
     log_snr = _uniform(n, math.log(snr_lo), math.log(snr_hi), g, dev)
