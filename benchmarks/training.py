@@ -7,15 +7,17 @@ batch holds ``--batch`` of them) of
 (a) the data alone: batches of the ``upsampleunet48-gan`` recipe's own stream (the thesis
     stream mixed with realistic simulated tomograms, ``recipes.RECIPES`` and
     :func:`~napari_cryoden.training.recipes.recipe_stream`, only the patch size changed), moved
-    to the device; made on the calling thread (``serial``, what the recipes do by default) and by
+    to the device; made on the calling thread (``serial``, what the recipes do by default), by
     ``--workers N`` DataLoader worker processes (:func:`~napari_cryoden.training.data.
-    parallel_stream`, one torch thread each);
+    parallel_stream`, one torch thread each), and on the training device itself (``device``:
+    :class:`~napari_cryoden.simulate.batched.BatchedStream` built from the same recipe dict
+    with ``BatchedStream.from_recipe``, batched torch simulation, no copy);
 (b) the step alone: one :class:`~napari_cryoden.training.supervised.SupervisedStep` GAN update
     (discriminator, then generator) of ``UpsampleUnet48`` (the recipe's width) with
     ``SimpleDiscriminator``, the recipe's learning rate and L1 weight, at the device's automatic
     precision (bf16 autocast where supported), on pre-made batches of that stream;
 (c) the two together: the same step pulling its batches from the serial stream, then from the
-    worker stream, as ``python -m napari_cryoden.training.recipes upsampleunet48-gan --workers N``
+    worker stream, then from the device stream, as ``python -m napari_cryoden.training.recipes upsampleunet48-gan --workers N``
     trains; the percentage is (c) / (b).
 
 Each figure is the median of ``--repeats`` timed windows, after ``--warmup`` untimed batches
@@ -33,6 +35,9 @@ steps of 30-50 s each; ``--patches 32`` alone takes a few minutes)::
     python benchmarks/training.py
     python benchmarks/training.py --patches 32 --steps 2 --data-steps 16 --repeats 3 --workers 2
     python benchmarks/training.py --devices cuda --patches 32 64 --batch 16 --steps 100 --workers 8 16
+    python benchmarks/training.py --sources serial device --patches 32 --steps 2 --data-steps 8 --repeats 3
+
+``--sources`` picks the data sources (default ``serial workers device``).
 
 The particle maps come from ``--maps`` (default ``../shared/data/maps_10A``, without the
 held-out proteins); without them, procedural particles (``simulate.blob_particle``) stand in
@@ -56,11 +61,13 @@ import torch
 from napari_cryoden.inference.engine import resolve_device, resolve_precision
 from napari_cryoden.models import SimpleDiscriminator, build
 from napari_cryoden.simulate import blob_particle, load_particle_maps
+from napari_cryoden.simulate.batched import BatchedStream
 from napari_cryoden.training.data import parallel_stream
 from napari_cryoden.training.recipes import HELD_OUT, RECIPES, recipe_stream
 from napari_cryoden.training.supervised import SupervisedStep
 
 RECIPE = "upsampleunet48-gan"
+SOURCES = ("serial", "workers", "device")
 PREFETCH = 2
 
 
@@ -77,10 +84,12 @@ def particle_maps(folder: str) -> tuple[dict[str, np.ndarray], str]:
     return {f"blob{i}": blob_particle(rng, radius=6) for i in range(7)}, "procedural blob particles (no maps found)"
 
 
-def source_label(what: str, workers: int) -> str:
+def source_label(what: str, workers: int | str) -> str:
     """Where the batches of a row come from."""
     if what == "step":
         return "pre-made"
+    if workers == "device":
+        return "device"
     return f"workers {workers}" if workers else "serial"
 
 
@@ -115,6 +124,9 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, nargs="+", default=[os.cpu_count() or 1],
                    help="worker processes of the parallel stream, one or more counts (default: the CPU count)")
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
+    p.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES),
+                   help="data sources: the serial numpy stream, DataLoader workers, batched torch on the device "
+                        "(default: all three)")
     p.add_argument("--steps", type=int, default=1, help="training steps per timed window of (b) and (c) (default 1)")
     p.add_argument("--data-steps", type=int, default=8, help="batches per timed window of (a) (default 8)")
     p.add_argument("--repeats", type=int, default=3, help="timed windows; the median is printed (default 3)")
@@ -132,7 +144,7 @@ def main(argv=None) -> int:
     header = {
         "recipe stream": RECIPE, "maps": source, "batch": args.batch, "torch": torch.__version__,
         "cpu count": os.cpu_count(), "training torch threads": torch.get_num_threads(), "worker torch threads": 1,
-        "prefetch per worker": PREFETCH, "load average": [round(v, 2) for v in os.getloadavg()],
+        "prefetch per worker": PREFETCH, "sources": args.sources, "load average": [round(v, 2) for v in os.getloadavg()],
         "cpu": platform.processor() or platform.machine(),
         "windows": f"{args.repeats} of {args.data_steps} batches (data), {args.steps} steps (step, together); "
                    f"{args.warmup} warm-up",
@@ -144,7 +156,8 @@ def main(argv=None) -> int:
         per_window = (args.data_steps if what == "data" else args.steps) * args.batch
         rate = statistics.median(per_window / s for s in seconds)
         overall = per_window * len(seconds) / sum(seconds)
-        row = {"device": device, "patch": patch, "batch": args.batch, "what": what, "workers": workers,
+        row = {"device": device, "patch": patch, "batch": args.batch, "what": what, "source": source_label(what, workers),
+               "workers": workers if isinstance(workers, int) else 0,
                "samples_per_s": round(rate, 3), "batches_per_s": round(rate / args.batch, 4),
                "samples_per_s_all_windows": round(overall, 3), "window_seconds": [round(s, 2) for s in seconds]}
         if step_alone:
@@ -169,10 +182,14 @@ def main(argv=None) -> int:
             data_timing = {**timing, "steps": args.data_steps}
 
             def streams():
-                yield 0, parallel_stream(recipe_stream, r, maps, names, seed=args.seed, workers=0)
-                for n in args.workers:
-                    yield n, parallel_stream(recipe_stream, r, maps, names, seed=args.seed, workers=n,
-                                             prefetch=PREFETCH, pin_memory=dev.type == "cuda")
+                if "serial" in args.sources:
+                    yield 0, parallel_stream(recipe_stream, r, maps, names, seed=args.seed, workers=0)
+                if "workers" in args.sources:
+                    for n in args.workers:
+                        yield n, parallel_stream(recipe_stream, r, maps, names, seed=args.seed, workers=n,
+                                                 prefetch=PREFETCH, pin_memory=dev.type == "cuda")
+                if "device" in args.sources:
+                    yield "device", BatchedStream.from_recipe(r, maps, names, device=dev, seed=args.seed)
 
             def to_device(next_batch):
                 return [t.to(dev, non_blocking=True) for t in next_batch()]
