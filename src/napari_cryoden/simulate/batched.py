@@ -243,7 +243,9 @@ def _place(centres: torch.Tensor, radii: torch.Tensor, active: torch.Tensor, all
     dev = centres.device
     chosen = torch.zeros((b, k, 3), device=dev)
     placed = torch.zeros((b, k), dtype=torch.bool, device=dev)
-    for j in range(k):
+    used = active.any(0).nonzero()
+    last = int(used.max()) + 1 if used.numel() else 0  # slots after the last active one stay empty
+    for j in range(last):
         cand = centres[:, j]  # (B, T, 3)
         ok = torch.ones((b, t), dtype=torch.bool, device=dev) if allowed is None else allowed[:, j].clone()
         if j:
@@ -627,14 +629,20 @@ def _vesicles(n: int, patch: int, shape: tuple[int, int, int], voxel_size: float
     half = _LEAFLET_HALF_SPACING / voxel_size
     r = torch.arange(patch, device=dev, dtype=torch.float32)
     vol = torch.zeros((n, patch, patch, patch), device=dev)
+    # only the shells that cross the box: nearest and farthest box voxel from each centre
+    near = (centres.clamp(0, patch - 1) - centres).norm(dim=-1)
+    far = torch.maximum(centres, patch - 1 - centres).norm(dim=-1)
+    reach = half + 4 * sigma
+    crosses = exists & (near <= radii + reach) & (far >= radii - reach)
     for j in range(v):
-        c = centres[:, j]
-        d = ((r[None, :, None, None] - c[:, 0, None, None, None]) ** 2
-             + (r[None, None, :, None] - c[:, 1, None, None, None]) ** 2
-             + (r[None, None, None, :] - c[:, 2, None, None, None]) ** 2).sqrt()
-        rad = radii[:, j, None, None, None]
+        items = crosses[:, j].nonzero(as_tuple=True)[0]
+        if items.numel() == 0:
+            continue
+        c, rad = centres[items, j], radii[items, j, None, None, None]
+        dz, dy, dx = ((r[None, :] - c[:, a, None]) ** 2 for a in range(3))
+        d = (dz[:, :, None, None] + dy[:, None, :, None] + dx[:, None, None, :]).sqrt()
         shell = torch.exp(-0.5 * ((d - rad - half) / sigma) ** 2) + torch.exp(-0.5 * ((d - rad + half) / sigma) ** 2)
-        vol = torch.maximum(vol, 0.9 * shell * exists[:, j, None, None, None])
+        vol[items] = torch.maximum(vol[items], 0.9 * shell)
     return vol, centres, radii, exists
 
 
