@@ -40,15 +40,20 @@ Deviations from the numpy simulators (chosen so that a batch costs a few kernels
 ------------------------------------------------------------------------------------------
 * Thesis placement follows ``thesis.place_particles`` (rotated crops of the voxels above 1e-3,
   whole-voxel corners with the crop inside the box, exclusion spheres of ``0.4 * |crop shape|``,
-  crops wider than the box left out, one particle centred), except that each particle gets 32
-  candidate corners drawn at once (numpy: up to 200 tries) and is left out when none is free.
+  crops wider than the box left out, one particle centred), except the search for free places:
+  numpy tries up to 200 corners for one particle before it moves to the next; here every particle
+  draws 32 candidate corners and the particles are placed in 32 rounds (round t: every particle
+  not yet placed proposes its candidate t; lower-numbered particles take precedence), and a
+  particle with no free candidate is left out.
 * Realistic specimen: each pair is its own box of P³ voxels, not a patch cut from a 64×128×128
   tomogram shared by 32 patches (so the pairs of a batch are independent, and the volume fraction
   is met per patch). Particles may hang over every face of the box (the numpy slab keeps them
   inside along Z, but its patches cut them at any face). Particles are kept apart by their
   equivalent-volume spheres (radius ``(3 V / 4 pi)^(1/3)``, V the support voxels), not by
-  their voxel supports, so a little overlap of non-spherical supports can occur; 16 candidate
-  places each. Vesicles (0 to `max_membranes`) are placed in a virtual tomogram of `shape` voxels
+  their voxel supports, so a little overlap of non-spherical supports can occur; they are placed
+  in 16 rounds of candidate places as the thesis particles (numpy: 20 tries per particle, and
+  placing stops after 60 particles in a row found no place); the particles are drawn until their
+  support voxels reach the drawn volume fraction of the box. Vesicles (0 to `max_membranes`) are placed in a virtual tomogram of `shape` voxels
   in which the box lies at a random place, as the numpy patches lie in their tomogram, with the
   same radii (120 Å to 40 % of its lateral size); vesicles are not kept apart from each other,
   and particles are kept off their shells by centre distance. The ice is a periodic Gaussian
@@ -233,30 +238,63 @@ def _uniform(shape, lo, hi, generator, device) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(shape, generator=generator, device=device)
 
 
-def _place(centres: torch.Tensor, radii: torch.Tensor, active: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
-    """Greedy non-overlapping choice among candidate centres, slot by slot.
+def _place(centres: torch.Tensor, radii: torch.Tensor, active: torch.Tensor, allowed: torch.Tensor | None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-overlapping choice among candidate centres, in rounds (random sequential adsorption).
 
-    centres (B, K, T, 3) candidates, radii (B, K), active (B, K) bool, allowed (B, K, T) bool or
-    None. Returns (chosen centres (B, K, 3), placed (B, K) bool).
+    In round ``t`` every particle not yet placed proposes its candidate ``t``; a proposal is
+    accepted when it is allowed and keeps its exclusion sphere clear of every particle placed so
+    far and of every lower-numbered particle's proposal of that round (so the order of
+    precedence is the particle's number, as when placing them one by one). A particle with no
+    accepted candidate after the last round is left out. The cost is a few kernels per round,
+    not per particle.
+
+    Parameters
+    ----------
+    centres : (B, K, T, 3) float tensor
+        Candidate centres of K particle slots, T per slot, voxels.
+    radii : (B, K) float tensor
+        Exclusion radii, voxels: two particles are apart when their centres are farther than
+        the sum of their radii.
+    active : (B, K) bool tensor
+        The slots that hold a particle.
+    allowed : (B, K, T) bool tensor or None
+        Candidates that are allowed at all (None: every one).
+
+    Returns
+    -------
+    chosen : (B, K, 3) float tensor
+        The accepted centre of each slot (zeros where none).
+    placed : (B, K) bool tensor
     """
-    b, k, t, _ = centres.shape
+    b, k_all, t, _ = centres.shape
     dev = centres.device
-    chosen = torch.zeros((b, k, 3), device=dev)
-    placed = torch.zeros((b, k), dtype=torch.bool, device=dev)
+    chosen = torch.zeros((b, k_all, 3), device=dev)
+    placed = torch.zeros((b, k_all), dtype=torch.bool, device=dev)
     used = active.any(0).nonzero()
-    last = int(used.max()) + 1 if used.numel() else 0  # slots after the last active one stay empty
-    for j in range(last):
-        cand = centres[:, j]  # (B, T, 3)
-        ok = torch.ones((b, t), dtype=torch.bool, device=dev) if allowed is None else allowed[:, j].clone()
-        if j:
-            d2 = (cand[:, :, None, :] - chosen[:, None, :j, :]).square().sum(-1)  # (B, T, j)
-            free = (d2 > (radii[:, j, None, None] + radii[:, None, :j]).square()) | ~placed[:, None, :j]
-            ok &= free.all(-1)
-        first = ok.to(torch.uint8).argmax(1)  # the first free candidate
-        chosen[:, j] = cand[torch.arange(b, device=dev), first]
-        placed[:, j] = ok.any(1) & active[:, j]
-    return chosen, placed
+    k = int(used.max()) + 1 if used.numel() else 0  # slots after the last active one stay empty
+    if k == 0:
+        return chosen, placed
+    centres, radii, pending = centres[:, :k], radii[:, :k], active[:, :k].clone()
+    allowed = None if allowed is None else allowed[:, :k]
+    reach2 = (radii[:, :, None] + radii[:, None, :]).square()  # (B, K, K)
+    lower = torch.ones((k, k), dtype=torch.bool, device=dev).tril(-1)  # [i, j]: j < i
+    got, done = chosen[:, :k].clone(), placed[:, :k].clone()
 
+    def dist2(a, c):  # (B, K, 3), (B, K, 3) -> (B, K, K) squared distances, without (B, K, K, 3) temporaries
+        return ((a * a).sum(-1)[:, :, None] + (c * c).sum(-1)[:, None, :] - 2 * a @ c.transpose(1, 2)).clamp_min(0)
+
+    for r in range(t):
+        prop = centres[:, :, r]  # (B, K, 3)
+        ok = pending if allowed is None else pending & allowed[:, :, r]
+        near_placed = (dist2(prop, got) <= reach2) & done[:, None, :]
+        near_prop = (dist2(prop, prop) <= reach2) & (ok[:, None, :] & lower)
+        accept = ok & ~(near_placed | near_prop).any(-1)
+        got = torch.where(accept[..., None], prop, got)
+        done = done | accept
+        pending = pending & ~accept
+    chosen[:, :k], placed[:, :k] = got, done
+    return chosen, placed
 
 def _crop_extent(cubes: torch.Tensor, threshold: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
     """First voxel and size (N, 3) of the box of voxels above `threshold` of each cube (N, 1, D, D, D).
