@@ -70,7 +70,9 @@ Deviations from the numpy simulators (chosen so that a batch costs a few kernels
   of the whole tomogram the patch is cut from).
 * Randomness comes from a torch generator, so the pairs are not those of the numpy streams for
   any seed; they follow the same distributions (``tests/simulate/test_batched.py`` compares the
-  statistics).
+  statistics). On the CPU a seed gives the same batches bit for bit. On CUDA the pasting of
+  particles (``index_add_``) and the sparse products add in an order that may vary, so the
+  last bits of a batch may differ between runs of one seed.
 
 Arrays are (B, 1, Z, Y, X) float32 tensors; lengths in voxels unless named in Å; defocus in µm,
 dose in e⁻/Å², angles in degrees.
