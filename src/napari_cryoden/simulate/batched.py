@@ -303,7 +303,7 @@ def _crop_extent(cubes: torch.Tensor, threshold: float = 1e-3) -> tuple[torch.Te
 
     As :func:`~napari_cryoden.simulate.rotate_particle` crops; an empty cube keeps its whole box.
     """
-    n, d = cubes.shape[0], cubes.shape[-1]
+    d = cubes.shape[-1]
     above = cubes[:, 0] > threshold
     firsts, sizes = [], []
     for axis in range(3):
