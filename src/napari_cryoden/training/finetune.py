@@ -60,7 +60,6 @@ import json
 import math
 import os
 import re
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -69,7 +68,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..device import autocast_dtype, is_out_of_memory, memory_budget, resolve_device, resolve_precision
+from ..device import autocast_dtype, memory_budget, resolve_device, resolve_precision
 from ..inference.normalize import robust_stats
 from ..io.atomic import atomic_path
 from ..models import networks
@@ -77,7 +76,8 @@ from ..models.registry import (
     ARCHITECTURES, NORMALIZATION, LoadedModel, build, builtin_model_dir, check_arch_kwargs, load_model, model_card,
     save_model, user_model_dir,
 )
-from .supervised import LOSSES, SupervisedStep, content_loss, rampdown_factor
+from .loop import Checkpoint, Done, LoopConfig, Losses, Preview, Step, Validation, iter_train
+from .supervised import LOSSES, SupervisedStep, content_loss
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -1237,14 +1237,10 @@ def fine_tune(
         initial_val = final_val = best_val = validate()
         best_step, best_state = 0, _cpu_state(g)
 
-    t0 = time.perf_counter()
-    cancelled = False
-    sums: dict[str, float] = {}
-    n_sum = 0
-    last_val_step = step
     ckpt_path: Path | None = None
+    last_val_step = step
 
-    def checkpoint() -> None:
+    def checkpoint(at: int, seconds: float) -> None:
         nonlocal ckpt_path
         if folder is None:
             return
@@ -1259,7 +1255,7 @@ def fine_tune(
             tensors.update(t_d)
         tensors["rng.torch"] = torch_rng.get_state()
         state = {
-            "step": step, "seconds": seconds_before + time.perf_counter() - t0,
+            "step": at, "seconds": seconds,
             "config": _config_json(config), "architecture": net.architecture, "arch_kwargs": net.arch_kwargs,
             "parent": net.parent, "ndim": net.ndim, "data": data_fp, "best_val": best_val,
             "best_step": best_step, "initial_val": initial_val, "final_val": final_val,
@@ -1269,68 +1265,62 @@ def fine_tune(
         }
         ckpt_path = _save_checkpoint(folder, tensors, state)
 
-    def event(val: float | None) -> TrainEvent:
-        nonlocal sums, n_sum
-        means = {k: v / n_sum for k, v in sums.items()} if n_sum else {}
-        ev = TrainEvent(step=step, steps=int(config.steps), seconds=seconds_before + time.perf_counter() - t0,
+    def event(at: int, seconds: float, means: dict, val: float | None) -> TrainEvent:
+        ev = TrainEvent(step=at, steps=int(config.steps), seconds=seconds,
                         train_loss=means.get("content", float("nan")), val_loss=val, best_val=best_val,
-                        losses=means)
-        sums, n_sum = {}, 0
+                        losses=dict(means))
         history.append(ev)
         return ev
 
-    def after_validation(val: float) -> None:
+    def after_validation(at: int, val: float) -> None:
         nonlocal best_val, best_step, best_state, final_val, last_val_step
-        final_val, last_val_step = val, step
+        final_val, last_val_step = val, at
         if best_val is None or val < best_val:
-            best_val, best_step, best_state = val, step, _cpu_state(g)
+            best_val, best_step, best_state = val, at, _cpu_state(g)
 
-    rate = rampdown_factor(int(config.steps), float(config.rampdown))
+    loop = LoopConfig(steps=int(config.steps), rampdown=float(config.rampdown), log_every=int(config.log_every),
+                      val_every=int(config.val_every), checkpoint_every=int(config.val_every),
+                      preview_every=int(config.preview_every) if preview is not None else 0)
     optimizers = [opt for opt in (stepper.opt_g, stepper.opt_d) if opt is not None]
-    base_lr = [[group["lr"] for group in opt.param_groups] for opt in optimizers]
-    while step < config.steps:
-        if cancel is not None and cancel():
-            cancelled = True
-            break
-        for opt, lrs in zip(optimizers, base_lr):
-            for group, lr0 in zip(opt.param_groups, lrs):
-                group["lr"] = lr0 * rate(step)
-        try:
-            losses = stepper(lambda: patches.batch(rng))
-        except ValueError as exc:
-            raise ValueError(f"training stopped at step {step + 1}: {exc}") from None
-        except (RuntimeError, MemoryError) as exc:
-            if not is_out_of_memory(exc):
-                raise
-            raise MemoryError(f"out of memory at training step {step + 1} (batch {config.batch}, patch "
-                              f"{config.patch}); lower batch or patch") from None
-        step += 1
-        n_sum += 1
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v
-        is_val = step % config.val_every == 0 or step == config.steps
-        is_log = is_val or (config.log_every and step % config.log_every == 0)
-        ev = None
-        if is_val:
-            after_validation(validate())
-            ev = event(final_val)
-            checkpoint()
-        elif is_log:
-            ev = event(None)
-        if ev is not None and progress is not None:
-            progress(ev)
-        if preview is not None and config.preview_every and step % config.preview_every == 0:
+    pending: TrainEvent | None = None  # the event of a validation step, reported after its checkpoint
+    cancelled = False
+    unreported: dict[str, float] = {}  # loss sums of the steps since the last report
+    n_unreported = 0
+    for ev in iter_train(lambda: stepper(lambda: patches.batch(rng)), loop, optimizers=optimizers, start=step,
+                         seconds_before=seconds_before, validate=validate, cancel=cancel,
+                         describe=lambda: f"batch {config.batch}, patch {config.patch}"):
+        if isinstance(ev, Step):
+            step = ev.step
+            for k, v in ev.losses.items():
+                unreported[k] = unreported.get(k, 0.0) + v
+            n_unreported += 1
+        elif isinstance(ev, Validation):
+            after_validation(ev.step, ev.value)
+        elif isinstance(ev, Losses):
+            unreported, n_unreported = {}, 0
+            pending = event(ev.step, ev.seconds, ev.means, ev.validation)
+            if ev.validation is None:
+                if progress is not None:
+                    progress(pending)
+                pending = None
+        elif isinstance(ev, Checkpoint):
+            if pending is None and ev.step > last_val_step:  # an early stop: validate its last weights
+                after_validation(ev.step, validate())
+                means = {k: v / n_unreported for k, v in unreported.items()}
+                pending = event(ev.step, ev.seconds, means, final_val)
+            checkpoint(ev.step, ev.seconds)
+            if pending is not None and progress is not None:
+                progress(pending)
+            pending = None
+        elif isinstance(ev, Preview):
             snap = copy.deepcopy(g).eval().to(memory_format=torch.contiguous_format)
             for prm in snap.parameters():
                 prm.requires_grad_(False)
             with torch.no_grad():
                 preview(snap)
-    if cancelled and step > last_val_step:
-        after_validation(validate())
-        ev = event(final_val)
-        checkpoint()
-        if progress is not None:
-            progress(ev)
+        elif isinstance(ev, Done):
+            cancelled = ev.reason == "cancelled"
+            elapsed = ev.seconds
     if ckpt_path is None and resume:  # nothing new to write: the checkpoint resumed from stands
         ckpt_path = folder / f"{CHECKPOINT_NAME}.safetensors"
 
@@ -1340,7 +1330,7 @@ def fine_tune(
     result_module.eval()
     return FineTuneResult(
         module=result_module, ndim=net.ndim, architecture=net.architecture, arch_kwargs=dict(net.arch_kwargs),
-        parent=net.parent, steps_done=step, seconds=seconds_before + time.perf_counter() - t0,
+        parent=net.parent, steps_done=step, seconds=elapsed,
         cancelled=cancelled, best_val=best_val, history=history, checkpoint=ckpt_path, config=config,
         initial_val=initial_val, final_val=final_val, best_step=best_step, data_shape=plan.shape,
         parent_card={k: v for k, v in net.card.items() if not str(k).startswith("_")},

@@ -49,7 +49,8 @@ from ..metrics import image_metrics, summarize
 from ..models import NORMALIZATION, LoadedModel, Pix2PixDiscriminator, SimpleDiscriminator, build, save_model
 from ..simulate import load_particle_maps, thesis_pair
 from .data import MixedStream, RealisticStream, ThesisStream, parallel_stream
-from .supervised import TrainConfig, rampdown_factor, train
+from .loop import Done, LoopConfig, Losses, iter_train
+from .supervised import TrainConfig, train
 
 __all__ = [
     "GAUSSIAN_SIGMAS", "HELD_OUT", "RECIPES", "evaluate_held_out", "evaluate_micrographs", "micrograph_held_out_set",
@@ -577,34 +578,35 @@ def train_micrograph_n2n(r: dict, particles: dict[str, np.ndarray], *, steps: in
     stepper = SupervisedStep(net, mode="ae", loss=r["loss"], lr=r["lr"], betas=tuple(r["betas"]), device=dev,
                              precision=prec, ndim=2, max_grad_norm=r.get("max_grad_norm"),
                              channels_last=dev.type == "cpu" and prec != "fp32" and r["patch"] // stride >= 4)
-    sched = torch.optim.lr_scheduler.LambdaLR(stepper.opt_g, rampdown_factor(steps, r.get("rampdown", 0.0)))
-    history, sums, norms = [], 0.0, []
-    log_every = max(1, min(50, steps))
+    norms: list[float] = []
     monitor_every = int(r.get("monitor_every", 0)) if monitor is not None else 0
     monitor_seconds = 0.0
-    t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-        try:
-            losses = stepper(stream.batch)
-        except ValueError as exc:
-            raise ValueError(f"training stopped at step {step}: {exc}") from None
-        sched.step()
-        sums += losses["content"]
+
+    def update() -> dict:
+        losses = stepper(stream.batch)
         norms.append(stepper.grad_norm)
-        watch = bool(monitor_every) and (step % monitor_every == 0 or step == steps)
-        if watch or step % log_every == 0 or step == steps:
-            entry = {"step": step, "seconds": time.perf_counter() - t0, "content": sums / len(norms),
+        return losses
+
+    def watch() -> dict:
+        nonlocal monitor_seconds
+        t = time.perf_counter()
+        out = monitor(_eval_copy(stepper.generator))
+        monitor_seconds += time.perf_counter() - t
+        return out
+
+    loop = LoopConfig(steps=steps, rampdown=r.get("rampdown", 0.0), log_every=max(1, min(50, steps)),
+                      val_every=monitor_every)
+    history = []
+    for ev in iter_train(update, loop, optimizers=[stepper.opt_g], validate=watch if monitor_every else None):
+        if isinstance(ev, Losses):
+            entry = {"step": ev.step, "seconds": ev.seconds, "content": ev.means["content"],
                      "grad_norm": float(np.mean(norms)), "grad_norm_max": float(np.max(norms)),
-                     "lr": stepper.opt_g.param_groups[0]["lr"], "micrographs": stream.micrographs}
-            if watch:
-                t = time.perf_counter()
-                copy = _eval_copy(stepper.generator)
-                entry.update(monitor(copy))
-                monitor_seconds += time.perf_counter() - t
+                     "lr": ev.lr, "micrographs": stream.micrographs, **(ev.validation or {})}
             history.append(entry)
             log(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in entry.items()}), flush=True)
-            sums, norms = 0.0, []
-    seconds = time.perf_counter() - t0
+            norms.clear()
+        elif isinstance(ev, Done):
+            seconds = ev.seconds
     stepper.finish()
     return {"module": stepper.generator.to("cpu").eval(), "steps": steps, "seconds": seconds,
             "simulation_seconds": stream.simulation_seconds, "monitor_seconds": monitor_seconds,
