@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from napari_cryoden.simulate import blob_particle
-from napari_cryoden.training import recipes
+from napari_cryoden import recipes
 from napari_cryoden.training.data import ThesisStream, parallel_stream, worker_seeds
-from napari_cryoden.training.recipes import RECIPES, recipe_stream
+from napari_cryoden.recipes import RECIPES, recipe_stream
 from napari_cryoden.training.supervised import TrainResult
 
 PATCH, BATCH = 16, 4
@@ -197,6 +197,6 @@ def test_recipes_command_line_passes_workers(monkeypatch, capsys):
 
 def test_the_card_command_names_the_workers_and_steps_only_when_not_the_defaults():
     name = "upsampleunet48-gan"
-    base = f"python -m napari_cryoden.training.recipes {name} --maps ../shared/data/maps_10A --out models"
+    base = f"python -m napari_cryoden.recipes {name} --maps ../shared/data/maps_10A --out models"
     assert recipes._train_command(name, RECIPES[name]["steps"], 0) == base
     assert recipes._train_command(name, 7, 4) == base + " --steps 7 --workers 4"

@@ -8,8 +8,8 @@ import pytest
 from conftest import write_particle_maps  # tests/conftest.py (tests/ is on sys.path)
 
 from napari_cryoden.models import load_model
-from napari_cryoden.training import recipes
-from napari_cryoden.training.recipes import HELD_OUT, RECIPES, run_recipe
+from napari_cryoden import recipes
+from napari_cryoden.recipes import HELD_OUT, RECIPES, run_recipe
 
 TRAIN = ("aaa1", "bbb2")
 
@@ -36,7 +36,7 @@ def test_3d_recipe_trains_and_writes_a_loadable_card(name, maps_dir, tmp_path, m
     card = json.loads(card_path.read_text())
     t = card["training"]
     assert card["architecture"] == r["architecture"] and t["steps"] == 1 and t["seed"] == 0
-    assert t["command"] == f"python -m napari_cryoden.training.recipes {name} --maps ../shared/data/maps_10A " \
+    assert t["command"] == f"python -m napari_cryoden.recipes {name} --maps ../shared/data/maps_10A " \
                            "--out models --steps 1"
     assert "realistic simulated tomograms" in t["data"] and "aaa1, bbb2" in t["data"]
     assert t["seconds"] > 0 and t["hardware"] and card["deviations_from_thesis"]

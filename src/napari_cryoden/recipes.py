@@ -2,7 +2,7 @@
 
 Each recipe is fixed: data, split, network, losses, steps and seed. Run one with::
 
-    python -m napari_cryoden.training.recipes upsampleunet48-gan \
+    python -m napari_cryoden.recipes upsampleunet48-gan \
         --maps ../shared/data/maps_10A --out models
 
 It writes ``<name>.safetensors`` and the model card ``<name>.json`` (architecture, voxel size,
@@ -14,7 +14,7 @@ frame sums of micrographs simulated on the fly at 5 Å/pixel (:func:`train_micro
 scores it on a fixed held-out set of micrographs against an oracle best-σ Gaussian filter and
 BM3D (:func:`evaluate_micrographs`)::
 
-    python -m napari_cryoden.training.recipes n2n-unet-2d --maps ../shared/data/maps_5A --out models
+    python -m napari_cryoden.recipes n2n-unet-2d --maps ../shared/data/maps_5A --out models
 
 References
 ----------
@@ -40,22 +40,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..device import hardware_name
-from ..evaluation.baselines import GAUSSIAN_SIGMAS
-from ..evaluation.experiments import (
-    HELD_OUT, REALISTIC_SET, half_sum_noise_std, micrograph_held_out_set, realistic_held_out_set,
-)
-from ..metrics import image_metrics, summarize
-from ..models import NORMALIZATION, LoadedModel, Pix2PixDiscriminator, SimpleDiscriminator, build, save_model
-from ..simulate import load_particle_maps, thesis_pair
-from .data import MixedStream, RealisticStream, ThesisStream, parallel_stream
-from .loop import Done, LoopConfig, Losses, iter_train
-from .supervised import TrainConfig, train
+from .device import hardware_name
+from .evaluation.experiments import HELD_OUT, REALISTIC_SET, micrograph_held_out_set, realistic_held_out_set
+from .evaluation.held_out import evaluate_held_out, evaluate_micrographs, held_out_set
+from .metrics import image_metrics
+from .models import NORMALIZATION, LoadedModel, Pix2PixDiscriminator, SimpleDiscriminator, build, save_model
+from .simulate import load_particle_maps
+from .training.data import MicrographPairs, MixedStream, RealisticStream, ThesisStream, parallel_stream
+from .training.loop import Done, LoopConfig, Losses, iter_train
+from .training.supervised import TrainConfig, train
 
-__all__ = [
-    "GAUSSIAN_SIGMAS", "HELD_OUT", "RECIPES", "evaluate_held_out", "evaluate_micrographs", "micrograph_held_out_set",
-    "recipe_stream", "run_recipe", "save_recipe_model", "train_micrograph_n2n",
-]
+__all__ = ["RECIPES", "main", "recipe_stream", "run_recipe", "save_recipe_model", "train_micrograph_n2n"]
 
 #: The thesis training stream (van Gijn 2019, sec. 3.1) shared by the 3D recipes.
 _THESIS_STREAM = {"p_single": 0.3, "max_particles": 40, "snr_range": [0.1, 2.0], "tilt_range": [50.0, 70.0]}
@@ -177,34 +172,6 @@ RECIPES = {
     },
 }
 
-def held_out_set(maps: dict[str, np.ndarray], *, n: int = 40, seed: int = 12345, box: int = 64):
-    """The fixed held-out test set: half single centred particles, half 10-40 particles.
-
-    Made only from :data:`HELD_OUT` proteins, SNR 0.5 and a ±60° missing wedge.
-    """
-    parts = [maps[k] for k in HELD_OUT if k in maps]
-    if not parts:
-        raise ValueError(f"none of the held-out particles {HELD_OUT} is in the maps folder")
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        k = 1 if i < n // 2 else int(rng.integers(10, 41))
-        out.append(thesis_pair(parts, rng, box=box, n_particles=k, snr=0.5, tilt_max_deg=60.0))
-    return out
-
-
-def evaluate_held_out(model: LoadedModel, pairs, *, precision: str = "fp32") -> dict:
-    """Median (5th, 50th, 95th percentiles) of SSIM/PSNR/MSE/NRMSE for input and output."""
-    from ..inference import denoise
-
-    noisy_rows, out_rows = [], []
-    for noisy, clean in pairs:
-        den = denoise(noisy, model, device="cpu", precision=precision)
-        noisy_rows.append(image_metrics(noisy, clean))
-        out_rows.append(image_metrics(den, clean))
-    return {"input": summarize(noisy_rows), "denoised": summarize(out_rows), "n_volumes": len(pairs)}
-
-
 def recipe_stream(r: dict, maps: dict[str, np.ndarray], train_names: list[str], rng: np.random.Generator):
     """The training stream of 3D recipe `r` (an entry of :data:`RECIPES`).
 
@@ -296,7 +263,7 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
         2D recipes only: score BM3D on the held-out set (default: when ``bm3d`` is installed).
     workers : int, default=0
         3D recipes only: make the training batches in this many worker processes
-        (:func:`~.data.parallel_stream`, each with its own seed derived from the recipe's).
+        (:func:`~napari_cryoden.training.data.parallel_stream`, each with its own seed derived from the recipe's).
         0 makes them on the training thread, as the shipped models were trained; other values
         draw other (equally distributed) batches, so the weights differ from a ``workers=0`` run.
 
@@ -337,7 +304,7 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
 
 def _train_command(name: str, steps: int, workers: int) -> str:
     """The command line that trains 3D recipe `name` for `steps` steps with `workers` data processes."""
-    return (f"python -m napari_cryoden.training.recipes {name} --maps ../shared/data/maps_10A --out models"
+    return (f"python -m napari_cryoden.recipes {name} --maps ../shared/data/maps_10A --out models"
             + (f" --steps {steps}" if steps != RECIPES[name]["steps"] else "")
             + (f" --workers {workers}" if workers else ""))
 
@@ -408,7 +375,7 @@ def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, n
             "metrics": scores,
             "evaluation_seconds": round(time.time() - t1, 1),
             "evaluation_precision": "auto (bf16 autocast where the CPU has it, as cryoden denoise)",
-            "command": f"python -m napari_cryoden.training.recipes {name} --evaluate-only --maps ../shared/data/maps_10A --out models",
+            "command": f"python -m napari_cryoden.recipes {name} --evaluate-only --maps ../shared/data/maps_10A --out models",
             **({"realistic_set": REALISTIC_SET,
                 "realistic_metrics": realistic_scores} if realistic_scores is not None else {}),
         },
@@ -442,99 +409,6 @@ def _check_maps_pixel_size(folder: str | Path, expected: float) -> None:
         return
 
 
-class _MicrographPairs:
-    """Endless Noise2Noise batches: patches of the even and odd frame sums of simulated micrographs.
-
-    Every `patches_per_micrograph` patches a new micrograph is simulated with
-    :func:`~napari_cryoden.simulate.simulate_micrograph`, its imaging parameters drawn from
-    `ranges` (uniform; the dose log-uniform). For each patch one half is drawn at random as the
-    input, the other is the target. Both are normalised with the robust statistics (median,
-    IQR / 1.349) of the whole *input half*, as :func:`~napari_cryoden.inference.denoise`
-    normalises the image it is given, so the network learns E[target] = the clean image in its
-    input's units. Augmentation: the same random rotation by a multiple of 90°, flip and contrast
-    sign for input and target (the 16 symmetries keep E[target | input] = clean).
-
-    With ``target="clean"`` the target is the noiseless image instead (supervised training, for
-    diagnostics that compare Noise2Noise with what clean targets would give; no recipe uses it).
-    """
-
-    def __init__(self, particles: dict[str, np.ndarray], rng: np.random.Generator, *, batch_size: int, patch: int,
-                 shape, patches_per_micrograph: int, density, defocus_um, dose_total, ice_thickness,
-                 n_frames: int, pixel_size: float, target: str = "half"):
-        if target not in ("half", "clean"):
-            raise ValueError(f"target must be 'half' or 'clean', got {target!r}")
-        shape = tuple(int(n) for n in shape)
-        if min(shape) < patch:
-            raise ValueError(f"patch {patch} does not fit in simulated micrographs of shape {shape}")
-        self.particles, self.rng = dict(particles), rng
-        self.batch_size, self.patch, self.shape = int(batch_size), int(patch), shape
-        self.per_micrograph, self.n_frames, self.pixel_size = int(patches_per_micrograph), int(n_frames), pixel_size
-        self.ranges = {"density": density, "defocus_um": defocus_um, "dose_total": dose_total,
-                       "ice_thickness": ice_thickness}
-        self.micrographs, self.simulation_seconds = 0, 0.0
-        self._halves: list[tuple[np.ndarray, float, float]] = []
-        self._clean: np.ndarray | None = None
-        self.target = target
-        self._left = 0
-
-    @classmethod
-    def from_recipe(cls, r: dict, particles: dict[str, np.ndarray], rng: np.random.Generator,
-                    target: str = "half") -> "_MicrographPairs":
-        """The stream a 2D recipe `r` (an entry of :data:`RECIPES`) trains on."""
-        m = r["micrographs"]
-        return cls(particles, rng, batch_size=r["batch_size"], patch=r["patch"], shape=m["shape"],
-                   patches_per_micrograph=m["patches_per_micrograph"], density=m["density"],
-                   defocus_um=m["defocus_um"], dose_total=m["dose_total"], ice_thickness=m["ice_thickness"],
-                   n_frames=m["n_frames"], pixel_size=r["pixel_size"], target=target)
-
-    def parameters(self) -> dict:
-        """Draw the imaging parameters of the next micrograph."""
-        rng = self.rng
-        kw = {k: float(rng.uniform(*r)) for k, r in self.ranges.items() if k != "dose_total"}
-        lo, hi = np.log(self.ranges["dose_total"])
-        kw["dose_total"] = float(np.exp(rng.uniform(lo, hi)))
-        kw["seed"] = int(rng.integers(2**31))
-        return kw
-
-    def _new_micrograph(self) -> None:
-        from ..inference.normalize import robust_stats
-        from ..simulate import simulate_micrograph
-
-        t0 = time.perf_counter()
-        sim = simulate_micrograph(self.shape, pixel_size=self.pixel_size, particles=self.particles,
-                                  n_frames=self.n_frames, **self.parameters())
-        self._halves = [(h, *robust_stats(h)) for h in (sim.even, sim.odd)]
-        self._clean = sim.clean if self.target == "clean" else None
-        self._left = self.per_micrograph
-        self.micrographs += 1
-        self.simulation_seconds += time.perf_counter() - t0
-
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._left <= 0:
-            self._new_micrograph()
-        self._left -= 1
-        rng, p = self.rng, self.patch
-        y0, x0 = (int(rng.integers(0, n - p + 1)) for n in self.shape)
-        first = int(rng.integers(2))
-        (src, center, scale), (tgt, _, _) = self._halves[first], self._halves[1 - first]
-        if self._clean is not None:
-            tgt = self._clean
-        x = (src[y0:y0 + p, x0:x0 + p] - np.float32(center)) / np.float32(scale)
-        y = (tgt[y0:y0 + p, x0:x0 + p] - np.float32(center)) / np.float32(scale)
-        k, flip, sign = int(rng.integers(4)), bool(rng.integers(2)), 1.0 if rng.random() < 0.5 else -1.0
-        out = []
-        for a in (x, y):
-            a = np.rot90(a, k)
-            a = a[:, ::-1] if flip else a
-            out.append(np.ascontiguousarray(sign * a, dtype=np.float32))
-        return out[0], out[1]
-
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [self.sample() for _ in range(self.batch_size)]
-        return (torch.from_numpy(np.stack([a for a, _ in pairs])[:, None]),
-                torch.from_numpy(np.stack([b for _, b in pairs])[:, None]))
-
-
 def train_micrograph_n2n(r: dict, particles: dict[str, np.ndarray], *, steps: int | None = None,
                          device: str = "auto", precision: str = "auto", log=print, monitor=None) -> dict:
     """Train a 2D network by Noise2Noise on simulated even/odd frame sums (recipe `r`).
@@ -562,12 +436,12 @@ def train_micrograph_n2n(r: dict, particles: dict[str, np.ndarray], *, steps: in
         (per logged step: mean loss, mean and largest gradient norm before clipping, learning
         rate, monitor results), ``device``, ``precision``.
     """
-    from ..device import resolve_device, resolve_precision
-    from .supervised import SupervisedStep
+    from .device import resolve_device, resolve_precision
+    from .training.supervised import SupervisedStep
 
     steps = int(r["steps"] if steps is None else steps)
     rng = np.random.default_rng(r["seed"])
-    stream = _MicrographPairs.from_recipe(r, particles, rng)
+    stream = MicrographPairs.from_recipe(r, particles, rng)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     with torch.random.fork_rng(devices=[]):
@@ -620,83 +494,6 @@ def _eval_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).to("cpu").to(memory_format=torch.contiguous_format).eval()
 
 
-def evaluate_micrographs(model: LoadedModel, sims, *, precision: str = "fp32", bm3d: bool | None = None,
-                         sigmas=GAUSSIAN_SIGMAS) -> dict:
-    """Median (5th, 50th, 95th percentiles) SSIM/PSNR/MSE/NRMSE on micrographs, against baselines.
-
-    Every method denoises the full frame sum (``noisy``) and is scored against ``clean`` with
-    :func:`~napari_cryoden.metrics.image_metrics` (data range of the clean image):
-
-    - ``input``: the frame sum itself;
-    - ``gaussian``: a Gaussian filter with, per image, the width of `sigmas` (pixels) that gives
-      the highest PSNR against the clean image, an oracle no real data allows
-      (``gaussian_sigma`` lists the widths chosen);
-    - ``bm3d``: BM3D (Dabov et al. 2007; the ``bm3d`` package, profile "np") with ``sigma_psd``
-      the full sum's noise standard deviation estimated from the even/odd halves
-      (:func:`half_sum_noise_std`), not from the clean image; None when `bm3d` is False or the
-      package is missing (``bm3d_note`` says which);
-    - ``denoised``: `model` through :func:`~napari_cryoden.inference.denoise`.
-
-    ``median_psnr_gain_db`` gives the model's median PSNR minus that of each baseline.
-
-    Parameters
-    ----------
-    model : LoadedModel
-        A 2D model.
-    sims : list of SimulatedMicrograph
-        E.g. :func:`micrograph_held_out_set`.
-    precision : str, default="fp32"
-    bm3d : bool, optional
-        Run BM3D; default: when the ``bm3d`` package is installed. True with the package missing
-        raises ValueError.
-    sigmas : sequence of float
-    """
-    from ..evaluation.baselines import best_gaussian, block_matching
-    from ..inference import denoise
-
-    run_bm3d = None
-    if bm3d is None or bm3d:
-        try:
-            run_bm3d = block_matching(2)[1]
-        except ValueError:
-            if bm3d:
-                raise
-    rows: dict[str, list] = {"input": [], "gaussian": [], "bm3d": [], "denoised": []}
-    chosen, noise_std, seconds = [], [], {"denoised": 0.0, "bm3d": 0.0}
-    for sim in sims:
-        noisy, clean = sim.noisy, sim.clean
-        rows["input"].append(image_metrics(noisy, clean))
-        _, sigma, best = best_gaussian(noisy, clean, sigmas)
-        rows["gaussian"].append(best)
-        chosen.append(sigma)
-        if run_bm3d is not None:
-            sd = half_sum_noise_std(sim.even, sim.odd, sim.params["n_even_frames"], sim.params["n_odd_frames"])
-            noise_std.append(sd)
-            t = time.perf_counter()
-            out = run_bm3d(noisy, sd)
-            seconds["bm3d"] += time.perf_counter() - t
-            rows["bm3d"].append(image_metrics(out, clean))
-        t = time.perf_counter()
-        den = denoise(noisy, model, device="cpu", precision=precision)
-        seconds["denoised"] += time.perf_counter() - t
-        rows["denoised"].append(image_metrics(den, clean))
-    scores = {k: summarize(v) if v else None for k, v in rows.items()}
-    med = {k: (float(np.median([r["psnr"] for r in v])) if v else None) for k, v in rows.items()}
-    return {
-        **scores,
-        "gaussian_sigma": chosen,
-        "bm3d_sigma_psd": noise_std or None,
-        "bm3d_note": ("sigma_psd = noise std of the frame sum estimated from its even/odd halves, "
-                      "std(even - odd) sqrt(n_even n_odd) / n_frames; profile 'np'") if run_bm3d is not None
-        else ("not run" if bm3d is False else "not run: the bm3d package is not installed"),
-        "median_psnr_gain_db": {f"vs_{k}": (med["denoised"] - med[k]) if med[k] is not None else None
-                                for k in ("input", "gaussian", "bm3d")},
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "precision": precision,
-        "n_images": len(sims),
-    }
-
-
 def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrides, bm3d) -> Path:
     _check_maps_pixel_size(maps_dir, r["pixel_size"])
     maps = load_particle_maps(maps_dir)
@@ -711,7 +508,7 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
         return LoadedModel(name=name, module=module, card={"overlap": r["overlap"]}, stride=int(module.stride), ndim=2)
 
     def monitor(module):
-        from ..inference import denoise
+        from .inference import denoise
 
         rows = [image_metrics(denoise(s.noisy, wrap(module), device="cpu", precision="auto"), s.clean) for s in watched]
         return {"held_out_psnr": float(np.median([m["psnr"] for m in rows])),
@@ -736,7 +533,7 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
         "normalization": NORMALIZATION,
         "overlap": r["overlap"],
         "training": {
-            "command": f"python -m napari_cryoden.training.recipes {name} --maps {maps_arg} --out models"
+            "command": f"python -m napari_cryoden.recipes {name} --maps {maps_arg} --out models"
                        + (f" --steps {res['steps']}" if res["steps"] != default_steps else ""),
             **({"overrides_not_in_command": overrides} if overrides else {}),
             "data": (
@@ -789,7 +586,7 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
             "metrics": scores,
             "evaluation_seconds": round(time.time() - t1, 1),
             "evaluation_precision": "auto (bf16 autocast where the CPU has it, as cryoden denoise)",
-            "command": f"python -m napari_cryoden.training.recipes {name} --evaluate-only --maps {maps_arg} --out models",
+            "command": f"python -m napari_cryoden.recipes {name} --evaluate-only --maps {maps_arg} --out models",
         },
         "deviations_from_paper": (
             f"trained {res['steps']} steps of {r['batch_size']} patches of {r['patch']}^2 pixels to fit the CPU "
@@ -804,7 +601,7 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m napari_cryoden.training.recipes", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m napari_cryoden.recipes", description=__doc__.splitlines()[0])
     p.add_argument("name", choices=sorted(RECIPES))
     p.add_argument("--maps", default=None, help="folder of particle maps at the recipe's voxel size (default: "
                    "../shared/data/maps_10A for 3D recipes, ../shared/data/maps_5A for n2n-unet-2d)")
@@ -827,7 +624,7 @@ def main(argv=None) -> int:
             p.error("--workers is for 3D recipes only")
         return _main_2d(a)
     if a.evaluate_only:
-        from ..models import load_model
+        from .models import load_model
 
         lm = load_model(Path(a.out) / f"{a.name}.json")
         maps = load_particle_maps(a.maps)
@@ -851,13 +648,13 @@ def _main_2d(a) -> int:
         return 2
     if bm3d:
         try:
-            import bm3d as _  # noqa: F401
+            import bm3d  # noqa: F401
         except ImportError:
             print("error: the held-out scores need the bm3d package (pip install 'napari-cryoden[benchmark]'), "
                   "or pass --skip-bm3d", file=sys.stderr)
             return 2
     if a.evaluate_only:
-        from ..models import load_model
+        from .models import load_model
 
         lm = load_model(Path(a.out) / f"{a.name}.json")
         ho = r["held_out"]
