@@ -47,8 +47,8 @@ from .metrics import image_metrics
 from .models import NORMALIZATION, LoadedModel, Pix2PixDiscriminator, SimpleDiscriminator, build, save_model
 from .simulate import load_particle_maps
 from .training.data import MicrographPairs, MixedStream, RealisticStream, ThesisStream, parallel_stream
-from .training.loop import Done, LoopConfig, Losses, iter_train
-from .training.supervised import TrainConfig, train
+from .training.loop import Checkpoint, Done, LoopConfig, Losses, iter_train
+from .training.supervised import TrainConfig, TrainResult, supervised_stepper
 
 __all__ = ["RECIPES", "main", "recipe_stream", "run_recipe", "save_recipe_model", "train_micrograph_n2n"]
 
@@ -241,8 +241,124 @@ def _realistic_text(r: dict) -> str:
     )
 
 
+#: Format tag of a recipe run's checkpoint (``--workdir``).
+RECIPE_CHECKPOINT_FORMAT = "napari-cryoden recipe checkpoint 1"
+#: Steps between the checkpoints of a run with a work folder (and one when a window ends).
+CHECKPOINT_EVERY = 500
+
+
+def window_seed(seed: int, start: int) -> int:
+    """The data seed of a window of training that starts after `start` steps.
+
+    The first window (``start == 0``) uses the recipe's seed itself, so an uninterrupted run
+    draws the batches the shipped models were trained on. A resumed window cannot restore the
+    state of a stream that simulates volumes ahead of the batches it serves, so its stream is
+    seeded anew from ``SeedSequence([seed, start])``: equally distributed batches, the same ones
+    for the same window boundaries.
+    """
+    if start == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(start)]).generate_state(1)[0])
+
+
+class RecipeSession:
+    """The state of a recipe run on disk, for runs split into windows of wall-clock time.
+
+    Without a work folder it only counts time (nothing is written). With one, every
+    :class:`~napari_cryoden.training.loop.Checkpoint` writes ``checkpoint.safetensors`` (the
+    generator, the discriminator, both Adam states and torch's random state; under 16 MiB for
+    the 3D recipes) and ``checkpoint.json``, atomically, through
+    :mod:`~napari_cryoden.training.checkpoint`. The state records the recipe, the steps planned
+    and done, the training seconds and one entry per window (steps, seconds, device, hardware),
+    which the model card copies.
+
+    Parameters
+    ----------
+    name : str
+        The recipe.
+    steps : int
+        Steps planned in all.
+    workdir : path-like, optional
+    resume : bool
+        Continue the checkpoint in `workdir` (same recipe and steps).
+
+    Raises
+    ------
+    ValueError
+        For a resume without a work folder or checkpoint, a work folder that already holds a
+        checkpoint without `resume`, or a checkpoint of another recipe or step count.
+    """
+
+    def __init__(self, name: str, steps: int, workdir: str | Path | None, *, resume: bool):
+        from .training.checkpoint import check_workdir
+
+        self.name, self.steps = name, int(steps)
+        self.folder = check_workdir(workdir, resume, overwrite=False)
+        self.resume = resume
+        self.windows: list[dict] = []
+        self.history: list[dict] = []
+        self.start, self.seconds_before = 0, 0.0
+        self.device = "cpu"
+
+    def restore(self, stepper) -> None:
+        """Load the checkpoint into `stepper` (weights, optimizers, torch's random state) when resuming."""
+        from .training.checkpoint import load_checkpoint, restore_optimizer, sub_state
+
+        self.device = str(stepper.dev)
+        if not self.resume:
+            return
+        tensors, state = load_checkpoint(self.folder, fmt=RECIPE_CHECKPOINT_FORMAT)
+        if state.get("recipe") != self.name or state.get("steps") != self.steps:
+            raise ValueError(f"the checkpoint in {self.folder} is of {state.get('recipe')} for {state.get('steps')} "
+                             f"steps, not {self.name} for {self.steps}; resume with the same recipe and --steps")
+        try:
+            stepper.generator.load_state_dict(sub_state(tensors, "model"))
+            restore_optimizer("opt_g", stepper.opt_g, tensors, state["opt_g_extra"])
+            if stepper.discriminator is not None:
+                stepper.discriminator.load_state_dict(sub_state(tensors, "disc"))
+                restore_optimizer("opt_d", stepper.opt_d, tensors, state["opt_d_extra"])
+            torch.set_rng_state(tensors["rng.torch"])
+            self.start, self.seconds_before = int(state["step"]), float(state["seconds"])
+            self.windows, self.history = list(state["windows"]), list(state["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            text = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__
+            raise ValueError(f"checkpoint unreadable: {self.folder}: {text}") from None
+        if not 0 <= self.start <= self.steps:
+            raise ValueError(f"checkpoint unreadable: {self.folder}: step {self.start} of {self.steps}")
+
+    def window(self, step: int, seconds: float, workers: int) -> dict:
+        """This window's record after `step` steps and `seconds` of training in all."""
+        from .device import hardware_name
+
+        return {"steps": [self.start, int(step)], "seconds": round(seconds - self.seconds_before, 1),
+                "device": self.device, "hardware": hardware_name(torch.device(self.device)), "workers": workers,
+                "torch": torch.__version__}
+
+    def save(self, stepper, step: int, seconds: float, workers: int) -> Path | None:
+        """Write the checkpoint of `step` (nothing without a work folder)."""
+        from .training.checkpoint import cpu_state, optimizer_tensors, save_checkpoint
+
+        if self.folder is None:
+            return None
+        tensors = {f"model.{k}": v for k, v in cpu_state(stepper.generator).items()}
+        t_g, extra_g = optimizer_tensors("opt_g", stepper.opt_g)
+        tensors.update(t_g)
+        extra_d = {}
+        if stepper.discriminator is not None:
+            tensors.update({f"disc.{k}": v for k, v in cpu_state(stepper.discriminator).items()})
+            t_d, extra_d = optimizer_tensors("opt_d", stepper.opt_d)
+            tensors.update(t_d)
+        tensors["rng.torch"] = torch.get_rng_state()
+        state = {"recipe": self.name, "steps": self.steps, "step": int(step), "seconds": float(seconds),
+                 "windows": self.windows + [self.window(step, seconds, workers)], "history": self.history,
+                 "opt_g_extra": extra_g, "opt_d_extra": extra_d}
+        return save_checkpoint(self.folder, tensors, state, fmt=RECIPE_CHECKPOINT_FORMAT)
+
+
 def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: int | None = None, log=print,
-               overrides: dict | None = None, bm3d: bool | None = None, workers: int = 0) -> Path:
+               overrides: dict | None = None, bm3d: bool | None = None, workers: int = 0, device: str = "auto",
+               minutes: float | None = None, workdir: str | Path | None = None,
+               resume: bool = False) -> Path | None:
     """Train recipe `name` on the maps in `maps_dir` and write the model into `out_dir`.
 
     Parameters
@@ -266,40 +382,86 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
         (:func:`~napari_cryoden.training.data.parallel_stream`, each with its own seed derived from the recipe's).
         0 makes them on the training thread, as the shipped models were trained; other values
         draw other (equally distributed) batches, so the weights differ from a ``workers=0`` run.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+        Where to train (bf16 autocast where the device has it).
+    minutes : float, optional
+        3D recipes: wall-clock budget of this window of training; when it is spent, the state
+        is checkpointed into `workdir` and None is returned (continue with ``resume=True``).
+    workdir : path-like, optional
+        3D recipes: folder of the run's checkpoint (every :data:`CHECKPOINT_EVERY` steps and at
+        the end of a window); needed with `minutes`.
+    resume : bool, default=False
+        Continue the checkpoint in `workdir`, on this or another machine; the batches of each
+        window come from a stream seeded by :func:`window_seed`.
 
     Returns
     -------
-    Path
-        The model card ``<out_dir>/<name>.json``.
+    Path or None
+        The model card ``<out_dir>/<name>.json``; None when the time budget ended the window
+        before the last step.
+
+    Raises
+    ------
+    ValueError
+        For bad options (see :class:`RecipeSession`), or when training diverges.
     """
     r = RECIPES[name]
+    if minutes is not None and workdir is None:
+        raise ValueError("a time budget (minutes) needs a work folder for the checkpoint (workdir)")
+    if minutes is not None and not (isinstance(minutes, (int, float)) and 0 < minutes < float("inf")):
+        raise ValueError(f"minutes must be a positive number, got {minutes!r}")
     if r.get("ndim", 3) == 2:
         if workers:
             raise ValueError("workers are for 3D recipes only")
+        if minutes is not None or workdir is not None or resume:
+            raise ValueError("time-boxed windows (minutes, workdir, resume) are for 3D recipes only")
         r = _deep_update(r, overrides or {})
-        return _run_recipe_2d(name, r, maps_dir, out_dir, steps=steps, log=log, overrides=overrides, bm3d=bm3d)
+        return _run_recipe_2d(name, r, maps_dir, out_dir, steps=steps, log=log, overrides=overrides, bm3d=bm3d,
+                              device=device)
     if overrides:
         raise ValueError("overrides are for 2D recipes only")
     steps = r["steps"] if steps is None else steps
+    session = RecipeSession(name, steps, workdir, resume=resume)
     maps = load_particle_maps(maps_dir)
     train_names = sorted(k for k in maps if k not in HELD_OUT)
     torch.manual_seed(r["seed"])
-    stream = parallel_stream(recipe_stream, r, maps, train_names, seed=r["seed"], workers=workers)
     gen = build(r["architecture"], **r["arch_kwargs"])
     disc = _discriminator(r)
     betas = tuple(r.get("betas", (0.5, 0.999)))
     cfg = TrainConfig(steps=steps, mode=r["mode"], loss=r.get("loss", "l1"), lr=r["lr"], lr_d=r["lr"], betas=betas,
                       l1_weight=r.get("l1_weight", 100.0), n_critic=r.get("n_critic", 5),
-                      gp_weight=r.get("gp_weight", 10.0), rampdown=r.get("rampdown", 0.0), seed=r["seed"], log_every=20)
-    t0 = time.time()
-
-    def progress(step, total, entry):
-        log(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in entry.items()}), flush=True)
-
-    result = train(gen, stream, cfg, discriminator=disc, progress=progress)
-    train_seconds = time.time() - t0
-    return save_recipe_model(name, gen, result, maps, out_dir, train_seconds=train_seconds, steps=steps, log=log,
+                      gp_weight=r.get("gp_weight", 10.0), rampdown=r.get("rampdown", 0.0), seed=r["seed"],
+                      log_every=20, device=device)
+    stepper = supervised_stepper(gen, cfg, discriminator=disc)
+    session.restore(stepper)
+    stream = parallel_stream(recipe_stream, r, maps, train_names, seed=window_seed(r["seed"], session.start),
                              workers=workers)
+    batches = iter(stream)
+    loop = LoopConfig(steps=steps, rampdown=cfg.rampdown, log_every=cfg.log_every,
+                      checkpoint_every=CHECKPOINT_EVERY if session.folder is not None else 0,
+                      seconds=None if minutes is None else 60.0 * minutes)
+    optimizers = [opt for opt in (stepper.opt_g, stepper.opt_d) if opt is not None]
+    done = None
+    for ev in iter_train(lambda: stepper(lambda: next(batches)), loop, optimizers=optimizers, start=session.start,
+                         seconds_before=session.seconds_before,
+                         describe=lambda: f"batch {r['batch_size']}, patch {r['patch']}"):
+        if isinstance(ev, Losses):
+            entry = {"step": ev.step, "seconds": ev.seconds, **ev.means}
+            session.history.append(entry)
+            log(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in entry.items()}), flush=True)
+        elif isinstance(ev, Checkpoint):
+            session.save(stepper, ev.step, ev.seconds, workers)
+        elif isinstance(ev, Done):
+            done = ev
+    stepper.finish()
+    if done.reason == "budget":
+        log(f"stopped after {done.step} of {steps} steps at the {minutes:g}-minute budget; checkpoint in "
+            f"{session.folder}; continue with --resume", flush=True)
+        return None
+    result = TrainResult(steps_done=done.step, seconds=done.seconds, history=session.history)
+    windows = session.windows + [session.window(done.step, done.seconds, workers)]
+    return save_recipe_model(name, gen, result, maps, out_dir, train_seconds=done.seconds, steps=steps, log=log,
+                             workers=workers, windows=windows)
 
 
 def _train_command(name: str, steps: int, workers: int) -> str:
@@ -310,14 +472,17 @@ def _train_command(name: str, steps: int, workers: int) -> str:
 
 
 def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, np.ndarray], out_dir: str | Path, *,
-                      train_seconds: float, steps: int, log=print, workers: int = 0) -> Path:
+                      train_seconds: float, steps: int, log=print, workers: int = 0,
+                      windows: list[dict] | None = None) -> Path:
     """Score a network trained by 3D recipe `name` on the held-out sets and save it with its card.
 
     The second half of :func:`run_recipe`. `result` is the :class:`~.supervised.TrainResult` of
     the run (its ``steps_done`` and last history entry go into the card), `maps` the particle maps
     it was trained from (all of them; the held-out proteins are left out of the card's training
     list), `steps` the steps the run was asked for and `workers` the processes that made its
-    batches (recorded in the card's command when not 0).
+    batches (recorded in the card's command when not 0). `windows` lists the sessions of
+    training (:meth:`RecipeSession.window`: steps, seconds, device, hardware); the card records
+    them, their total GPU seconds and the hardware (default: one CPU session).
 
     Returns
     -------
@@ -327,7 +492,8 @@ def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, n
     r = RECIPES[name]
     train_names = sorted(k for k in maps if k not in HELD_OUT)
     betas = tuple(r.get("betas", (0.5, 0.999)))
-    dev = torch.device("cpu")
+    windows = windows or [{"steps": [0, result.steps_done], "seconds": round(train_seconds, 1), "device": "cpu",
+                           "hardware": hardware_name(torch.device("cpu")), "workers": workers}]
     lm = LoadedModel.from_module(gen.eval(), name=name)
     lm.card["overlap"] = r["overlap"]  # the tiles of the shipped card (else: the measured receptive field)
     t1 = time.time()
@@ -365,7 +531,9 @@ def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, n
             "seed": r["seed"],
             "precision": "bf16 autocast" + (" (generator), fp32 (discriminator)" if r["mode"] != "ae" else ""),
             "seconds": round(train_seconds, 1),
-            "hardware": hardware_name(dev),
+            "gpu_seconds": round(sum(w["seconds"] for w in windows if w["device"].startswith("cuda")), 1),
+            "hardware": "; ".join(dict.fromkeys(w["hardware"] for w in windows)),
+            **({"windows": windows} if len(windows) > 1 or windows[0]["device"] != "cpu" else {}),
             "torch": torch.__version__,
             "final_losses": result.history[-1] if result.history else {},
         },
@@ -494,7 +662,7 @@ def _eval_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).to("cpu").to(memory_format=torch.contiguous_format).eval()
 
 
-def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrides, bm3d) -> Path:
+def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrides, bm3d, device="auto") -> Path:
     _check_maps_pixel_size(maps_dir, r["pixel_size"])
     maps = load_particle_maps(maps_dir)
     train_names = sorted(k for k in maps if k not in HELD_OUT)
@@ -514,7 +682,7 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
         return {"held_out_psnr": float(np.median([m["psnr"] for m in rows])),
                 "held_out_ssim": float(np.median([m["ssim"] for m in rows]))}
 
-    res = train_micrograph_n2n(r, {k: maps[k] for k in train_names}, steps=steps, log=log,
+    res = train_micrograph_n2n(r, {k: maps[k] for k in train_names}, steps=steps, log=log, device=device,
                                monitor=monitor if watched else None)
     net = res["module"]
     lm = wrap(net)
@@ -610,6 +778,13 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=0,
                    help="3D recipes: make the training batches in N worker processes, each with its own seed "
                         "derived from the recipe's (default 0: on the training thread, as the shipped models)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to train (default: auto)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="3D recipes: train for at most this wall-clock time, then checkpoint into --workdir and "
+                        "stop (exit 0; continue later with --resume, here or on another machine)")
+    p.add_argument("--workdir", default=None, help="3D recipes: folder of the run's checkpoint (every "
+                   f"{CHECKPOINT_EVERY} steps and at the end of a --minutes window)")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --workdir")
     p.add_argument("--evaluate-only", action="store_true", help="re-measure the held-out scores of an existing model")
     p.add_argument("--skip-bm3d", action="store_true",
                    help="2D recipes: leave BM3D out of the held-out scores (otherwise the bm3d package is required)")
@@ -619,9 +794,15 @@ def main(argv=None) -> int:
         a.maps = r.get("maps", "../shared/data/maps_10A")
     if a.workers < 0:
         p.error("--workers must be 0 or more")
+    if a.minutes is not None and not 0 < a.minutes < float("inf"):
+        p.error("--minutes must be a positive number")
+    if (a.minutes is not None or a.resume) and a.workdir is None:
+        p.error("--minutes and --resume need --workdir")
     if r.get("ndim", 3) == 2:
         if a.workers:
             p.error("--workers is for 3D recipes only")
+        if a.minutes is not None or a.workdir is not None or a.resume:
+            p.error("--minutes, --workdir and --resume are for 3D recipes only")
         return _main_2d(a)
     if a.evaluate_only:
         from .models import load_model
@@ -633,8 +814,14 @@ def main(argv=None) -> int:
             scores["realistic"] = evaluate_held_out(lm, realistic_held_out_set(maps), precision="auto")
         print(json.dumps(scores, indent=1))
         return 0
-    path = run_recipe(a.name, a.maps, a.out, steps=a.steps, workers=a.workers)
-    print(f"wrote {path}")
+    try:
+        path = run_recipe(a.name, a.maps, a.out, steps=a.steps, workers=a.workers, device=a.device,
+                          minutes=a.minutes, workdir=a.workdir, resume=a.resume)
+    except ValueError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    if path is not None:
+        print(f"wrote {path}")
     return 0
 
 
@@ -662,7 +849,7 @@ def _main_2d(a) -> int:
                                        pixel_size=r["pixel_size"])
         print(json.dumps(evaluate_micrographs(lm, sims, bm3d=bm3d, precision="auto"), indent=1))
         return 0
-    path = run_recipe(a.name, a.maps, a.out, steps=a.steps, bm3d=bm3d)
+    path = run_recipe(a.name, a.maps, a.out, steps=a.steps, bm3d=bm3d, device=a.device)
     print(f"wrote {path}")
     return 0
 

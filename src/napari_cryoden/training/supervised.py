@@ -50,7 +50,7 @@ from torch.nn import functional as F
 from ..device import autocast_dtype, resolve_device, resolve_precision
 from .loop import Done, LoopConfig, Losses, iter_train, rampdown_factor
 
-__all__ = ["LOSSES", "MODES", "SupervisedStep", "TrainConfig", "TrainResult", "content_loss", "rampdown_factor",
+__all__ = ["LOSSES", "MODES", "SupervisedStep", "TrainConfig", "TrainResult", "content_loss", "rampdown_factor", "supervised_stepper",
            "train"]
 
 #: Training modes of :func:`train` / :class:`SupervisedStep`.
@@ -436,6 +436,27 @@ class SupervisedStep:
             self.discriminator.eval()
 
 
+def supervised_stepper(generator: nn.Module, config: TrainConfig, *,
+                       discriminator: nn.Module | None = None) -> SupervisedStep:
+    """The :class:`SupervisedStep` that :func:`train` runs for `config`, after seeding torch with ``config.seed``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`train`, for bad settings.
+    """
+    if config.mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {config.mode!r}")
+    torch.manual_seed(config.seed)
+    dev = resolve_device(config.device)
+    prec = resolve_precision(config.precision, dev)
+    return SupervisedStep(
+        generator, mode=config.mode, loss=config.loss, discriminator=discriminator, lr=config.lr,
+        lr_d=config.lr_d, betas=config.betas, l1_weight=config.l1_weight, n_critic=config.n_critic,
+        gp_weight=config.gp_weight, weight_clip=config.weight_clip, device=dev, precision=prec,
+    )
+
+
 def train(
     generator: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -477,16 +498,7 @@ def train(
         with batch normalisation, or a non-finite loss (the data holds NaN/Inf or training
         diverged).
     """
-    if config.mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {config.mode!r}")
-    torch.manual_seed(config.seed)
-    dev = resolve_device(config.device)
-    prec = resolve_precision(config.precision, dev)
-    stepper = SupervisedStep(
-        generator, mode=config.mode, loss=config.loss, discriminator=discriminator, lr=config.lr,
-        lr_d=config.lr_d, betas=config.betas, l1_weight=config.l1_weight, n_critic=config.n_critic,
-        gp_weight=config.gp_weight, weight_clip=config.weight_clip, device=dev, precision=prec,
-    )
+    stepper = supervised_stepper(generator, config, discriminator=discriminator)
     loop = LoopConfig(steps=config.steps, rampdown=config.rampdown, log_every=config.log_every)
     result = TrainResult()
     it = iter(batches)
