@@ -488,7 +488,7 @@ def report_markdown(result: dict, *, command: str, panels: dict[str, str] | None
         "‖x − ref‖ / ‖ref‖. The Gaussian row picks, per item, the σ with the best PSNR against the clean target "
         f"(an oracle). BM4D (tomograms) runs on the first {st['bm_n']} items of each experiment"
         + (f" ({' and '.join(banded)}: of each dose band, so {_and(banded, lambda k: _bm_count(exps[k]))} items)"
-           if banded else "")
+           if banded and st["bm_n"] else "")
         + f" and BM3D (micrographs) on {_bm3d_items(st)}, with `sigma_psd` the noise standard deviation "
         "(thesis sets: std of noisy − clean, an oracle; simulated tomograms and micrographs: from the even/odd "
         "halves). Seconds are the total for the items each method ran on.",
@@ -563,7 +563,8 @@ def _band_table(e: dict) -> list[str]:
     """Markdown table: method x dose band, median PSNR / SSIM (with n where a method skipped items)."""
     med = band_medians(e)
     bands = e["bands"]
-    head = [f"{b}: {v['dose'][0]:g}–{v['dose'][1]:g} e⁻/Å² (n={len(v['items'])})" for b, v in bands.items()]
+    head = [f"{b}: {v['dose'][0]:g}{'' if v['dose'][1] == v['dose'][0] else '–' + format(v['dose'][1], 'g')} e⁻/Å² "
+            f"(n={len(v['items'])})" for b, v in bands.items()]
     lines = ["| Method | " + " | ".join(head) + " |", "|---|" + "---|" * len(bands)]
     for k, per in med.items():
         cells = []
