@@ -336,22 +336,14 @@ class RecipeSession:
 
     def save(self, stepper, step: int, seconds: float, workers: int) -> Path | None:
         """Write the checkpoint of `step` (nothing without a work folder)."""
-        from .training.checkpoint import cpu_state, optimizer_tensors, save_checkpoint
+        from .training.checkpoint import save_checkpoint, stepper_tensors
 
         if self.folder is None:
             return None
-        tensors = {f"model.{k}": v for k, v in cpu_state(stepper.generator).items()}
-        t_g, extra_g = optimizer_tensors("opt_g", stepper.opt_g)
-        tensors.update(t_g)
-        extra_d = {}
-        if stepper.discriminator is not None:
-            tensors.update({f"disc.{k}": v for k, v in cpu_state(stepper.discriminator).items()})
-            t_d, extra_d = optimizer_tensors("opt_d", stepper.opt_d)
-            tensors.update(t_d)
+        tensors, extra = stepper_tensors(stepper)
         tensors["rng.torch"] = torch.get_rng_state()
         state = {"recipe": self.name, "steps": self.steps, "step": int(step), "seconds": float(seconds),
-                 "windows": self.windows + [self.window(step, seconds, workers)], "history": self.history,
-                 "opt_g_extra": extra_g, "opt_d_extra": extra_d}
+                 "windows": self.windows + [self.window(step, seconds, workers)], "history": self.history, **extra}
         return save_checkpoint(self.folder, tensors, state, fmt=RECIPE_CHECKPOINT_FORMAT)
 
 

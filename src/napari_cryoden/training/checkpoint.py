@@ -19,7 +19,7 @@ from torch import nn
 
 from ..io.atomic import atomic_path
 
-__all__ = ["CHECKPOINT_NAME", "CheckpointMismatch", "check_finite_weights", "check_workdir", "cpu_state",
+__all__ = ["CHECKPOINT_NAME", "CheckpointMismatch", "stepper_tensors", "check_finite_weights", "check_workdir", "cpu_state",
            "load_checkpoint", "optimizer_tensors", "restore_optimizer", "save_checkpoint", "sub_state"]
 
 #: Checkpoint files in the work folder: ``checkpoint.safetensors`` (tensors, and the state as
@@ -138,3 +138,25 @@ def check_workdir(workdir, resume: bool, overwrite: bool) -> Path | None:
         raise ValueError(f"{folder} holds the checkpoint of an earlier run (or a {ckpt.with_suffix('.json').name} "
                          "of its own); resume it, or choose another work folder (or overwrite it)")
     return folder
+
+
+def stepper_tensors(stepper) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors of a :class:`~napari_cryoden.training.supervised.SupervisedStep` for a checkpoint.
+
+    Returns
+    -------
+    tensors : dict
+        ``model.*`` (the generator), ``opt_g.*`` and, with a discriminator, ``disc.*`` and
+        ``opt_d.*``, as CPU copies.
+    extra : dict
+        ``{"opt_g_extra": ..., "opt_d_extra": ...}``: the optimizers' non-tensor state, for the JSON state.
+    """
+    tensors = {f"model.{k}": v for k, v in cpu_state(stepper.generator).items()}
+    t_g, extra_g = optimizer_tensors("opt_g", stepper.opt_g)
+    tensors.update(t_g)
+    extra_d = {}
+    if stepper.discriminator is not None:
+        tensors.update({f"disc.{k}": v for k, v in cpu_state(stepper.discriminator).items()})
+        t_d, extra_d = optimizer_tensors("opt_d", stepper.opt_d)
+        tensors.update(t_d)
+    return tensors, {"opt_g_extra": extra_g, "opt_d_extra": extra_d}

@@ -72,7 +72,7 @@ from ..models import networks
 from ..models.registry import ARCHITECTURES, LoadedModel, build, check_arch_kwargs, load_model, model_card
 from .checkpoint import (
     CHECKPOINT_NAME, CheckpointMismatch, check_finite_weights, check_workdir, cpu_state, finite_number,
-    load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint, sub_state,
+    load_checkpoint, restore_optimizer, save_checkpoint, stepper_tensors, sub_state,
 )
 from .loop import Checkpoint, Done, LoopConfig, Losses, Preview, Step, Validation, iter_train
 from .patches import PatchSampler
@@ -929,15 +929,8 @@ def fine_tune(
         nonlocal ckpt_path
         if folder is None:
             return
-        tensors = {f"model.{k}": v for k, v in cpu_state(g).items()}
+        tensors, extra = stepper_tensors(stepper)
         tensors.update({f"best.{k}": v for k, v in best_state.items()})
-        t_g, extra_g = optimizer_tensors("opt_g", stepper.opt_g)
-        tensors.update(t_g)
-        extra_d = {}
-        if stepper.discriminator is not None:
-            tensors.update({f"disc.{k}": v for k, v in cpu_state(stepper.discriminator).items()})
-            t_d, extra_d = optimizer_tensors("opt_d", stepper.opt_d)
-            tensors.update(t_d)
         tensors["rng.torch"] = torch_rng.get_state()
         state = {
             "step": at, "seconds": seconds,
@@ -945,7 +938,7 @@ def fine_tune(
             "parent": net.parent, "ndim": net.ndim, "data": data_fp, "best_val": best_val,
             "best_step": best_step, "initial_val": initial_val, "final_val": final_val,
             "history": [asdict(e) for e in history], "rng": rng.bit_generator.state,
-            "opt_g_extra": extra_g, "opt_d_extra": extra_d,
+            **extra,
             "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         ckpt_path = save_checkpoint(folder, tensors, state)
