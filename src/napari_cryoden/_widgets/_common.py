@@ -16,9 +16,7 @@ from napari.utils import progress
 from magicgui.widgets import Label
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-#: Choices of the device and precision combo boxes (the core's accepted values).
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from .denoise_settings import DEVICES, PRECISIONS  # noqa: F401 (the device and precision choices, Qt-free)
 
 
 @dataclasses.dataclass(frozen=True)
