@@ -33,7 +33,8 @@ from napari_cryoden.inference import denoise
 from napari_cryoden.metrics import image_metrics
 from napari_cryoden.models import LoadedModel, load_model
 from napari_cryoden.simulate import load_particle_maps
-from napari_cryoden.training.recipes import RECIPES, _MicrographPairs
+from napari_cryoden.recipes import RECIPES
+from napari_cryoden.training.data import MicrographPairs
 from napari_cryoden.training.supervised import SupervisedStep
 
 NAME = "n2n-unet-2d"
@@ -63,7 +64,7 @@ def main(argv=None) -> None:
     maps = load_particle_maps(args.maps)
     sims = micrograph_held_out_set(maps, n=r["held_out"]["n"], seed=r["held_out"]["seed"])[: args.n]
     train = {k: v for k, v in maps.items() if k not in HELD_OUT}
-    stream = _MicrographPairs.from_recipe(r, train, np.random.default_rng(args.seed), target=args.target)
+    stream = MicrographPairs.from_recipe(r, train, np.random.default_rng(args.seed), target=args.target)
     print(f"{NAME} shipped: median PSNR {median_psnr(shipped.module, sims):.3f} dB on {len(sims)} held-out "
           f"micrographs; continuing with target={args.target}, lr {args.lr:g}", flush=True)
     torch.manual_seed(args.seed)

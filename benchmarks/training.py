@@ -6,7 +6,7 @@ batch holds ``--batch`` of them) of
 
 (a) the data alone: batches of the ``upsampleunet48-gan`` recipe's own stream (the thesis
     stream mixed with realistic simulated tomograms, ``recipes.RECIPES`` and
-    :func:`~napari_cryoden.training.recipes.recipe_stream`, only the patch size changed), moved
+    :func:`~napari_cryoden.recipes.recipe_stream`, only the patch size changed), moved
     to the device; made on the calling thread (``serial``, what the recipes do by default) and by
     ``--workers N`` DataLoader worker processes (:func:`~napari_cryoden.training.data.
     parallel_stream`, one torch thread each);
@@ -15,7 +15,7 @@ batch holds ``--batch`` of them) of
     ``SimpleDiscriminator``, the recipe's learning rate and L1 weight, at the device's automatic
     precision (bf16 autocast where supported), on pre-made batches of that stream;
 (c) the two together: the same step pulling its batches from the serial stream, then from the
-    worker stream, as ``python -m napari_cryoden.training.recipes upsampleunet48-gan --workers N``
+    worker stream, as ``python -m napari_cryoden.recipes upsampleunet48-gan --workers N``
     trains; the percentage is (c) / (b).
 
 Each figure is the median of ``--repeats`` timed windows, after ``--warmup`` untimed batches
@@ -57,7 +57,7 @@ from napari_cryoden.inference.engine import resolve_device, resolve_precision
 from napari_cryoden.models import SimpleDiscriminator, build
 from napari_cryoden.simulate import blob_particle, load_particle_maps
 from napari_cryoden.training.data import parallel_stream
-from napari_cryoden.training.recipes import HELD_OUT, RECIPES, recipe_stream
+from napari_cryoden.recipes import HELD_OUT, RECIPES, recipe_stream
 from napari_cryoden.training.supervised import SupervisedStep
 
 RECIPE = "upsampleunet48-gan"

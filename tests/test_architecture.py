@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-CORE = ["device", "io", "models", "inference", "training", "simulate", "metrics", "evaluation",
+CORE = ["device", "io", "models", "inference", "training", "simulate", "metrics", "evaluation", "recipes",
         # The widgets' settings: Qt-free, tested without it.
         "_widgets.train_settings", "_widgets.denoise_settings", "_widgets.metrics_settings"]
 
@@ -29,5 +29,17 @@ def test_device_is_the_ground_floor():
         "import sys, napari_cryoden.device\n"
         "mods = sorted(m for m in sys.modules if m.startswith('napari_cryoden.') and m != 'napari_cryoden.device')\n"
         "assert not mods, mods\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_training_never_imports_evaluation_or_recipes():
+    """The layers: recipes sit above training and evaluation; training scores nothing itself."""
+    code = (
+        "import sys, napari_cryoden.training, napari_cryoden.training.loop, napari_cryoden.training.data\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('napari_cryoden.evaluation', 'napari_cryoden.recipes')))\n"
+        "assert not bad, bad\n"
+        "import napari_cryoden.evaluation\n"
+        "assert 'napari_cryoden.recipes' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -14,7 +14,8 @@ from napari_cryoden.evaluation import (
     EXPERIMENTS, GAUSSIAN_SIGMAS, HELD_OUT, best_gaussian, block_matching, report_markdown, run_benchmark, targets,
     write_panels,
 )
-from napari_cryoden.evaluation.benchmark import GAUSSIAN, INPUT
+from napari_cryoden.evaluation.benchmark import GAUSSIAN, INPUT, band_medians
+from napari_cryoden.evaluation.experiments import DOSE_BANDS, realistic_dose_band_set, realistic_held_out_set
 from napari_cryoden.metrics import image_metrics
 from napari_cryoden.simulate import load_particle_maps
 
@@ -67,6 +68,117 @@ def test_test_sets_refuse_maps_without_the_held_out_proteins(tmp_path):
     maps = load_particle_maps(_write_maps(tmp_path / "no_3h84", 10.0, names=(*TRAIN, "1u6g")))
     with pytest.raises(ValueError, match="3h84"):
         EXPERIMENTS["unseen"].make(maps, 1, 0)
+
+
+TINY_TOMO = (8, 32, 32)  # the benchmark's tomograms are 64 x 128 x 128; the settings are what is tested
+
+
+def test_realistic_set_has_twelve_tomograms_in_three_dose_bands_of_held_out_proteins(maps10, tmp_path):
+    maps = load_particle_maps(maps10)
+    items = realistic_dose_band_set(maps, shape=TINY_TOMO)
+    assert len(items) == EXPERIMENTS["realistic"].default_n == 12
+    bands = {}
+    for i, it in enumerate(items):
+        bands.setdefault(it.band, []).append(it.dose)
+        assert it.band == list(DOSE_BANDS)[i % 3] and it.noisy.shape == it.clean.shape == TINY_TOMO
+        assert 2.0 <= it.defocus_um <= 5.0 and it.noise_std > 0
+    assert list(bands) == ["low", "mid", "high"] and all(len(d) == 4 for d in bands.values())
+    assert max(bands["low"]) <= 30 < min(bands["mid"]) and max(bands["mid"]) < min(bands["high"])
+    assert 15 <= min(bands["low"]) and max(bands["high"]) <= 160
+    assert all(sorted({it.defocus_um for it in items if it.band == b}) == [2.0, 3.0, 4.0, 5.0] for b in bands)
+    # only the held-out proteins: dropping the training protein from the maps changes nothing
+    held_out = load_particle_maps(_write_maps(tmp_path / "held_out_only", 10.0, names=HELD_OUT))
+    for a, b in zip(items[:3], realistic_dose_band_set(held_out, n=3, shape=TINY_TOMO)):
+        np.testing.assert_array_equal(a.noisy, b.noisy)
+        np.testing.assert_array_equal(a.clean, b.clean)
+    with pytest.raises(ValueError, match="at least one dose"):
+        realistic_dose_band_set(maps, n=1, shape=TINY_TOMO, bands={"low": ()})
+    with pytest.raises(ValueError, match="positive"):
+        realistic_dose_band_set(maps, n=1, shape=TINY_TOMO, bands={"low": (0.0,)})
+
+
+def test_the_model_cards_realistic_set_is_unchanged(maps10):
+    from napari_cryoden.simulate.tomogram import simulate_tomogram
+
+    maps = load_particle_maps(maps10)
+    shape = (16, 32, 32)
+    items = realistic_held_out_set(maps, shape=shape, items=True)
+    pairs = realistic_held_out_set(maps, shape=shape)
+    parts = {k: maps[k] for k in HELD_OUT}
+    # the settings of the set before the dose bands were added, written out
+    for i, (dose, defocus) in enumerate([(120.0, 2.0), (100.0, 3.0), (80.0, 4.0), (60.0, 5.0)]):
+        sim = simulate_tomogram(shape, particles=parts, density=0.15, membranes=1, defocus_um=defocus,
+                                dose_total=dose, seed=54321 + i)
+        np.testing.assert_array_equal(items[i].noisy, sim.noisy)
+        np.testing.assert_array_equal(items[i].clean, sim.clean)
+        np.testing.assert_array_equal(pairs[i][0], sim.noisy)
+        assert (items[i].dose, items[i].defocus_um, items[i].band) == (dose, defocus, None)
+    # standard deviations of noisy and clean, and the noise estimate, measured before the change
+    before = [(0.133259, 0.074793, 0.112978), (0.152542, 0.097952, 0.120417), (0.149122, 0.074022, 0.130613),
+              (0.179604, 0.102107, 0.15176)]
+    measured = [(np.std(it.noisy.astype(np.float64)), np.std(it.clean.astype(np.float64)), it.noise_std)
+                for it in items]
+    np.testing.assert_allclose(measured, before, rtol=1e-4)
+
+
+def test_band_medians_are_the_medians_of_each_bands_items():
+    def row(psnr, ssim):
+        return {"psnr": psnr, "ssim": ssim, "mse": 0.0, "nrmse": 0.0}
+
+    e = {"methods": {
+        "a": {"rows": [row(10, 0.1), row(20, 0.2), row(11, 0.3), row(30, 0.4), row(12, 0.5), row(40, 0.6)]},
+        "BM4D": {"rows": [row(5, 0.9), None, None, row(7, 0.8), None, None]},
+    }, "bands": {"low": {"items": [0, 2, 4]}, "high": {"items": [1, 3, 5]}}}
+    med = band_medians(e)
+    assert med["a"] == {"low": {"psnr": 11.0, "ssim": 0.3, "n": 3}, "high": {"psnr": 30.0, "ssim": 0.4, "n": 3}}
+    assert med["BM4D"]["low"] == {"psnr": 5.0, "ssim": 0.9, "n": 1} and med["BM4D"]["high"]["psnr"] == 7.0
+    del e["bands"]  # no bands: one band of all items
+    assert band_medians(e)["a"] == {"all": {"psnr": 16.0, "ssim": 0.35, "n": 6}}
+    assert band_medians(e)["BM4D"]["all"]["n"] == 2
+
+
+def _band_result(gan, gauss, bm4d, gan_ssim=0.6, gauss_ssim=0.5, other=None):
+    """A realistic result with bands low/mid/high of 2 items each; per-band PSNRs of every method."""
+    bands = {"low": [0, 3], "mid": [1, 4], "high": [2, 5]}
+
+    def rows(per_band, ssim):
+        out = [None] * 6
+        for b, idx in bands.items():
+            for i in idx:
+                out[i] = None if per_band[b] is None else {"psnr": per_band[b], "ssim": ssim, "mse": 1.0, "nrmse": 1.0}
+        return out
+
+    methods = {INPUT: {"rows": rows({b: 10.0 for b in bands}, 0.1)}, GAUSSIAN: {"rows": rows(gauss, gauss_ssim)},
+               "BM4D": {"rows": [r if i < 3 else None for i, r in enumerate(rows(bm4d, 0.4))]},
+               "gan": {"rows": rows(gan, gan_ssim)}}
+    if other:
+        methods["fast"] = {"rows": rows(other, 0.7)}
+    return {"experiments": {"realistic": {"methods": methods, "bands": {b: {"items": i} for b, i in bands.items()}}}}
+
+
+def test_realistic_targets_are_checked_in_every_dose_band():
+    gauss = {"low": 20.0, "mid": 23.0, "high": 25.0}
+    met = targets(_band_result({"low": 22.6, "mid": 25.6, "high": 28.0}, gauss, {"low": 21.0, "mid": 24.0,
+                                                                               "high": 26.0},
+                               other={"low": 24.0, "mid": 26.5, "high": 29.0}), default_3d="gan")
+    assert [t["met"] for t in met] == [True, True, True, True]
+    assert met[0]["value"] == "low +2.60, mid +2.60, high +3.00 dB" and "2.5 dB" in met[0]["target"]
+    assert met[1]["bands"]["low"] == {"value": pytest.approx(1.6), "met": True}
+    assert met[3]["value"].startswith("fast +3.83 dB") and "3.5 dB" in met[3]["target"]
+    # one band short of each target: not met, although the other two bands (and the mean) would pass
+    missed = targets(_band_result({"low": 22.0, "mid": 26.0, "high": 29.0}, gauss,
+                                  {"low": 21.0, "mid": 26.5, "high": 26.0}, gan_ssim=0.5,
+                                  other={"low": 21.0, "mid": 25.0, "high": 27.0}), default_3d="gan")
+    assert [t["met"] for t in missed] == [False, False, False, False]
+    assert [missed[0]["bands"][b]["met"] for b in ("low", "mid", "high")] == [False, True, True]
+    assert [missed[1]["bands"][b]["met"] for b in ("low", "mid", "high")] == [True, False, True]
+    assert missed[3]["value"].startswith("gan +3.00 dB")  # the best of the zoo by the band mean, 3.0 < 3.5
+    # BM4D did not run on the high band: that check cannot be met
+    partial = _band_result({"low": 23.0, "mid": 26.0, "high": 29.0}, gauss, {"low": 21.0, "mid": 24.0, "high": None})
+    bm = targets(partial, default_3d="gan")[1]
+    assert bm["met"] is None and bm["value"] == "low +2.00, mid +2.00, high not run dB"
+    assert targets(partial, default_3d="other")[0] == {"target": "realistic: other runs", "value": "not run",
+                                                       "met": None}
 
 
 def test_multiple_particles_hold_more_protein_than_single_ones(maps10):
@@ -147,6 +259,44 @@ def test_run_benchmark_runs_block_matching_on_the_first_items_only(maps10, tiny_
     assert calls[0] == pytest.approx(result["experiments"]["unseen"]["methods"][INPUT]["rows"][0]["mse"] ** 0.5, rel=1e-2)
     text = report_markdown(result, command="c")
     assert "(n=1)" in text and "on the 1 items BM4D ran on" in text
+
+
+def test_run_benchmark_reports_the_realistic_set_per_dose_band(maps10, tiny_model_dir, monkeypatch):
+    import dataclasses
+
+    from napari_cryoden.evaluation import benchmark
+
+    calls = []
+
+    def fake(ndim):
+        def run(x, sigma):
+            calls.append(x.shape)
+            return gaussian_filter(x, 1.0)
+        return "BM4D", run
+
+    monkeypatch.setattr(benchmark, "block_matching", fake)
+    exp = EXPERIMENTS["realistic"]
+    monkeypatch.setitem(EXPERIMENTS, "realistic", dataclasses.replace(
+        exp, make=lambda maps, n, seed: realistic_dose_band_set(maps, n=n, seed=seed, shape=TINY_TOMO)))
+    result = run_benchmark(["realistic"], ["tiny-test"], maps={10.0: maps10}, n=6, bm_n=1, precision="fp32")
+    e = result["experiments"]["realistic"]
+    # BM4D on the first item of each band (items 0, 1, 2), not on the first item only
+    assert [r is not None for r in e["methods"]["BM4D"]["rows"]] == [True] * 3 + [False] * 3 and len(calls) == 3
+    assert e["bands"] == {"low": {"items": [0, 3], "dose": [15.0, 20.0]}, "mid": {"items": [1, 4], "dose": [40.0, 50.0]},
+                          "high": {"items": [2, 5], "dose": [100.0, 120.0]}}
+    assert [it["dose"] for it in e["items"]] == [15.0, 40.0, 100.0, 20.0, 50.0, 120.0]
+    assert e["band_medians"] == band_medians(e)
+    rows = e["methods"]["tiny-test"]["rows"]
+    assert e["band_medians"]["tiny-test"]["mid"]["psnr"] == pytest.approx(np.median([rows[1]["psnr"], rows[4]["psnr"]]))
+    json.dumps({k: v for k, v in e.items() if k != "_panels"}, allow_nan=True)
+    text = report_markdown(result, command="c")
+    assert "## Summary per dose band (realistic): median PSNR (dB) / SSIM" in text
+    assert "| Method | low: 15–20 e⁻/Å² (n=2) | mid: 40–50 e⁻/Å² (n=2) | high: 100–120 e⁻/Å² (n=2) |" in text
+    assert "(realistic: of each dose band, so 3 items)" in text and "low (items 0, 3): 15, 20 e⁻/Å²" in text
+    assert "| realistic: upsampleunet48-gan runs | not run | n/a |" in text  # targets name the default model
+    med = e["band_medians"]["BM4D"]["high"]
+    assert f"| BM4D | {e['band_medians']['BM4D']['low']['psnr']:.2f}" in text and med["n"] == 1
+    assert "| BM4D |" in text and "(n=1)" in text
 
 
 def test_bm3d_runs_on_every_micrograph_unless_bm_n_2d_says_otherwise(maps10, maps5, tiny_2d_model, monkeypatch):

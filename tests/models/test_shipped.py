@@ -7,7 +7,7 @@ import json
 import pytest
 
 from napari_cryoden.models import ARCHITECTURES, DEFAULT_MODEL, builtin_model_dir, load_model
-from napari_cryoden.training.recipes import RECIPES
+from napari_cryoden.recipes import RECIPES
 
 CARDS = sorted(builtin_model_dir().glob("*.json"))
 
@@ -24,7 +24,7 @@ def test_shipped_card_is_complete_and_its_recipe_rebuilds_it(card_path):
     t = card["training"]
     assert model.ndim == card.get("ndim", 3) and card["voxel_size_A"] > 0
     assert t["seconds"] > 0 and t["hardware"] and t["torch"] and isinstance(t["seed"], int)
-    assert t["command"].startswith(f"python -m napari_cryoden.training.recipes {card_path.stem} --maps ")
+    assert t["command"].startswith(f"python -m napari_cryoden.recipes {card_path.stem} --maps ")
     recipe = RECIPES[card_path.stem]
     assert card["architecture"] == recipe["architecture"] and card["arch_kwargs"] == recipe["arch_kwargs"]
     assert t["steps"] == recipe["steps"], "the card must come from the committed recipe"

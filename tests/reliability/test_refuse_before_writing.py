@@ -152,7 +152,8 @@ def test_nan_weights_are_never_saved_as_a_model(tmp_path):
     import torch
 
     from napari_cryoden.models import UpsampleUnet48
-    from napari_cryoden.training.finetune import FineTuneResult, save_finetuned
+    from napari_cryoden.training.export import save_finetuned
+    from napari_cryoden.training.finetune import FineTuneResult
 
     net = UpsampleUnet48(ch=4)
     with torch.no_grad():

@@ -12,7 +12,9 @@ from napari_cryoden.inference import denoise
 from napari_cryoden.models import NORMALIZATION, ModelError, available_models, load_model
 from napari_cryoden.training import FineTuneConfig, check_settings, fine_tune, save_finetuned
 from napari_cryoden.training import finetune
-from napari_cryoden.training.finetune import CHECKPOINT_NAME, check_model_name, n2v_manipulate
+from napari_cryoden.training.checkpoint import CHECKPOINT_NAME
+from napari_cryoden.training.export import check_model_name
+from napari_cryoden.training.n2v import n2v_manipulate
 
 SHAPE = (40, 32, 32)
 SCRATCH = {"architecture": "UpsampleUnet48", "arch_kwargs": {"ch": 4}}
@@ -102,13 +104,13 @@ def test_nan_voxels_are_replaced_and_nan_loss_raises(data, monkeypatch):
     res = fine_tune(holes, odd, cfg(steps=2, val_every=2), **SCRATCH)
     assert np.isfinite(res.best_val)
 
-    from napari_cryoden.training import finetune
+    from napari_cryoden.training import patches
 
     def nan_batch(self, rng):
         x = torch.full((2, 1, 16, 16, 16), float("nan"))
         return x, x, None
 
-    monkeypatch.setattr(finetune._Patches, "batch", nan_batch)
+    monkeypatch.setattr(patches.PatchSampler, "batch", nan_batch)
     with pytest.raises(ValueError, match="step 1: loss is not finite"):
         fine_tune(even, odd, cfg(), **SCRATCH)
 
@@ -448,7 +450,7 @@ def _backprojected_noise(shape, rng):
 
 
 def test_noise_correlation_mask_finds_the_correlated_neighbours(rng):
-    from napari_cryoden.training.finetune import noise_correlation_mask
+    from napari_cryoden.training.n2v import noise_correlation_mask
 
     offsets = noise_correlation_mask(_backprojected_noise((64, 64, 64), rng))
     got = {tuple(int(v) for v in o) for o in offsets}

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from napari_cryoden.simulate import blob_particle
-from napari_cryoden.training import recipes
+from napari_cryoden import recipes
 from napari_cryoden.training.data import ThesisStream, parallel_stream, worker_seeds
-from napari_cryoden.training.recipes import RECIPES, recipe_stream
-from napari_cryoden.training.supervised import TrainResult
+from napari_cryoden.recipes import RECIPES, recipe_stream
 
 PATCH, BATCH = 16, 4
 
@@ -157,15 +156,26 @@ def test_recipe_workers_reach_training_and_the_card(monkeypatch, tmp_path):
     monkeypatch.setitem(RECIPES, name, small)
     seen = {}
 
-    def fake_train(gen, stream, cfg, **kw):
-        seen["batches"] = _take(stream, 2)
-        return TrainResult(steps_done=cfg.steps)
+    real_stepper = recipes.supervised_stepper
+
+    class Recording:
+        """The recipe's own stepper, but its one step records two batches instead of training."""
+
+        def __init__(self, *a, **kw):
+            self.real = real_stepper(*a, **kw)
+
+        def __getattr__(self, key):
+            return getattr(self.real, key)
+
+        def __call__(self, next_batch):
+            seen["batches"] = [next_batch(), next_batch()]
+            return {"content": 0.0}
 
     def fake_save(name, gen, result, maps, out_dir, **kw):
         seen["save"] = kw
         return tmp_path / "card.json"
 
-    monkeypatch.setattr(recipes, "train", fake_train)
+    monkeypatch.setattr(recipes, "supervised_stepper", Recording)
     monkeypatch.setattr(recipes, "save_recipe_model", fake_save)
     recipes.run_recipe(name, maps_dir, tmp_path, steps=1, workers=0)
     maps = recipes.load_particle_maps(maps_dir)
@@ -197,6 +207,6 @@ def test_recipes_command_line_passes_workers(monkeypatch, capsys):
 
 def test_the_card_command_names_the_workers_and_steps_only_when_not_the_defaults():
     name = "upsampleunet48-gan"
-    base = f"python -m napari_cryoden.training.recipes {name} --maps ../shared/data/maps_10A --out models"
+    base = f"python -m napari_cryoden.recipes {name} --maps ../shared/data/maps_10A --out models"
     assert recipes._train_command(name, RECIPES[name]["steps"], 0) == base
     assert recipes._train_command(name, 7, 4) == base + " --steps 7 --workers 4"

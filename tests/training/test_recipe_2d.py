@@ -13,10 +13,10 @@ from conftest import write_particle_maps  # tests/conftest.py (tests/ is on sys.
 import napari_cryoden.simulate as simulate_pkg
 from napari_cryoden.inference import denoise
 from napari_cryoden.models import load_model
-from napari_cryoden.training import recipes
-from napari_cryoden.training.recipes import (
-    HELD_OUT, RECIPES, evaluate_micrographs, half_sum_noise_std, micrograph_held_out_set, run_recipe,
-)
+from napari_cryoden import recipes
+from napari_cryoden.evaluation.experiments import HELD_OUT, half_sum_noise_std, micrograph_held_out_set
+from napari_cryoden.evaluation.held_out import evaluate_micrographs
+from napari_cryoden.recipes import RECIPES, run_recipe
 
 NAME = "n2n-unet-2d"
 TRAIN = ("aaa1", "bbb2")
@@ -68,7 +68,7 @@ def test_recipe_trains_on_training_particles_only_and_writes_a_loadable_card(map
     assert card["ndim"] == 2 and card["voxel_size_A"] == 5.0 and card["overlap"] == 128
     t = card["training"]
     assert t["steps"] == 3 and t["seed"] == 0 and t["patch"] == 64 and t["batch_size"] == 2
-    assert t["command"].startswith(f"python -m napari_cryoden.training.recipes {NAME} --maps ")
+    assert t["command"].startswith(f"python -m napari_cryoden.recipes {NAME} --maps ")
     assert t["overrides_not_in_command"] == TINY
     assert t["seconds"] > 0 and t["hardware"] and t["torch"]
     assert "1u6g" not in t["data"] and "3h84" not in t["data"] and "aaa1, bbb2" in t["data"]
@@ -174,14 +174,14 @@ def test_monitor_records_a_held_out_curve_without_changing_the_weights(maps_dir,
 
 
 def test_pairs_with_clean_targets_keep_the_inputs_and_drop_the_target_noise(tiny_maps):
-    from napari_cryoden.training.recipes import _MicrographPairs
+    from napari_cryoden.training.data import MicrographPairs
 
     m = {"shape": (64, 64), "patches_per_micrograph": 4, "density": (0.2, 0.3), "defocus_um": (1.0, 2.0),
          "dose_total": (30.0, 60.0), "ice_thickness": (300.0, 500.0), "n_frames": 8}
     train = {k: tiny_maps[k] for k in TRAIN}
 
     def batch(target):
-        return _MicrographPairs(train, np.random.default_rng(3), batch_size=4, patch=64, pixel_size=5.0,
+        return MicrographPairs(train, np.random.default_rng(3), batch_size=4, patch=64, pixel_size=5.0,
                                 target=target, **m).batch()
 
     (x_half, y_half), (x_clean, y_clean) = batch("half"), batch("clean")
@@ -189,4 +189,4 @@ def test_pairs_with_clean_targets_keep_the_inputs_and_drop_the_target_noise(tiny
     # The other half adds its own noise to the target; the clean image does not.
     assert float(((x_clean - y_clean) ** 2).mean()) < 0.75 * float(((x_half - y_half) ** 2).mean())
     with pytest.raises(ValueError, match="target must be 'half' or 'clean'"):
-        _MicrographPairs(train, np.random.default_rng(3), batch_size=1, patch=64, pixel_size=5.0, target="odd", **m)
+        MicrographPairs(train, np.random.default_rng(3), batch_size=1, patch=64, pixel_size=5.0, target="odd", **m)

@@ -8,8 +8,8 @@ import pytest
 from conftest import write_particle_maps  # tests/conftest.py (tests/ is on sys.path)
 
 from napari_cryoden.models import load_model
-from napari_cryoden.training import recipes
-from napari_cryoden.training.recipes import HELD_OUT, RECIPES, run_recipe
+from napari_cryoden import recipes
+from napari_cryoden.recipes import HELD_OUT, RECIPES, run_recipe
 
 TRAIN = ("aaa1", "bbb2")
 
@@ -36,7 +36,7 @@ def test_3d_recipe_trains_and_writes_a_loadable_card(name, maps_dir, tmp_path, m
     card = json.loads(card_path.read_text())
     t = card["training"]
     assert card["architecture"] == r["architecture"] and t["steps"] == 1 and t["seed"] == 0
-    assert t["command"] == f"python -m napari_cryoden.training.recipes {name} --maps ../shared/data/maps_10A " \
+    assert t["command"] == f"python -m napari_cryoden.recipes {name} --maps ../shared/data/maps_10A " \
                            "--out models --steps 1"
     assert "realistic simulated tomograms" in t["data"] and "aaa1, bbb2" in t["data"]
     assert t["seconds"] > 0 and t["hardware"] and card["deviations_from_thesis"]
@@ -49,3 +49,65 @@ def test_3d_recipe_trains_and_writes_a_loadable_card(name, maps_dir, tmp_path, m
     assert ho["realistic_metrics"]["n_volumes"] == 1
     model = load_model(card_path)
     assert model.ndim == 3 and model.card["training"]["steps"] == 1
+
+
+def _small_recipe(monkeypatch, name):
+    r = RECIPES[name]
+    monkeypatch.setitem(RECIPES, name, {
+        **r, "arch_kwargs": {**r["arch_kwargs"], "ch": 8}, "batch_size": 2,
+        "realistic": {**r["realistic"], "shape": [32, 48, 48], "density": [0.02, 0.02], "patches_per_volume": 2},
+    })
+    small_thesis = recipes.held_out_set
+    monkeypatch.setattr(recipes, "held_out_set", lambda maps: small_thesis(maps, n=2, box=32))
+    small_realistic = recipes.realistic_held_out_set
+    monkeypatch.setattr(recipes, "realistic_held_out_set", lambda maps: small_realistic(maps, n=1, shape=(32, 48, 48)))
+
+
+class _Clock:
+    """A perf_counter that advances one second per call: a time budget ends after a fixed number of steps."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def perf_counter(self):
+        self.t += 1.0
+        return self.t
+
+
+def test_a_recipe_runs_in_time_boxed_windows_and_resumes(maps_dir, tmp_path, monkeypatch):
+    import napari_cryoden.training.loop as loop
+
+    name = "upsampleunet48-gan"
+    _small_recipe(monkeypatch, name)
+    work, out = tmp_path / "work", tmp_path / "out"
+    quiet = {"log": lambda *a, **k: None}
+    monkeypatch.setattr(loop, "time", _Clock())
+    # 0.04 min = 2.4 fake seconds: the budget ends the window after a few steps, with a checkpoint
+    assert run_recipe(name, maps_dir, out, steps=5, minutes=0.04, workdir=work, **quiet) is None
+    ckpt = work / "checkpoint.safetensors"
+    state = json.loads((work / "checkpoint.json").read_text())
+    first = state["step"]
+    assert 0 < first < 5 and state["recipe"] == name and state["steps"] == 5
+    assert ckpt.stat().st_size < 16 * 2**20 and not (out / f"{name}.json").exists()
+    with pytest.raises(ValueError, match="holds the checkpoint"):
+        run_recipe(name, maps_dir, out, steps=5, workdir=work, **quiet)
+    with pytest.raises(ValueError, match="not upsampleunet48-gan for 6"):
+        run_recipe(name, maps_dir, out, steps=6, workdir=work, resume=True, **quiet)
+    monkeypatch.undo()
+    _small_recipe(monkeypatch, name)
+    card_path = run_recipe(name, maps_dir, out, steps=5, workdir=work, resume=True, **quiet)
+    t = json.loads(card_path.read_text())["training"]
+    assert t["steps"] == 5 and [w["steps"] for w in t["windows"]] == [[0, first], [first, 5]]
+    assert t["gpu_seconds"] == 0 and t["hardware"] and t["seconds"] >= sum(w["seconds"] for w in t["windows"]) - 0.2
+    assert json.loads((work / "checkpoint.json").read_text())["step"] == 5
+
+
+def test_window_seeds_keep_the_first_window_as_shipped():
+    assert recipes.window_seed(0, 0) == 0
+    assert recipes.window_seed(0, 500) == recipes.window_seed(0, 500) != recipes.window_seed(0, 1000)
+
+
+def test_recipe_command_line_refuses_windows_without_a_work_folder(capsys):
+    with pytest.raises(SystemExit):
+        recipes.main(["upsampleunet48-gan", "--minutes", "9"])
+    assert "--workdir" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 from napari_cryoden.models import ARCHITECTURES, build
 from napari_cryoden.simulate import blob_particle
 from napari_cryoden.training.data import MixedStream, RealisticStream, ThesisStream
-from napari_cryoden.training.recipes import RECIPES
+from napari_cryoden.recipes import RECIPES
 
 
 def _particles(rng):

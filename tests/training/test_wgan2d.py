@@ -12,7 +12,7 @@ from torch import nn
 from napari_cryoden.inference import denoise
 from napari_cryoden.models import Critic2D, N2NUNet2D, load_model
 from napari_cryoden.training import FineTuneConfig, SupervisedStep, fine_tune, save_finetuned
-from napari_cryoden.training.finetune import CHECKPOINT_NAME
+from napari_cryoden.training.checkpoint import CHECKPOINT_NAME
 from napari_cryoden.training.supervised import content_loss
 
 SCRATCH_2D = {"architecture": "N2NUNet2D", "arch_kwargs": {"ch": 4}}

@@ -15,7 +15,7 @@ one error notification and no worker. Training then runs
 (queued to the GUI thread), whose main-thread handlers draw the loss curves and update the
 preview layer. Cancel sets a flag that the trainer polls between steps: it stops and returns the
 best validation checkpoint, which can still be saved. A finished run is saved at once under the
-chosen name (:func:`~napari_cryoden.training.finetune.save_finetuned`); the Denoise widgets then
+chosen name (:func:`~napari_cryoden.training.export.save_finetuned`); the Denoise widgets then
 re-read the model registry, so the new model is listed without a restart. Closing the viewer's
 window (or :meth:`TrainWidget.shutdown`) stops the training thread after its current step.
 """
@@ -43,9 +43,8 @@ from qtpy.QtWidgets import QApplication, QVBoxLayout, QWidget
 
 from ..device import is_out_of_memory
 from ..models import ARCHITECTURES, available_models, default_model_for
-from ..training.finetune import (
-    FineTuneConfig, TrainEvent, check_settings, default_patch, fine_tune, save_finetuned, validation_axis,
-)
+from ..training.export import save_finetuned
+from ..training.finetune import FineTuneConfig, TrainEvent, check_settings, default_patch, fine_tune, validation_axis
 from ._common import (
     DEVICES,
     PRECISIONS,

@@ -21,6 +21,7 @@ from ..inference import iter_denoise_slab
 from ..inference.measure import DEFAULT_OVERLAP
 from ..models import ARCHITECTURES, LoadedModel, available_models
 from ..training import finetune as _ft
+from ..training.export import check_model_name
 from ..training.finetune import FineTuneConfig, default_val_slab, scratch_arch_kwargs  # noqa: F401 (the widget's)
 
 __all__ = [
@@ -108,7 +109,7 @@ def check_save_name(name: str, existing: Iterable[str] = ()) -> str:
 
     Empty names and names in `existing` get a message of their own; the rules of the saved
     files (characters, built-in names, files in the user model folder) are those of
-    :func:`napari_cryoden.training.finetune.check_model_name`.
+    :func:`napari_cryoden.training.export.check_model_name`.
 
     Parameters
     ----------
@@ -136,7 +137,7 @@ def check_save_name(name: str, existing: Iterable[str] = ()) -> str:
         raise ValueError("enter a name to save the model as")
     if name in set(existing):
         raise ValueError(f"a model named {name!r} already exists; choose another name")
-    _ft.check_model_name(name)
+    check_model_name(name)
     return name
 
 

@@ -29,15 +29,17 @@ from particles no shipped model was trained on (1u6g, 3h84):
   saltpepper   single particles, 10 % salt and pepper (thesis Table 3)
   unseen       one protein, fixed degradation (thesis Table 4)
   multiple     10-40 particles per 64^3 box (thesis Table 5)
-  realistic    crowded tomograms: tilt series, CTF, dose, shot noise, WBP
+  realistic    12 crowded tomograms: tilt series, CTF, dose, shot noise, WBP,
+               in three dose bands (15-30, 40-80, 100-160 e-/Å² total)
   micrographs  2D micrographs with CTF and shot noise (2D models, BM3D)
 
 Writes a Markdown report with the 5th/50th/95th percentiles of SSIM, PSNR,
 MSE and NRMSE per method in the layout of the thesis tables, the project's
-targets, a JSON file with every per-item score (same name, .json) and PNG
-panels of one example slice per experiment (img/ next to the report).
-BM4D runs on the first --bm-n tomogram items only: it is slow (about 30 s per
-64^3 volume on one core). BM3D runs on every micrograph (about 8 s per
+targets, the medians per dose band of the realistic tomograms, a JSON file
+with every per-item score (same name, .json) and PNG panels of one example
+slice per experiment (img/ next to the report). BM4D runs on the first --bm-n
+tomogram items only (realistic: the first --bm-n of each dose band): it is
+slow (about 30 s per 64^3 volume on one core). BM3D runs on every micrograph (about 8 s per
 512 x 512 image), or on the first --bm3d-n. Needs: pip install "napari-cryoden[benchmark]".
 """
 
@@ -70,10 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--maps-2d", metavar="DIR", default=None,
                    help="particle maps at 5 Å/voxel for the micrograph experiment (e.g. shared/data/maps_5A)")
     p.add_argument("--n", metavar="N", type=int_at_least(1, "a positive integer"), default=None,
-                   help="items per experiment (default: 12 per thesis experiment, 4 realistic tomograms, "
-                        "8 micrographs)")
+                   help="items per experiment (default: 12 per thesis experiment, 12 realistic tomograms "
+                        "cycled through 3 dose bands, 8 micrographs)")
     p.add_argument("--bm-n", metavar="K", type=int_at_least(0, "a non-negative integer"), default=2,
-                   help="items per tomogram experiment that BM4D denoises, the first K (default: 2; 0 leaves it out)")
+                   help="items per tomogram experiment that BM4D denoises, the first K (realistic: the first K of "
+                        "each dose band; default: 2; 0 leaves it out)")
     p.add_argument("--bm3d-n", metavar="K", type=int_at_least(0, "a non-negative integer"), default=None,
                    help="micrographs that BM3D denoises, the first K (default: all; 0 leaves it out)")
     p.add_argument("--seed", metavar="S", type=int_at_least(0, "a non-negative integer"), default=0,

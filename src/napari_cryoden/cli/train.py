@@ -363,8 +363,8 @@ def run(args: argparse.Namespace) -> int:
     values = _settings(args)
     mode, name = values["mode"], values["name"]
 
-    from ..training.finetune import (FineTuneConfig, card_voxel_size, check_model_name, check_settings, fine_tune,
-                                     save_finetuned)
+    from ..training.export import check_model_name, save_finetuned
+    from ..training.finetune import FineTuneConfig, card_voxel_size, check_settings, fine_tune
 
     resume, overwrite = bool(values["resume"]), bool(values["overwrite"])
     check_model_name(name, overwrite=overwrite)

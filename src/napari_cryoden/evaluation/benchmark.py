@@ -8,14 +8,16 @@ volume). The rows are:
 
 - the noisy input;
 - a Gaussian filter with the best σ per item (:func:`~.baselines.best_gaussian`, an oracle);
-- BM4D for tomograms on the first `bm_n` items only, because it is slow (about 30 s per 64^3
+- BM4D for tomograms on the first `bm_n` items only (in an experiment with dose bands, the
+  realistic one, the first `bm_n` of each band), because it is slow (about 30 s per 64^3
   volume), and BM3D for micrographs on the first `bm_n_2d` (default: all; about 8 s per
   512 x 512 image) (:func:`~.baselines.block_matching`);
 - every model whose dimensionality matches the experiment.
 
 :func:`run_benchmark` returns plain data (JSON-safe); :func:`report_markdown` turns it into the
-tables of the thesis (5th, 50th and 95th percentiles per metric) with a summary, the targets of
-the project and, when given, PNG panels of one example slice per experiment
+tables of the thesis (5th, 50th and 95th percentiles per metric) with a summary, the medians
+per dose band of the realistic experiment (:func:`band_medians`), the targets of the project and,
+when given, PNG panels of one example slice per experiment
 (:func:`write_panels`).
 """
 
@@ -32,7 +34,10 @@ from ..metrics import image_metrics, summarize
 from .baselines import best_gaussian, block_matching
 from .experiments import EXPERIMENTS, HELD_OUT
 
-__all__ = ["DEFAULT_2D_MODEL", "THESIS_BEST", "report_markdown", "run_benchmark", "targets", "write_panels"]
+__all__ = [
+    "BAND_BEST_GAIN_DB", "BAND_GAIN_DB", "DEFAULT_2D_MODEL", "THESIS_BEST", "band_medians", "report_markdown",
+    "run_benchmark", "targets", "write_panels",
+]
 
 #: The 2D default model (issue targets refer to it).
 DEFAULT_2D_MODEL = "n2n-unet-2d"
@@ -45,6 +50,14 @@ THESIS_BEST = {
     "unseen": {"ssim": (0.9959, "UpsampleUnet48 GAN"), "psnr": (37.56, "UpsampleUnet48 GAN")},
     "multiple": {"ssim": (0.5569, "UpsampleUnet48 GAN"), "psnr": (22.42, "UpsampleUnet48 GAN")},
 }
+
+#: Realistic experiment, every dose band: the default 3D model's least median-PSNR gain over the
+#: best-σ Gaussian, dB.
+BAND_GAIN_DB = 2.5
+
+#: Realistic experiment: the best 3D model's least gain over the best-σ Gaussian, dB, as the mean
+#: over the dose bands of the per-band median-PSNR gains.
+BAND_BEST_GAIN_DB = 3.5
 
 INPUT, GAUSSIAN = "noisy input", "Gaussian, best σ (oracle)"
 
@@ -82,7 +95,8 @@ def run_benchmark(
     n : int, optional
         Test items per experiment (default: each experiment's ``default_n``).
     bm_n : int, default=2
-        Items per tomogram experiment that BM4D denoises (the first ones); 0 leaves it out.
+        Items per tomogram experiment that BM4D denoises (the first ones; in an experiment whose
+        items carry a dose band, the realistic one, the first `bm_n` of each band); 0 leaves it out.
     bm_n_2d : int, optional
         Items per micrograph experiment that BM3D denoises (the first ones; default: all);
         0 leaves it out.
@@ -101,6 +115,10 @@ def run_benchmark(
         ``settings`` and, per experiment, ``methods``: per method the per-item metric rows
         (None where a method did not run), its seconds, and ``panel`` slices (central Z slice of
         the first item) under ``_panels`` (ndarrays, not JSON; :func:`write_panels` uses them).
+        An experiment whose items carry a dose band (the realistic one) also has ``items`` (per
+        item ``band``, ``dose`` in e-/Å² and ``defocus_um``), ``bands`` (band -> ``items``, the
+        item indices, and ``dose``, the [lowest, highest] total dose in e-/Å²) and
+        ``band_medians`` (:func:`band_medians`).
 
     Raises
     ------
@@ -170,17 +188,22 @@ def run_benchmark(
             sigmas.append(sigma)
             if i == 0:
                 panels[GAUSSIAN] = _slice(filtered)
+        bands = _item_bands(items)
         k_bm = bm_count(exp.ndim, len(items))
         if k_bm:
             bm_name, bm_run = bm[exp.ndim]
-            for i, it in enumerate(items[:k_bm]):
+            # the first k of each dose band for tomograms with bands, else the first k items
+            chosen = sorted(i for idx in bands.values() for i in idx[:k_bm]) if bands and exp.ndim == 3 \
+                else list(range(min(k_bm, len(items))))
+            for i in chosen:
                 check_cancel()
                 t = time.perf_counter()
-                den = bm_run(it.noisy, it.noise_std)
-                add(bm_name, i, image_metrics(den, it.clean), time.perf_counter() - t)
+                den = bm_run(items[i].noisy, items[i].noise_std)
+                add(bm_name, i, image_metrics(den, items[i].clean), time.perf_counter() - t)
                 if i == 0:
                     panels[bm_name] = _slice(den)
-            log(f"{name}: {bm_name} on {min(k_bm, len(items))} items in {methods[bm_name]['seconds']:.1f} s")
+            log(f"{name}: {bm_name} on {len(chosen)} items{' (per dose band)' if bands and exp.ndim == 3 else ''} "
+                f"in {methods[bm_name]['seconds']:.1f} s")
         for mname, lm in loaded.items():
             if lm.ndim != exp.ndim:
                 continue
@@ -194,12 +217,21 @@ def run_benchmark(
             log(f"{name}: {mname} median PSNR {_median(methods[mname]['rows'], 'psnr'):.2f} dB "
                 f"in {methods[mname]['seconds']:.1f} s")
         panels["clean"] = _slice(items[0].clean)
-        out["experiments"][name] = {
+        entry = {
             "title": exp.title, "ndim": exp.ndim, "n": len(items), "shape": list(items[0].noisy.shape),
             "seed": exp.seed + seed, "gaussian_sigma": sigmas,
             "methods": {k: {**v, "seconds": round(v["seconds"], 2)} for k, v in methods.items()},
-            "_panels": panels,
         }
+        if bands:
+            entry["items"] = [{"band": it.band, "dose": it.dose, "defocus_um": it.defocus_um} for it in items]
+            entry["bands"] = {b: {"items": idx, "dose": [min(items[i].dose for i in idx),
+                                                         max(items[i].dose for i in idx)]}
+                              for b, idx in bands.items()}
+            entry["band_medians"] = band_medians(entry)
+            for b, v in entry["band_medians"].get(GAUSSIAN, {}).items():
+                log(f"{name}: band {b} Gaussian median PSNR {v['psnr']:.2f} dB")
+        entry["_panels"] = panels
+        out["experiments"][name] = entry
     return out
 
 
@@ -220,25 +252,141 @@ def _median(rows, key: str, only=None) -> float:
     return float(np.median(vals)) if vals else math.nan
 
 
+def _item_bands(items) -> dict[str, list[int]]:
+    """Dose band -> indices of its items, bands in order of first appearance; {} without bands."""
+    bands: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        if getattr(it, "band", None) is not None:
+            bands.setdefault(it.band, []).append(i)
+    return bands
+
+
+def _bands_of(e: dict) -> dict[str, list[int]]:
+    """Band -> item indices of an experiment result; one band ``"all"`` when it has none."""
+    if e.get("bands"):
+        return {b: list(v["items"]) for b, v in e["bands"].items()}
+    n = len(next(iter(e["methods"].values()))["rows"])
+    return {"all": list(range(n))}
+
+
+def band_medians(experiment: dict) -> dict[str, dict[str, dict]]:
+    """Median PSNR and SSIM of every method in every dose band of one experiment result.
+
+    Parameters
+    ----------
+    experiment : dict
+        One entry of ``run_benchmark(...)["experiments"]``: ``methods`` (method -> ``rows``, one
+        metric dict or None per item) and ``bands`` (band -> ``items``, the item indices). Without
+        ``bands`` all items form one band, ``"all"``.
+
+    Returns
+    -------
+    dict
+        method -> band -> ``{"psnr": dB, "ssim": ..., "n": items scored}``, the medians over the
+        band's items that the method ran on (NaN and ``n=0`` where it ran on none).
+    """
+    bands = _bands_of(experiment)
+    out: dict[str, dict[str, dict]] = {}
+    for k, v in experiment["methods"].items():
+        out[k] = {}
+        for b, idx in bands.items():
+            only = set(idx)
+            out[k][b] = {"psnr": _median(v["rows"], "psnr", only), "ssim": _median(v["rows"], "ssim", only),
+                         "n": sum(v["rows"][i] is not None for i in idx)}
+    return out
+
+
+def _all_bands(checks: dict[str, bool | None]) -> bool | None:
+    """Met in every band: False if any band misses, None if any band could not be checked."""
+    if any(c is False for c in checks.values()):
+        return False
+    return None if any(c is None for c in checks.values()) else True
+
+
+def _band_targets(e: dict, default_3d: str) -> list[dict]:
+    """The realistic experiment's targets, checked in every dose band (see :func:`targets`)."""
+    m = e["methods"]
+    if default_3d not in m:
+        return [{"target": f"realistic: {default_3d} runs", "value": "not run", "met": None}]
+    bands = _bands_of(e)
+    med = band_medians(e)
+    model, gauss = med[default_3d], med[GAUSSIAN]
+
+    def row(target, values, checks, unit):
+        fmt = "+.2f" if unit else "+.4f"
+        text = ", ".join(f"{b} " + ("not run" if math.isnan(values[b]) else format(values[b], fmt)) for b in bands)
+        return {"target": target, "value": text + unit, "met": _all_bands(checks),
+                "bands": {b: {"value": values[b], "met": checks[b]} for b in bands}}
+
+    gain = {b: model[b]["psnr"] - gauss[b]["psnr"] for b in bands}
+    rows = [row(f"realistic, every dose band: {default_3d} ≥ best-σ Gaussian + {BAND_GAIN_DB:g} dB (median PSNR)",
+                gain, {b: bool(gain[b] >= BAND_GAIN_DB) for b in bands}, " dB")]
+    if "BM4D" in m:
+        bm_rows = m["BM4D"]["rows"]
+        d, ok = {}, {}
+        for b, idx in bands.items():
+            sub = {i for i in idx if bm_rows[i] is not None}
+            d[b] = _median(m[default_3d]["rows"], "psnr", sub) - _median(bm_rows, "psnr", sub) if sub else math.nan
+            ok[b] = bool(d[b] > 0) if sub else None
+        rows.append(row(f"realistic, every dose band: {default_3d} beats BM4D (median PSNR on the band's BM4D items)",
+                        d, ok, " dB"))
+    else:
+        rows.append({"target": f"realistic, every dose band: {default_3d} beats BM4D", "value": "BM4D not run",
+                     "met": None})
+    ds = {b: model[b]["ssim"] - gauss[b]["ssim"] for b in bands}
+    rows.append(row(f"realistic, every dose band: {default_3d} median SSIM > best-σ Gaussian's", ds,
+                    {b: bool(ds[b] > 0) for b in bands}, ""))
+    zoo = {k: float(np.mean([med[k][b]["psnr"] - gauss[b]["psnr"] for b in bands]))
+           for k in m if k not in (INPUT, GAUSSIAN, "BM4D")}
+    zoo = {k: v for k, v in zoo.items() if not math.isnan(v)}
+    if zoo:
+        best = max(zoo, key=zoo.get)
+        per = ", ".join(f"{b} {med[best][b]['psnr'] - gauss[b]['psnr']:+.2f}" for b in bands)
+        rows.append({"target": f"realistic: best 3D model ≥ best-σ Gaussian + {BAND_BEST_GAIN_DB:g} dB "
+                               "(median PSNR gain, mean over the dose bands)",
+                     "value": f"{best} {zoo[best]:+.2f} dB ({per})", "met": bool(zoo[best] >= BAND_BEST_GAIN_DB)})
+    return rows
+
+
 def targets(result: dict, default_3d: str | None = None, default_2d: str = DEFAULT_2D_MODEL) -> list[dict]:
     """The project's targets, checked on a :func:`run_benchmark` result.
 
-    - multiple particles and realistic tomograms: the default 3D model beats the best-σ
-      Gaussian by at least 2 dB median PSNR, and BM4D (median PSNR on the items BM4D ran on);
+    - multiple particles: the default 3D model beats the best-σ Gaussian by at least 2 dB median
+      PSNR, and BM4D (median PSNR on the items BM4D ran on);
+    - realistic tomograms, in every dose band (:func:`band_medians`): the default 3D model beats
+      the best-σ Gaussian by at least :data:`BAND_GAIN_DB` (2.5 dB) median PSNR, beats BM4D
+      (median PSNR on the band's items BM4D ran on) and has a higher median SSIM than the
+      Gaussian; and the best 3D model's median-PSNR gain over the Gaussian, averaged over the
+      bands, is at least :data:`BAND_BEST_GAIN_DB` (3.5 dB). Without dose bands in the result
+      all items form one band;
     - control and unseen particle: the best model's median SSIM is within 0.01 of the thesis's
       best (:data:`THESIS_BEST`) or better;
     - micrographs: the 2D default beats the best-σ Gaussian and BM3D by at least 1.5 dB median
       PSNR (BM3D: on the items it ran on).
 
-    Returns one dict per check: ``target`` (text), ``value`` (text) and ``met`` (bool, or None
-    when a method needed did not run).
+    Parameters
+    ----------
+    result : dict
+        From :func:`run_benchmark` (only ``experiments`` -> ``methods`` -> ``rows`` and, for the
+        realistic experiment, ``bands`` are read).
+    default_3d : str, optional
+        The 3D model the targets name (default: the registry's default 3D model).
+    default_2d : str, default=:data:`DEFAULT_2D_MODEL`
+        The 2D model of the micrograph targets.
+
+    Returns
+    -------
+    list of dict
+        One per check: ``target`` (text), ``value`` (text) and ``met`` (bool, or None when a
+        method needed did not run); per-band checks also carry ``bands`` (band -> ``value``, the
+        difference, and ``met``) and are met only when met in every band.
     """
     from ..models import DEFAULT_MODEL
 
     default_3d = default_3d or DEFAULT_MODEL
     exps = result["experiments"]
     rows = []
-    for name in ("multiple", "realistic"):
+    for name in ("multiple",):
         e = exps.get(name)
         if e is None:
             continue
@@ -255,6 +403,8 @@ def targets(result: dict, default_3d: str | None = None, default_2d: str = DEFAU
             d = _median(model["rows"], "psnr", sub) - _median(m["BM4D"]["rows"], "psnr")
             rows.append({"target": f"{name}: {default_3d} beats BM4D (median PSNR on the {len(sub)} BM4D items)",
                          "value": f"{d:+.2f} dB", "met": bool(d > 0)})
+    if "realistic" in exps:
+        rows += _band_targets(exps["realistic"], default_3d)
     for name in ("control", "unseen"):
         e = exps.get(name)
         if e is None:
@@ -322,6 +472,7 @@ def report_markdown(result: dict, *, command: str, panels: dict[str, str] | None
     """
     st = result["settings"]
     exps = result["experiments"]
+    banded = [k for k, e in exps.items() if e.get("bands")]
     lines = [
         "# Benchmarks",
         "",
@@ -335,8 +486,10 @@ def report_markdown(result: dict, *, command: str, panels: dict[str, str] | None
         "model was trained on (see `napari_cryoden.evaluation.experiments`). Scores: `skimage.metrics` against the "
         "clean target with the data range of the clean volume (van Gijn 2019, section 4.1); NRMSE is "
         "‖x − ref‖ / ‖ref‖. The Gaussian row picks, per item, the σ with the best PSNR against the clean target "
-        f"(an oracle). BM4D (tomograms) runs on the first {st['bm_n']} items of each experiment and BM3D "
-        f"(micrographs) on {_bm3d_items(st)}, with `sigma_psd` the noise standard deviation "
+        f"(an oracle). BM4D (tomograms) runs on the first {st['bm_n']} items of each experiment"
+        + (f" ({' and '.join(banded)}: of each dose band, so {_and(banded, lambda k: _bm_count(exps[k]))} items)"
+           if banded and st["bm_n"] else "")
+        + f" and BM3D (micrographs) on {_bm3d_items(st)}, with `sigma_psd` the noise standard deviation "
         "(thesis sets: std of noisy − clean, an oracle; simulated tomograms and micrographs: from the even/odd "
         "halves). Seconds are the total for the items each method ran on.",
         "",
@@ -361,6 +514,8 @@ def report_markdown(result: dict, *, command: str, panels: dict[str, str] | None
             tag = f" (n={n_done})" if n_done != e["n"] else ""
             cells.append(f"{_median(v['rows'], 'psnr'):.2f} / {_median(v['rows'], 'ssim'):.3f}{tag}")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    for name in banded:
+        lines += ["", f"## Summary per dose band ({name}): median PSNR (dB) / SSIM", ""] + _band_table(exps[name])
     tg = targets(result)
     if tg:
         lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
@@ -371,6 +526,8 @@ def report_markdown(result: dict, *, command: str, panels: dict[str, str] | None
         lines += ["", f"## {e['title']}", "",
                   f"{e['n']} items of {' × '.join(map(str, e['shape']))}, seed {e['seed']}; Gaussian σ chosen: "
                   f"median {np.median(e['gaussian_sigma']):g}."]
+        if e.get("bands"):
+            lines.append(_band_text(e))
         if name in THESIS_BEST:
             tb = THESIS_BEST[name]
             lines.append(f"Thesis best medians (different data, 6 Å/voxel, trained and tested on the same proteins): "
@@ -383,12 +540,55 @@ def report_markdown(result: dict, *, command: str, panels: dict[str, str] | None
         lines += [""] + _fmt_table(e["methods"])
         if panels and name in panels:
             order = [k for k in e["_panels"]]
+            first = e["items"][0] if e.get("items") else None
+            item0 = f"item 0 ({first['band']} band, {first['dose']:g} e⁻/Å², defocus {first['defocus_um']:g} µm)" \
+                if first else "item 0"
             lines += ["", f"![{name}]({panels[name]})", "",
-                      f"Central Z slice of item 0, left to right: {', '.join(order)}; one grey scale for all "
+                      f"Central Z slice of {item0}, left to right: {', '.join(order)}; one grey scale for all "
                       "(minimum to maximum of the clean slice)." if e["ndim"] == 3 else
                       f"Item 0, left to right: {', '.join(order)}; one grey scale for all (minimum to maximum "
                       "of the clean image)."]
     return "\n".join(lines) + "\n"
+
+
+def _and(keys, count) -> str:
+    return " and ".join(str(count(k)) for k in keys)
+
+
+def _bm_count(e: dict) -> int:
+    return sum(r is not None for r in e["methods"].get("BM4D", {"rows": []})["rows"])
+
+
+def _band_table(e: dict) -> list[str]:
+    """Markdown table: method x dose band, median PSNR / SSIM (with n where a method skipped items)."""
+    med = band_medians(e)
+    bands = e["bands"]
+    head = [f"{b}: {v['dose'][0]:g}{'' if v['dose'][1] == v['dose'][0] else '–' + format(v['dose'][1], 'g')} e⁻/Å² "
+            f"(n={len(v['items'])})" for b, v in bands.items()]
+    lines = ["| Method | " + " | ".join(head) + " |", "|---|" + "---|" * len(bands)]
+    for k, per in med.items():
+        cells = []
+        for b, v in bands.items():
+            c = per[b]
+            if c["n"] == 0:
+                cells.append("")
+                continue
+            tag = f" (n={c['n']})" if c["n"] != len(v["items"]) else ""
+            cells.append(f"{c['psnr']:.2f} / {c['ssim']:.3f}{tag}")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _band_text(e: dict) -> str:
+    """One sentence per dose band: its items, total doses (e⁻/Å²) and defoci (µm)."""
+    parts = []
+    for b, v in e["bands"].items():
+        its = [e["items"][i] for i in v["items"]]
+        doses = ", ".join(format(it["dose"], "g") for it in its)
+        defoci = ", ".join(format(it["defocus_um"], "g") for it in its)
+        parts.append(f"{b} (items {', '.join(map(str, v['items']))}): {doses} e⁻/Å² at defocus {defoci} µm")
+    return (f"{len(e['bands'])} dose bands (total dose of the tilt series), items cycled through the bands; "
+            + "; ".join(parts) + ". Medians per band are in the summary above; the targets are checked in every band.")
 
 
 def _bm3d_items(settings: dict) -> str:

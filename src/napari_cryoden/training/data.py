@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -10,8 +11,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..inference.normalize import robust_stats
 from ..simulate.thesis import thesis_pair
+from .patches import apply_symmetry, draw_flips, draw_square, stack_batch
 
-__all__ = ["MixedStream", "RealisticStream", "ThesisStream", "normalize_pair", "parallel_stream", "worker_seeds"]
+__all__ = ["MicrographPairs", "MixedStream", "RealisticStream", "ThesisStream", "normalize_pair", "parallel_stream", "worker_seeds"]
 
 
 def normalize_pair(noisy: np.ndarray, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -193,19 +195,15 @@ class MixedStream:
 
 def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """The same random flips along Z, Y, X (they keep a tilt axis along Y) and contrast sign."""
-    for axis in range(3):
-        if rng.random() < 0.5:
-            x, y = np.flip(x, axis), np.flip(y, axis)
-    if rng.random() < 0.5:
-        x, y = -x, -y
-    return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.float32)
+    flips = draw_flips(rng, 3)
+    sign = -1.0 if rng.random() < 0.5 else 1.0
+    x, y = apply_symmetry((x, y), flips=flips, sign=sign)
+    return x, y
 
 
 def _batches(sample, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
-        pairs = [sample() for _ in range(batch_size)]
-        yield (torch.from_numpy(np.stack([p[0] for p in pairs])[:, None]),
-               torch.from_numpy(np.stack([p[1] for p in pairs])[:, None]))
+        yield stack_batch([sample() for _ in range(batch_size)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,7 +250,7 @@ def parallel_stream(factory: Callable[..., Iterable], *args: Any, seed: int, wor
 
     The stream is ``factory(*args, rng=rng, **kwargs)``, e.g. :class:`ThesisStream`,
     :class:`RealisticStream` or the recipes' mixed stream
-    (:func:`napari_cryoden.training.recipes.recipe_stream`); it must be an endless iterable of
+    (:func:`napari_cryoden.recipes.recipe_stream`); it must be an endless iterable of
     batches. With ``workers=0`` it is built once in this process with
     ``rng = numpy.random.default_rng(seed)`` and returned as it is, so the batches are the same
     as building it by hand. With ``workers=N`` every worker of a
@@ -306,3 +304,100 @@ def parallel_stream(factory: Callable[..., Iterable], *args: Any, seed: int, wor
         # the loader's own base seed comes from this generator, not from torch's global one
         generator=torch.Generator().manual_seed(int(seed)),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Simulated micrographs: Noise2Noise pairs of even/odd frame sums
+
+
+class MicrographPairs:
+    """Endless Noise2Noise batches: patches of the even and odd frame sums of simulated micrographs.
+
+    Every `patches_per_micrograph` patches a new micrograph is simulated with
+    :func:`~napari_cryoden.simulate.simulate_micrograph`, its imaging parameters drawn from
+    `ranges` (uniform; the dose log-uniform). For each patch one half is drawn at random as the
+    input, the other is the target. Both are normalised with the robust statistics (median,
+    IQR / 1.349) of the whole *input half*, as :func:`~napari_cryoden.inference.denoise`
+    normalises the image it is given, so the network learns E[target] = the clean image in its
+    input's units. Augmentation: the same random rotation by a multiple of 90°, flip and contrast
+    sign for input and target (the 16 symmetries keep E[target | input] = clean).
+
+    With ``target="clean"`` the target is the noiseless image instead (supervised training, for
+    diagnostics that compare Noise2Noise with what clean targets would give; no recipe uses it).
+    """
+
+    def __init__(self, particles: dict[str, np.ndarray], rng: np.random.Generator, *, batch_size: int, patch: int,
+                 shape, patches_per_micrograph: int, density, defocus_um, dose_total, ice_thickness,
+                 n_frames: int, pixel_size: float, target: str = "half"):
+        if target not in ("half", "clean"):
+            raise ValueError(f"target must be 'half' or 'clean', got {target!r}")
+        shape = tuple(int(n) for n in shape)
+        if min(shape) < patch:
+            raise ValueError(f"patch {patch} does not fit in simulated micrographs of shape {shape}")
+        self.particles, self.rng = dict(particles), rng
+        self.batch_size, self.patch, self.shape = int(batch_size), int(patch), shape
+        self.per_micrograph, self.n_frames, self.pixel_size = int(patches_per_micrograph), int(n_frames), pixel_size
+        self.ranges = {"density": density, "defocus_um": defocus_um, "dose_total": dose_total,
+                       "ice_thickness": ice_thickness}
+        self.micrographs, self.simulation_seconds = 0, 0.0
+        self._halves: list[tuple[np.ndarray, float, float]] = []
+        self._clean: np.ndarray | None = None
+        self.target = target
+        self._left = 0
+
+    @classmethod
+    def from_recipe(cls, r: dict, particles: dict[str, np.ndarray], rng: np.random.Generator,
+                    target: str = "half") -> "MicrographPairs":
+        """The stream a 2D recipe `r` (an entry of :data:`RECIPES`) trains on."""
+        m = r["micrographs"]
+        return cls(particles, rng, batch_size=r["batch_size"], patch=r["patch"], shape=m["shape"],
+                   patches_per_micrograph=m["patches_per_micrograph"], density=m["density"],
+                   defocus_um=m["defocus_um"], dose_total=m["dose_total"], ice_thickness=m["ice_thickness"],
+                   n_frames=m["n_frames"], pixel_size=r["pixel_size"], target=target)
+
+    def parameters(self) -> dict:
+        """Draw the imaging parameters of the next micrograph."""
+        rng = self.rng
+        kw = {k: float(rng.uniform(*r)) for k, r in self.ranges.items() if k != "dose_total"}
+        lo, hi = np.log(self.ranges["dose_total"])
+        kw["dose_total"] = float(np.exp(rng.uniform(lo, hi)))
+        kw["seed"] = int(rng.integers(2**31))
+        return kw
+
+    def _new_micrograph(self) -> None:
+        from ..inference.normalize import robust_stats
+        from ..simulate import simulate_micrograph
+
+        t0 = time.perf_counter()
+        sim = simulate_micrograph(self.shape, pixel_size=self.pixel_size, particles=self.particles,
+                                  n_frames=self.n_frames, **self.parameters())
+        self._halves = [(h, *robust_stats(h)) for h in (sim.even, sim.odd)]
+        self._clean = sim.clean if self.target == "clean" else None
+        self._left = self.per_micrograph
+        self.micrographs += 1
+        self.simulation_seconds += time.perf_counter() - t0
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._left <= 0:
+            self._new_micrograph()
+        self._left -= 1
+        rng, p = self.rng, self.patch
+        y0, x0 = (int(rng.integers(0, n - p + 1)) for n in self.shape)
+        first = int(rng.integers(2))
+        (src, center, scale), (tgt, _, _) = self._halves[first], self._halves[1 - first]
+        if self._clean is not None:
+            tgt = self._clean
+        x = (src[y0:y0 + p, x0:x0 + p] - np.float32(center)) / np.float32(scale)
+        y = (tgt[y0:y0 + p, x0:x0 + p] - np.float32(center)) / np.float32(scale)
+        k, flip = draw_square(rng)
+        sign = 1.0 if rng.random() < 0.5 else -1.0
+        x, y = apply_symmetry((x, y), k=k, flip=flip, sign=sign)
+        return x, y
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch: (input, target) tensors of shape (batch_size, 1, patch, patch), float32."""
+        return stack_batch([self.sample() for _ in range(self.batch_size)])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield self.batch()

@@ -56,11 +56,8 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import json
 import math
 import os
-import re
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -69,31 +66,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..device import autocast_dtype, is_out_of_memory, memory_budget, resolve_device, resolve_precision
+from ..device import autocast_dtype, memory_budget, resolve_device, resolve_precision
 from ..inference.normalize import robust_stats
-from ..io.atomic import atomic_path
 from ..models import networks
-from ..models.registry import (
-    ARCHITECTURES, NORMALIZATION, LoadedModel, build, builtin_model_dir, check_arch_kwargs, load_model, model_card,
-    save_model, user_model_dir,
+from ..models.registry import ARCHITECTURES, LoadedModel, build, check_arch_kwargs, load_model, model_card
+from .checkpoint import (
+    CHECKPOINT_NAME, CheckpointMismatch, check_finite_weights, check_workdir, cpu_state, finite_number,
+    load_checkpoint, restore_optimizer, save_checkpoint, stepper_tensors, sub_state,
 )
-from .supervised import LOSSES, SupervisedStep, content_loss, rampdown_factor
+from .loop import Checkpoint, Done, LoopConfig, Losses, Preview, Step, Validation, iter_train
+from .patches import PatchSampler
+from .supervised import LOSSES, SupervisedStep, content_loss
 
 __all__ = [
-    "CHECKPOINT_NAME",
     "DEFAULT_PATCH",
     "FineTuneConfig",
     "FineTuneResult",
     "TrainEvent",
     "card_voxel_size",
-    "check_model_name",
     "check_settings",
     "default_patch",
     "default_val_slab",
     "fine_tune",
-    "n2v_manipulate",
-    "noise_correlation_mask",
-    "save_finetuned",
     "scratch_arch_kwargs",
     "validation_axis",
 ]
@@ -102,11 +96,6 @@ MODES = ("n2n", "supervised", "n2v")
 #: Blind-spot shapes of Noise2Void (``FineTuneConfig.n2v_mask``).
 N2V_MASKS = ("auto", "voxel")
 ADVERSARIAL = ("none", "gan", "wgangp")
-#: Checkpoint files in the work folder: ``checkpoint.safetensors`` (tensors, and the state as
-#: JSON in its metadata) and ``checkpoint.json`` (a readable copy of the state).
-CHECKPOINT_NAME = "checkpoint"
-_CHECKPOINT_FORMAT = "napari-cryoden fine-tune checkpoint 1"
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: Settings that may change when a run is resumed; all others must match the checkpoint.
 _RESUMABLE_CHANGES = {"steps", "val_every", "preview_every", "log_every", "device", "precision"}
 #: Settings added after the first checkpoint format, with the value a checkpoint without them ran with.
@@ -744,311 +733,7 @@ def check_settings(
     """
     net = _resolve_net(model, architecture, arch_kwargs, load=False)
     _plan(config, source, target, net)
-    _check_workdir(workdir, resume, overwrite)
-
-
-def _check_workdir(workdir, resume: bool, overwrite: bool) -> Path | None:
-    if workdir is None:
-        if resume:
-            raise ValueError("resuming needs the work folder of the interrupted run (workdir)")
-        return None
-    folder = Path(workdir)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"workdir {folder} is a file, not a folder")
-    ckpt = folder / f"{CHECKPOINT_NAME}.safetensors"
-    if resume and not ckpt.is_file():
-        raise ValueError(f"no checkpoint to resume in {folder} (expected {ckpt.name})")
-    if not resume and not overwrite and (ckpt.is_file() or ckpt.with_suffix(".json").exists()):
-        raise ValueError(f"{folder} holds the checkpoint of an earlier run (or a {ckpt.with_suffix('.json').name} "
-                         "of its own); resume it, or choose another work folder (or overwrite it)")
-    return folder
-
-
-# --------------------------------------------------------------------------------------------
-# Patches
-
-
-def noise_correlation_mask(
-    volume: np.ndarray,
-    *,
-    radius: int = 4,
-    threshold: float = 0.1,
-    sigma: float = 2.0,
-    max_edge: int = 128,
-) -> np.ndarray:
-    """Offsets of the neighbours whose noise is correlated with a voxel's, estimated from the data.
-
-    The autocorrelation of the volume after removing its low frequencies (the volume minus a
-    Gaussian blur of width `sigma`) is dominated by the noise, since in cryo-ET the noise has far
-    more power than the signal at high frequency. Every offset within `radius` whose normalised
-    autocorrelation reaches `threshold` in absolute value is returned, with the zero offset. A
-    blind spot that hides all of them leaves the network no voxel from which it could predict
-    the hidden voxel's noise (the condition of Noise2Self, Batson & Royer 2019, section 3;
-    structured Noise2Void, Broaddus et al. 2020, ISBI, section 2, where the mask was read from
-    the noise autocorrelation by eye).
-
-    For a tomogram reconstructed by weighted back-projection about the Y axis this finds the
-    few voxels along Z and X that the ramp filter, the interpolation and the streaks couple; for
-    white noise it finds the voxel alone.
-
-    Parameters
-    ----------
-    volume : ndarray, 2D (Y, X) or 3D (Z, Y, X)
-        The noisy data (any real dtype; NaN/Inf count as the median). Only a central crop of at
-        most `max_edge` voxels per axis is read.
-    radius : int, default=4
-        Largest offset searched, per axis, in voxels.
-    threshold : float, default=0.1
-        Smallest absolute correlation coefficient that counts as correlated.
-    sigma : float, default=2.0
-        Width, in voxels, of the Gaussian whose blur is subtracted first.
-    max_edge : int, default=128
-
-    Returns
-    -------
-    offsets : ndarray of int64, shape (K, ndim)
-        The offsets, the zero offset first. Symmetric: -d is in it when d is.
-
-    Raises
-    ------
-    ValueError
-        If `volume` is not 2D or 3D, or is constant.
-    """
-    from scipy import ndimage
-
-    v = np.asarray(volume)
-    if v.ndim not in (2, 3):
-        raise ValueError(f"noise_correlation_mask needs a 2D or 3D array, got shape {v.shape}")
-    crop = tuple(slice(max(0, (n - max_edge) // 2), max(0, (n - max_edge) // 2) + max_edge) for n in v.shape)
-    x = np.array(v[crop], dtype=np.float64)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        x[bad] = np.median(x[~bad]) if (~bad).any() else 0.0
-    x -= ndimage.gaussian_filter(x, float(sigma), mode="reflect")
-    x -= x.mean()
-    power = np.abs(np.fft.rfftn(x, s=[2 * n for n in x.shape])) ** 2  # zero-padded: no wrap-around
-    ac = np.fft.irfftn(power, s=[2 * n for n in x.shape])
-    if not ac.flat[0] > 0:
-        raise ValueError("cannot estimate the noise correlation of a constant volume")
-    ac /= ac.flat[0]
-    grid = np.stack(np.meshgrid(*[np.arange(-radius, radius + 1)] * x.ndim, indexing="ij"), -1).reshape(-1, x.ndim)
-    rho = ac[tuple(grid.T)]  # negative offsets wrap to the end of the padded array
-    keep = (np.abs(rho) >= threshold) & (np.abs(grid) < np.array(x.shape)).all(axis=1)
-    keep |= (grid == 0).all(axis=1)
-    offsets = grid[keep]
-    order = np.argsort(np.abs(offsets).sum(axis=1), kind="stable")  # the zero offset first
-    return offsets[order].astype(np.int64)
-
-
-def n2v_manipulate(
-    patch: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    fraction: float,
-    radius: int = 2,
-    blind: int = 0,
-    offsets: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Noise2Void blind spots: hide a random fraction of voxels from the network.
-
-    Krull et al. (2019): ``n = max(1, round(fraction * patch.size))`` distinct voxels are drawn
-    uniformly; each takes the value (from the unmodified patch) of a voxel drawn uniformly from
-    the window of ``2 * radius + 1`` voxels per axis around it, clipped to the patch, excluding
-    the voxel itself.
-
-    Parameters
-    ----------
-    patch : ndarray of float32, 2D or 3D
-        A normalised training patch, (Z, Y, X) or (Y, X) voxels.
-    rng : numpy.random.Generator
-    fraction : float
-        Share of the patch's voxels that become blind spots, in (0, 1] (at least one voxel).
-    radius : int, default=2
-        Half-width in voxels of the window a classic blind spot's replacement value is drawn from.
-    blind : int, default=0
-        Half-width of a cubic structured blind spot: the same as `offsets` holding the whole cube
-        of ``2 * blind + 1`` voxels per axis. 0: no cube.
-    offsets : ndarray of int, shape (K, ndim), optional
-        A structured blind spot (structured Noise2Void, Broaddus et al. 2020, ISBI, section 2):
-        the voxels at these offsets from each blind-spot voxel (clipped to the patch), and the
-        blind-spot voxel itself, take values of voxels drawn uniformly from the whole patch, so
-        the network cannot read a blind spot's noise from neighbours whose noise is correlated
-        with it (see :func:`noise_correlation_mask`). The loss stays on the blind-spot voxels.
-        With only the zero offset (or None, and ``blind=0``) this is classic Noise2Void.
-
-    Returns
-    -------
-    masked : ndarray of float32, same shape
-        The patch with the blind-spot voxels replaced.
-    mask : ndarray of float32, same shape
-        1 at the blind-spot voxels, 0 elsewhere.
-    """
-    shape = np.array(patch.shape)
-    n = max(1, min(patch.size, int(round(fraction * patch.size))))
-    flat = rng.choice(patch.size, size=n, replace=False)
-    pos = np.stack(np.unravel_index(flat, patch.shape), axis=1)
-    if blind > 0:
-        offsets = np.stack(np.meshgrid(*[np.arange(-blind, blind + 1)] * patch.ndim, indexing="ij"), -1)
-    structured = offsets is not None and np.asarray(offsets).reshape(-1, patch.ndim).any()
-    masked = np.array(patch, dtype=np.float32, copy=True)
-    if structured:
-        offs = np.asarray(offsets, dtype=np.int64).reshape(1, -1, patch.ndim)
-        cover = np.clip(pos[:, None, :] + offs, 0, shape - 1).reshape(-1, patch.ndim)
-        cover = np.concatenate([pos, cover])
-        donors = rng.integers(0, patch.size, size=len(cover))
-        masked[tuple(cover.T)] = patch.reshape(-1)[donors]
-    else:
-        nbr = pos.copy()
-        todo = np.arange(n)
-        while todo.size:
-            lo = np.maximum(pos[todo] - radius, 0)
-            hi = np.minimum(pos[todo] + radius, shape - 1)
-            nbr[todo] = rng.integers(lo, hi + 1)
-            todo = todo[(nbr[todo] == pos[todo]).all(axis=1)]
-        masked[tuple(pos.T)] = patch[tuple(nbr.T)]
-    mask = np.zeros(patch.shape, np.float32)
-    mask[tuple(pos.T)] = 1.0
-    return masked, mask
-
-
-class _Patches:
-    """Random training patches outside the validation slab, and fixed validation patches in it."""
-
-    def __init__(self, source, target, config: FineTuneConfig, plan: _Plan):
-        self.source, self.target, self.c, self.plan = source, target, config, plan
-        self.p = int(plan.patch)
-        self.ndim = len(plan.shape)
-        self.offsets = None
-        if config.mode == "n2v" and config.n2v_blind == 0 and config.n2v_mask == "auto":
-            self.offsets = noise_correlation_mask(source)
-
-    def _read(self, arr, corner) -> np.ndarray:
-        sl = tuple(slice(int(o), int(o) + self.p) for o in corner)
-        block = np.array(arr[sl], dtype=np.float32, copy=True)
-        block -= np.float32(self.plan.center)
-        block /= np.float32(self.plan.scale)
-        block[~np.isfinite(block)] = 0.0  # NaN/Inf -> the median, as inference does
-        return block
-
-    def _corner(self, rng, z_ranges) -> list[int]:
-        """A patch corner whose start along the validation axis is in `z_ranges` (inclusive)."""
-        lengths = [hi - lo + 1 for lo, hi in z_ranges]
-        k = int(rng.integers(sum(lengths)))
-        for (lo, _), n in zip(z_ranges, lengths):
-            if k < n:
-                z = lo + k
-                break
-            k -= n
-        return [z if a == self.plan.axis else int(rng.integers(n - self.p + 1))
-                for a, n in enumerate(self.plan.shape)]
-
-    def _sample(self, rng, z_ranges, *, train: bool):
-        """One (input, target, mask or None) triple of arrays."""
-        corner = self._corner(rng, z_ranges)
-        mode = self.c.mode
-        src = self._read(self.source, corner)
-        tgt = self._read(self.target, corner) if self.target is not None else None
-        if train and mode == "n2n" and rng.random() < 0.5:
-            src, tgt = tgt, src
-        if train and self.c.augment:
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            src = self._augment(src, k, flip)
-            tgt = self._augment(tgt, k, flip) if tgt is not None else None
-        if mode == "n2v":
-            masked, mask = n2v_manipulate(src, rng, fraction=self.c.n2v_fraction, radius=self.c.n2v_radius,
-                                          blind=self.c.n2v_blind, offsets=self.offsets)
-            return masked, src, mask
-        return src, tgt, None
-
-    @staticmethod
-    def _augment(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
-        a = np.rot90(a, k, axes=(-2, -1))
-        return np.ascontiguousarray(a[..., ::-1] if flip else a)
-
-    @staticmethod
-    def _stack(samples) -> tuple:
-        x = torch.from_numpy(np.stack([s[0] for s in samples])[:, None])
-        y = torch.from_numpy(np.stack([s[1] for s in samples])[:, None])
-        m = torch.from_numpy(np.stack([s[2] for s in samples])[:, None]) if samples[0][2] is not None else None
-        return x, y, m
-
-    def batch(self, rng: np.random.Generator) -> tuple:
-        return self._stack([self._sample(rng, self.plan.starts, train=True) for _ in range(int(self.c.batch))])
-
-    def validation(self) -> list[tuple]:
-        rng = np.random.default_rng([int(self.c.seed), 7919])  # fixed, apart from the training stream
-        v0, v1 = self.plan.val_slab
-        samples = [self._sample(rng, [(v0, v1 - self.p)], train=False) for _ in range(int(self.c.val_patches))]
-        b = int(self.c.batch)
-        return [self._stack(samples[i : i + b]) for i in range(0, len(samples), b)]
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
-
-
-def _optimizer_tensors(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    tensors, extra = {}, {}
-    for idx, st in opt.state_dict()["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{prefix}.{idx}.{k}"] = v.detach().to("cpu").contiguous().clone()
-            else:
-                extra[f"{idx}.{k}"] = v
-    return tensors, extra
-
-
-def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, extra: dict) -> None:
-    sd = opt.state_dict()
-    state: dict[int, dict] = {}
-    for name, t in tensors.items():
-        if name.startswith(prefix + "."):
-            _, idx, k = name.split(".", 2)
-            state.setdefault(int(idx), {})[k] = t
-    for key, v in extra.items():
-        idx, k = key.split(".", 1)
-        state.setdefault(int(idx), {})[k] = v
-    sd["state"] = state
-    opt.load_state_dict(sd)
-
-
-def _save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: dict) -> Path:
-    from safetensors.torch import save
-
-    folder.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(state, allow_nan=True)
-    path = folder / f"{CHECKPOINT_NAME}.safetensors"
-    with atomic_path(path) as tmp:
-        # written into the locked temporary file itself (save_file would replace it with another)
-        tmp.write_bytes(save(tensors, metadata={"format": _CHECKPOINT_FORMAT, "state": text}))
-    with atomic_path(folder / f"{CHECKPOINT_NAME}.json") as tmp:  # a readable copy; not read back
-        Path(tmp).write_text(json.dumps(state, indent=1, allow_nan=True) + "\n", encoding="utf-8")
-    return path
-
-
-def _load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import SafetensorError, safe_open
-
-    path = folder / f"{CHECKPOINT_NAME}.safetensors"
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        if meta.get("format") != _CHECKPOINT_FORMAT:
-            raise ValueError("not a fine-tune checkpoint")
-        state = json.loads(meta["state"])
-    except (SafetensorError, OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"checkpoint {path} is unreadable ({' '.join(str(exc).split())}); start afresh") from None
-    return tensors, state
-
-
-def _sub(tensors: dict, prefix: str) -> dict:
-    n = len(prefix) + 1
-    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    check_workdir(workdir, resume, overwrite)
 
 
 def _config_json(config: FineTuneConfig) -> dict:
@@ -1137,7 +822,7 @@ def fine_tune(
     """
     net = _resolve_net(model, architecture, arch_kwargs, load=True)
     plan = _plan(config, source, target, net)
-    folder = _check_workdir(workdir, resume, overwrite)
+    folder = check_workdir(workdir, resume, overwrite)
     config = copy.deepcopy(config)
     config.val_slab = tuple(plan.val_slab)
     config.patch, config.val_axis = plan.patch, plan.axis
@@ -1174,7 +859,7 @@ def fine_tune(
         channels_last=dev.type == "cpu" and dtype is not None and int(config.patch) // net.stride >= 4,
     )
     g = stepper.generator
-    patches = _Patches(source, target, config, plan)
+    patches = PatchSampler(source, target, config, plan)
     val_batches = patches.validation()
     # validation loss per voxel: the gray-level constraint is the L2 loss summed per patch
     content = content_loss("l2" if config.loss == "graylevel" else config.loss)
@@ -1207,17 +892,17 @@ def fine_tune(
     history: list[TrainEvent] = []
     step, seconds_before = 0, 0.0
     if resume:
-        tensors, state = _load_checkpoint(folder)
+        tensors, state = load_checkpoint(folder)
         try:
             _check_resume(state, config, net, data_fp, folder)
             _check_state(state)
-            g.load_state_dict(_sub(tensors, "model"))
-            _restore_optimizer("opt_g", stepper.opt_g, tensors, state.get("opt_g_extra", {}))
+            g.load_state_dict(sub_state(tensors, "model"))
+            restore_optimizer("opt_g", stepper.opt_g, tensors, state.get("opt_g_extra", {}))
             if stepper.discriminator is not None:
-                stepper.discriminator.load_state_dict(_sub(tensors, "disc"))
-                _restore_optimizer("opt_d", stepper.opt_d, tensors, state.get("opt_d_extra", {}))
-            best_state = _sub(tensors, "best")
-            _check_finite_weights(best_state, "its best weights")
+                stepper.discriminator.load_state_dict(sub_state(tensors, "disc"))
+                restore_optimizer("opt_d", stepper.opt_d, tensors, state.get("opt_d_extra", {}))
+            best_state = sub_state(tensors, "best")
+            check_finite_weights(best_state, "its best weights")
             shapes = {k: tuple(v.shape) for k, v in g.state_dict().items()}
             if {k: tuple(v.shape) for k, v in best_state.items()} != shapes:
                 raise ValueError("its best weights do not fit the network")
@@ -1227,7 +912,7 @@ def fine_tune(
             best_val, best_step = float(state["best_val"]), state["best_step"]
             initial_val, final_val = float(state["initial_val"]), float(state["final_val"])
             history = [TrainEvent(**e) for e in state["history"]]
-        except _CheckpointMismatch:
+        except CheckpointMismatch:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
             text = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__
@@ -1235,102 +920,85 @@ def fine_tune(
                              "start afresh with --overwrite") from None
     else:
         initial_val = final_val = best_val = validate()
-        best_step, best_state = 0, _cpu_state(g)
+        best_step, best_state = 0, cpu_state(g)
 
-    t0 = time.perf_counter()
-    cancelled = False
-    sums: dict[str, float] = {}
-    n_sum = 0
-    last_val_step = step
     ckpt_path: Path | None = None
+    last_val_step = step
 
-    def checkpoint() -> None:
+    def checkpoint(at: int, seconds: float) -> None:
         nonlocal ckpt_path
         if folder is None:
             return
-        tensors = {f"model.{k}": v for k, v in _cpu_state(g).items()}
+        tensors, extra = stepper_tensors(stepper)
         tensors.update({f"best.{k}": v for k, v in best_state.items()})
-        t_g, extra_g = _optimizer_tensors("opt_g", stepper.opt_g)
-        tensors.update(t_g)
-        extra_d = {}
-        if stepper.discriminator is not None:
-            tensors.update({f"disc.{k}": v for k, v in _cpu_state(stepper.discriminator).items()})
-            t_d, extra_d = _optimizer_tensors("opt_d", stepper.opt_d)
-            tensors.update(t_d)
         tensors["rng.torch"] = torch_rng.get_state()
         state = {
-            "step": step, "seconds": seconds_before + time.perf_counter() - t0,
+            "step": at, "seconds": seconds,
             "config": _config_json(config), "architecture": net.architecture, "arch_kwargs": net.arch_kwargs,
             "parent": net.parent, "ndim": net.ndim, "data": data_fp, "best_val": best_val,
             "best_step": best_step, "initial_val": initial_val, "final_val": final_val,
             "history": [asdict(e) for e in history], "rng": rng.bit_generator.state,
-            "opt_g_extra": extra_g, "opt_d_extra": extra_d,
+            **extra,
             "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        ckpt_path = _save_checkpoint(folder, tensors, state)
+        ckpt_path = save_checkpoint(folder, tensors, state)
 
-    def event(val: float | None) -> TrainEvent:
-        nonlocal sums, n_sum
-        means = {k: v / n_sum for k, v in sums.items()} if n_sum else {}
-        ev = TrainEvent(step=step, steps=int(config.steps), seconds=seconds_before + time.perf_counter() - t0,
+    def event(at: int, seconds: float, means: dict, val: float | None) -> TrainEvent:
+        ev = TrainEvent(step=at, steps=int(config.steps), seconds=seconds,
                         train_loss=means.get("content", float("nan")), val_loss=val, best_val=best_val,
-                        losses=means)
-        sums, n_sum = {}, 0
+                        losses=dict(means))
         history.append(ev)
         return ev
 
-    def after_validation(val: float) -> None:
+    def after_validation(at: int, val: float) -> None:
         nonlocal best_val, best_step, best_state, final_val, last_val_step
-        final_val, last_val_step = val, step
+        final_val, last_val_step = val, at
         if best_val is None or val < best_val:
-            best_val, best_step, best_state = val, step, _cpu_state(g)
+            best_val, best_step, best_state = val, at, cpu_state(g)
 
-    rate = rampdown_factor(int(config.steps), float(config.rampdown))
+    loop = LoopConfig(steps=int(config.steps), rampdown=float(config.rampdown), log_every=int(config.log_every),
+                      val_every=int(config.val_every), checkpoint_every=int(config.val_every),
+                      preview_every=int(config.preview_every) if preview is not None else 0)
     optimizers = [opt for opt in (stepper.opt_g, stepper.opt_d) if opt is not None]
-    base_lr = [[group["lr"] for group in opt.param_groups] for opt in optimizers]
-    while step < config.steps:
-        if cancel is not None and cancel():
-            cancelled = True
-            break
-        for opt, lrs in zip(optimizers, base_lr):
-            for group, lr0 in zip(opt.param_groups, lrs):
-                group["lr"] = lr0 * rate(step)
-        try:
-            losses = stepper(lambda: patches.batch(rng))
-        except ValueError as exc:
-            raise ValueError(f"training stopped at step {step + 1}: {exc}") from None
-        except (RuntimeError, MemoryError) as exc:
-            if not is_out_of_memory(exc):
-                raise
-            raise MemoryError(f"out of memory at training step {step + 1} (batch {config.batch}, patch "
-                              f"{config.patch}); lower batch or patch") from None
-        step += 1
-        n_sum += 1
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v
-        is_val = step % config.val_every == 0 or step == config.steps
-        is_log = is_val or (config.log_every and step % config.log_every == 0)
-        ev = None
-        if is_val:
-            after_validation(validate())
-            ev = event(final_val)
-            checkpoint()
-        elif is_log:
-            ev = event(None)
-        if ev is not None and progress is not None:
-            progress(ev)
-        if preview is not None and config.preview_every and step % config.preview_every == 0:
+    pending: TrainEvent | None = None  # the event of a validation step, reported after its checkpoint
+    cancelled = False
+    unreported: dict[str, float] = {}  # loss sums of the steps since the last report
+    n_unreported = 0
+    for ev in iter_train(lambda: stepper(lambda: patches.batch(rng)), loop, optimizers=optimizers, start=step,
+                         seconds_before=seconds_before, validate=validate, cancel=cancel,
+                         describe=lambda: f"batch {config.batch}, patch {config.patch}"):
+        if isinstance(ev, Step):
+            step = ev.step
+            for k, v in ev.losses.items():
+                unreported[k] = unreported.get(k, 0.0) + v
+            n_unreported += 1
+        elif isinstance(ev, Validation):
+            after_validation(ev.step, ev.value)
+        elif isinstance(ev, Losses):
+            unreported, n_unreported = {}, 0
+            pending = event(ev.step, ev.seconds, ev.means, ev.validation)
+            if ev.validation is None:
+                if progress is not None:
+                    progress(pending)
+                pending = None
+        elif isinstance(ev, Checkpoint):
+            if pending is None and ev.step > last_val_step:  # an early stop: validate its last weights
+                after_validation(ev.step, validate())
+                means = {k: v / n_unreported for k, v in unreported.items()}
+                pending = event(ev.step, ev.seconds, means, final_val)
+            checkpoint(ev.step, ev.seconds)
+            if pending is not None and progress is not None:
+                progress(pending)
+            pending = None
+        elif isinstance(ev, Preview):
             snap = copy.deepcopy(g).eval().to(memory_format=torch.contiguous_format)
             for prm in snap.parameters():
                 prm.requires_grad_(False)
             with torch.no_grad():
                 preview(snap)
-    if cancelled and step > last_val_step:
-        after_validation(validate())
-        ev = event(final_val)
-        checkpoint()
-        if progress is not None:
-            progress(ev)
+        elif isinstance(ev, Done):
+            cancelled = ev.reason == "cancelled"
+            elapsed = ev.seconds
     if ckpt_path is None and resume:  # nothing new to write: the checkpoint resumed from stands
         ckpt_path = folder / f"{CHECKPOINT_NAME}.safetensors"
 
@@ -1340,22 +1008,12 @@ def fine_tune(
     result_module.eval()
     return FineTuneResult(
         module=result_module, ndim=net.ndim, architecture=net.architecture, arch_kwargs=dict(net.arch_kwargs),
-        parent=net.parent, steps_done=step, seconds=seconds_before + time.perf_counter() - t0,
+        parent=net.parent, steps_done=step, seconds=elapsed,
         cancelled=cancelled, best_val=best_val, history=history, checkpoint=ckpt_path, config=config,
         initial_val=initial_val, final_val=final_val, best_step=best_step, data_shape=plan.shape,
         parent_card={k: v for k, v in net.card.items() if not str(k).startswith("_")},
         skipped_steps=stepper.skipped,
     )
-
-
-class _CheckpointMismatch(ValueError):
-    """A readable checkpoint of another run (other data, network or settings)."""
-
-
-def _finite_number(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{what} is {value!r}, not a finite number")
-    return float(value)
 
 
 def _check_state(state: dict) -> None:
@@ -1370,10 +1028,10 @@ def _check_state(state: dict) -> None:
     step = state["step"]
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= planned:
         raise ValueError(f"step is {step!r}, not a step count from 0 to the {planned} steps planned")
-    if _finite_number(state["seconds"], "seconds") < 0:
+    if finite_number(state["seconds"], "seconds") < 0:
         raise ValueError(f"seconds is {state['seconds']!r}, negative")
     for key in ("best_val", "initial_val", "final_val"):
-        _finite_number(state[key], key)
+        finite_number(state[key], key)
     best_step = state["best_step"]
     if isinstance(best_step, bool) or not isinstance(best_step, int) or not 0 <= best_step <= step:
         raise ValueError(f"best_step is {best_step!r}, not a step from 0 to {step}")
@@ -1381,182 +1039,27 @@ def _check_state(state: dict) -> None:
         raise ValueError("history is not a list of records")
 
 
-def _check_finite_weights(weights: dict[str, torch.Tensor], what: str) -> None:
-    """Raise ValueError when a floating-point tensor of `weights` holds NaN or Inf."""
-    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ValueError(f"{what} hold NaN or Inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
-
-
 def _check_resume(state: dict, config: FineTuneConfig, net: _Net, data_fp: dict, folder: Path) -> None:
     """Refuse a checkpoint made with other data, another network or other settings
-    (:class:`_CheckpointMismatch`)."""
+    (:class:`CheckpointMismatch`)."""
     where = f"the checkpoint in {folder}"
     if (state.get("architecture"), state.get("arch_kwargs"), state.get("parent")) != (
         net.architecture, net.arch_kwargs, net.parent
     ):
-        raise _CheckpointMismatch(f"{where} is of {state.get('parent') or state.get('architecture')} "
+        raise CheckpointMismatch(f"{where} is of {state.get('parent') or state.get('architecture')} "
                          f"({state.get('architecture')} {state.get('arch_kwargs')}), not of "
                          f"{net.parent or net.architecture}; resume with the same model")
     old = state.get("data", {})
     if (old.get("shape") != data_fp["shape"] or old.get("target") != data_fp["target"]
             or not math.isclose(old.get("center", math.nan), data_fp["center"], rel_tol=1e-9, abs_tol=1e-12)
             or not math.isclose(old.get("scale", math.nan), data_fp["scale"], rel_tol=1e-9)):
-        raise _CheckpointMismatch(f"{where} was made with other data (shape {old.get('shape')}); resume with the same data")
+        raise CheckpointMismatch(f"{where} was made with other data (shape {old.get('shape')}); resume with the same data")
     now = _config_json(config)
     old = {**_LEGACY_SETTINGS, **state["config"]}
     diff = [f.name for f in fields(FineTuneConfig)
             if f.name not in _RESUMABLE_CHANGES and old.get(f.name) != now[f.name]]
     if diff:
         pairs = ", ".join(f"{k} {old.get(k)!r} -> {now[k]!r}" for k in diff)
-        raise _CheckpointMismatch(f"{where} was made with other settings ({pairs}); resume with the same settings")
+        raise CheckpointMismatch(f"{where} was made with other settings ({pairs}); resume with the same settings")
 
 
-# --------------------------------------------------------------------------------------------
-# Saving
-
-
-def check_model_name(name: str, *, folder: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
-    """Check a name for :func:`save_finetuned` before training; return the card path it would get.
-
-    Raises
-    ------
-    ValueError
-        If `name` is not 1-100 characters of letters, digits, ``.``, ``_`` and ``-`` starting with
-        a letter or digit, is the name of a built-in model, or names an existing model in
-        `folder` (default: :func:`~napari_cryoden.models.user_model_dir`) and `overwrite` is
-        False.
-    """
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise ValueError(f"model name must be 1-100 letters, digits, '.', '_' or '-', starting with a letter "
-                         f"or digit; got {name!r}")
-    if (builtin_model_dir() / f"{name}.json").exists():
-        raise ValueError(f"{name!r} is the name of a built-in model; choose another name")
-    folder = Path(folder) if folder is not None else user_model_dir()
-    card = folder / f"{name}.json"
-    if not overwrite and (card.exists() or card.with_suffix(".safetensors").exists()):
-        raise ValueError(f"a model named {name!r} exists in {folder}; choose another name or overwrite it")
-    return card
-
-
-_RESERVED_CARD_KEYS = {"name", "architecture", "arch_kwargs", "sha256", "weights", "normalization", "ndim", "training"}
-
-
-
-def _default_overlap(architecture: str) -> int | None:
-    """The per-side overlap written into the card of a model trained from scratch: at least the
-    one-sided receptive field of one output voxel (the registry's ``default_overlap``)."""
-    spec = ARCHITECTURES.get(architecture)
-    return spec.default_overlap if spec is not None else None
-
-
-def save_finetuned(
-    result: FineTuneResult,
-    name: str,
-    *,
-    folder: str | os.PathLike | None = None,
-    card_extra: dict | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Save a fine-tuned network as a registry model ``<name>.safetensors`` + ``<name>.json``.
-
-    The card records the architecture, the parent model, the normalisation (that of inference,
-    :data:`~napari_cryoden.models.NORMALIZATION`), the voxel size (from `card_extra`, else the
-    parent's), the per-side tile overlap (the parent's, else the architecture's
-    :attr:`~napari_cryoden.models.registry.ArchSpec.default_overlap`, else none:
-    the engine measures the receptive field), and under
-    ``training`` the mode, losses, steps, patch, batch, learning rate, seed, validation slab,
-    initial/best/final validation loss, seconds, data shape, torch version and date.
-
-    Parameters
-    ----------
-    result : FineTuneResult
-    name : str
-        See :func:`check_model_name`.
-    folder : str or Path, optional
-        Default: :func:`~napari_cryoden.models.user_model_dir` (``$CRYODEN_USER_MODELS`` if set),
-        where :func:`~napari_cryoden.models.available_models` finds it.
-    card_extra : dict, optional
-        JSON-serialisable entries added to the card, e.g. ``voxel_size_A`` (a number, Å/voxel of
-        the training data in Y/X), ``description``, ``data`` (file names). May not replace
-        name, architecture, arch_kwargs, sha256, weights, normalization, ndim or training.
-    overwrite : bool, default=False
-        Replace an existing user model of that name (never a built-in one).
-
-    Returns
-    -------
-    Path
-        The ``.safetensors`` file.
-
-    Raises
-    ------
-    ValueError
-        For a bad or taken name, reserved or non-serialisable `card_extra` entries, a voxel
-        size that is not a positive number, or weights holding NaN or Inf.
-    """
-    card_path = check_model_name(name, folder=folder, overwrite=overwrite)
-    _check_finite_weights(result.module.state_dict(), f"the weights of {name!r}")
-    extra = dict(card_extra or {})
-    reserved = sorted(set(extra) & _RESERVED_CARD_KEYS)
-    if reserved:
-        raise ValueError(f"card_extra may not set {', '.join(reserved)}")
-    try:
-        json.dumps(extra, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"card_extra must be JSON-serialisable: {exc}") from None
-    parent_card = result.parent_card or {}
-    voxel = extra.pop("voxel_size_A", parent_card.get("voxel_size_A"))
-    if voxel is not None and (isinstance(voxel, bool) or not isinstance(voxel, (int, float)) or not voxel > 0):
-        raise ValueError(f"voxel_size_A must be a positive number (Å/voxel), got {voxel!r}")
-    cfg = result.config
-    mode = cfg.mode if cfg else None
-    how = {"n2n": "Noise2Noise on even/odd halves", "n2v": "Noise2Void", "supervised": "supervised noisy->clean"}.get(
-        mode, "fine-tuning")
-    if cfg and cfg.adversarial != "none":
-        how += f" with {cfg.adversarial.upper() if cfg.adversarial == 'gan' else 'WGAN-GP'}"
-    origin = f"fine-tuned from {result.parent}" if result.parent else "trained from scratch"
-    training = {
-        "mode": mode,
-        "loss": cfg.loss if cfg else None,
-        "adversarial": cfg.adversarial if cfg else None,
-        "steps": result.steps_done,
-        "steps_planned": cfg.steps if cfg else None,
-        "cancelled": result.cancelled,
-        "patch": cfg.patch if cfg else None,
-        "batch": cfg.batch if cfg else None,
-        "lr": cfg.lr if cfg else None,
-        "rampdown": cfg.rampdown if cfg else None,
-        "max_grad_norm": cfg.max_grad_norm if cfg else None,
-        "seed": cfg.seed if cfg else None,
-        "augment": cfg.augment if cfg else None,
-        "val_slab": list(cfg.val_slab) if cfg and cfg.val_slab else None,
-        "val_axis": cfg.val_axis if cfg else None,
-        "val_loss_initial": result.initial_val,
-        "val_loss_best": result.best_val,
-        "val_loss_final": result.final_val,
-        "best_step": result.best_step,
-        "seconds": round(float(result.seconds), 1),
-        "data_shape": list(result.data_shape),
-        "torch": torch.__version__,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if mode == "n2v" and cfg:
-        training["n2v_fraction"], training["n2v_radius"] = cfg.n2v_fraction, cfg.n2v_radius
-        training["n2v_blind"], training["n2v_mask"] = cfg.n2v_blind, cfg.n2v_mask
-    card = {
-        "description": extra.pop("description", f"{result.architecture} {origin} ({how})"),
-        "architecture": result.architecture,
-        "arch_kwargs": dict(result.arch_kwargs),
-        "ndim": result.ndim,
-        "voxel_size_A": voxel,
-        "normalization": NORMALIZATION,
-        "overlap": extra.pop("overlap", parent_card.get("overlap", _default_overlap(result.architecture))),
-        "parent": result.parent,
-        "training": training,
-        **extra,
-    }
-    if card["overlap"] is None:  # the engine then measures the receptive field itself
-        del card["overlap"]
-    folder_path = card_path.parent
-    save_model(result.module, folder_path, name, card)
-    return card_path.with_suffix(".safetensors")

@@ -40,7 +40,6 @@ References
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -49,8 +48,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..device import autocast_dtype, resolve_device, resolve_precision
+from .loop import Done, LoopConfig, Losses, iter_train, rampdown_factor
 
-__all__ = ["LOSSES", "MODES", "SupervisedStep", "TrainConfig", "TrainResult", "content_loss", "rampdown_factor",
+__all__ = ["LOSSES", "MODES", "SupervisedStep", "TrainConfig", "TrainResult", "content_loss", "rampdown_factor", "supervised_stepper",
            "train"]
 
 #: Training modes of :func:`train` / :class:`SupervisedStep`.
@@ -117,28 +117,6 @@ class TrainConfig:
     betas: tuple[float, float] | None = None
     weight_clip: float | None = None
     rampdown: float = 0.0
-
-
-def rampdown_factor(steps: int, fraction: float) -> Callable[[int], float]:
-    """Learning-rate multiplier after `done` of `steps` updates: 1, then a half cosine to 0.
-
-    The ramp-down covers the last ``round(fraction * steps)`` updates, as in Noise2Noise
-    (Lehtinen et al. 2018, appendix A.1). For :class:`torch.optim.lr_scheduler.LambdaLR`.
-
-    Raises
-    ------
-    ValueError
-        If `fraction` is outside [0, 1].
-    """
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"rampdown must be a fraction in [0, 1], got {fraction}")
-    ramp = int(round(fraction * steps))
-
-    def factor(done: int) -> float:
-        into = done - (steps - ramp)
-        return 1.0 if ramp == 0 or into <= 0 else 0.5 * (1.0 + math.cos(math.pi * min(into / ramp, 1.0)))
-
-    return factor
 
 
 @dataclass
@@ -458,6 +436,27 @@ class SupervisedStep:
             self.discriminator.eval()
 
 
+def supervised_stepper(generator: nn.Module, config: TrainConfig, *,
+                       discriminator: nn.Module | None = None) -> SupervisedStep:
+    """The :class:`SupervisedStep` that :func:`train` runs for `config`, after seeding torch with ``config.seed``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`train`, for bad settings.
+    """
+    if config.mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {config.mode!r}")
+    torch.manual_seed(config.seed)
+    dev = resolve_device(config.device)
+    prec = resolve_precision(config.precision, dev)
+    return SupervisedStep(
+        generator, mode=config.mode, loss=config.loss, discriminator=discriminator, lr=config.lr,
+        lr_d=config.lr_d, betas=config.betas, l1_weight=config.l1_weight, n_critic=config.n_critic,
+        gp_weight=config.gp_weight, weight_clip=config.weight_clip, device=dev, precision=prec,
+    )
+
+
 def train(
     generator: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -499,42 +498,18 @@ def train(
         with batch normalisation, or a non-finite loss (the data holds NaN/Inf or training
         diverged).
     """
-    if config.mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {config.mode!r}")
-    torch.manual_seed(config.seed)
-    dev = resolve_device(config.device)
-    prec = resolve_precision(config.precision, dev)
-    stepper = SupervisedStep(
-        generator, mode=config.mode, loss=config.loss, discriminator=discriminator, lr=config.lr,
-        lr_d=config.lr_d, betas=config.betas, l1_weight=config.l1_weight, n_critic=config.n_critic,
-        gp_weight=config.gp_weight, weight_clip=config.weight_clip, device=dev, precision=prec,
-    )
-    factor = rampdown_factor(config.steps, config.rampdown)
-    scheds = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in (stepper.opt_g, stepper.opt_d) if opt]
+    stepper = supervised_stepper(generator, config, discriminator=discriminator)
+    loop = LoopConfig(steps=config.steps, rampdown=config.rampdown, log_every=config.log_every)
     result = TrainResult()
-    sums: dict[str, float] = {}
-    t0 = time.perf_counter()
     it = iter(batches)
-    for step in range(1, config.steps + 1):
-        if cancel is not None and cancel():
-            result.cancelled = True
-            break
-        try:
-            losses = stepper(lambda: next(it))
-        except ValueError as exc:
-            raise ValueError(f"training stopped at step {step}: {exc}") from None
-        for sched in scheds:
-            sched.step()
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v
-        result.steps_done = step
-        if step % config.log_every == 0 or step == config.steps:
-            n = config.log_every if step % config.log_every == 0 else step % config.log_every
-            entry = {"step": step, "seconds": time.perf_counter() - t0, **{k: v / n for k, v in sums.items()}}
+    optimizers = [opt for opt in (stepper.opt_g, stepper.opt_d) if opt]
+    for ev in iter_train(lambda: stepper(lambda: next(it)), loop, optimizers=optimizers, cancel=cancel):
+        if isinstance(ev, Losses):
+            entry = {"step": ev.step, "seconds": ev.seconds, **ev.means}
             result.history.append(entry)
-            sums = {}
             if progress is not None:
-                progress(step, config.steps, entry)
-    result.seconds = time.perf_counter() - t0
+                progress(ev.step, config.steps, entry)
+        elif isinstance(ev, Done):
+            result.steps_done, result.seconds, result.cancelled = ev.step, ev.seconds, ev.reason == "cancelled"
     stepper.finish()
     return result

@@ -2,7 +2,7 @@
 
 Each recipe is fixed: data, split, network, losses, steps and seed. Run one with::
 
-    python -m napari_cryoden.training.recipes upsampleunet48-gan \
+    python -m napari_cryoden.recipes upsampleunet48-gan \
         --maps ../shared/data/maps_10A --out models
 
 It writes ``<name>.safetensors`` and the model card ``<name>.json`` (architecture, voxel size,
@@ -14,7 +14,7 @@ frame sums of micrographs simulated on the fly at 5 Å/pixel (:func:`train_micro
 scores it on a fixed held-out set of micrographs against an oracle best-σ Gaussian filter and
 BM3D (:func:`evaluate_micrographs`)::
 
-    python -m napari_cryoden.training.recipes n2n-unet-2d --maps ../shared/data/maps_5A --out models
+    python -m napari_cryoden.recipes n2n-unet-2d --maps ../shared/data/maps_5A --out models
 
 References
 ----------
@@ -40,21 +40,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..device import hardware_name
-from ..evaluation.baselines import GAUSSIAN_SIGMAS
-from ..evaluation.experiments import (
-    HELD_OUT, REALISTIC_SET, half_sum_noise_std, micrograph_held_out_set, realistic_held_out_set,
-)
-from ..metrics import image_metrics, summarize
-from ..models import NORMALIZATION, LoadedModel, Pix2PixDiscriminator, SimpleDiscriminator, build, save_model
-from ..simulate import load_particle_maps, thesis_pair
-from .data import MixedStream, RealisticStream, ThesisStream, parallel_stream
-from .supervised import TrainConfig, rampdown_factor, train
+from .device import hardware_name
+from .evaluation.experiments import HELD_OUT, REALISTIC_SET, micrograph_held_out_set, realistic_held_out_set
+from .evaluation.held_out import evaluate_held_out, evaluate_micrographs, held_out_set
+from .metrics import image_metrics
+from .models import NORMALIZATION, LoadedModel, Pix2PixDiscriminator, SimpleDiscriminator, build, save_model
+from .simulate import load_particle_maps
+from .training.data import MicrographPairs, MixedStream, RealisticStream, ThesisStream, parallel_stream
+from .training.loop import Checkpoint, Done, LoopConfig, Losses, iter_train
+from .training.supervised import TrainConfig, TrainResult, supervised_stepper
 
-__all__ = [
-    "GAUSSIAN_SIGMAS", "HELD_OUT", "RECIPES", "evaluate_held_out", "evaluate_micrographs", "micrograph_held_out_set",
-    "recipe_stream", "run_recipe", "save_recipe_model", "train_micrograph_n2n",
-]
+__all__ = ["RECIPES", "main", "recipe_stream", "run_recipe", "save_recipe_model", "train_micrograph_n2n"]
 
 #: The thesis training stream (van Gijn 2019, sec. 3.1) shared by the 3D recipes.
 _THESIS_STREAM = {"p_single": 0.3, "max_particles": 40, "snr_range": [0.1, 2.0], "tilt_range": [50.0, 70.0]}
@@ -176,34 +172,6 @@ RECIPES = {
     },
 }
 
-def held_out_set(maps: dict[str, np.ndarray], *, n: int = 40, seed: int = 12345, box: int = 64):
-    """The fixed held-out test set: half single centred particles, half 10-40 particles.
-
-    Made only from :data:`HELD_OUT` proteins, SNR 0.5 and a ±60° missing wedge.
-    """
-    parts = [maps[k] for k in HELD_OUT if k in maps]
-    if not parts:
-        raise ValueError(f"none of the held-out particles {HELD_OUT} is in the maps folder")
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        k = 1 if i < n // 2 else int(rng.integers(10, 41))
-        out.append(thesis_pair(parts, rng, box=box, n_particles=k, snr=0.5, tilt_max_deg=60.0))
-    return out
-
-
-def evaluate_held_out(model: LoadedModel, pairs, *, precision: str = "fp32") -> dict:
-    """Median (5th, 50th, 95th percentiles) of SSIM/PSNR/MSE/NRMSE for input and output."""
-    from ..inference import denoise
-
-    noisy_rows, out_rows = [], []
-    for noisy, clean in pairs:
-        den = denoise(noisy, model, device="cpu", precision=precision)
-        noisy_rows.append(image_metrics(noisy, clean))
-        out_rows.append(image_metrics(den, clean))
-    return {"input": summarize(noisy_rows), "denoised": summarize(out_rows), "n_volumes": len(pairs)}
-
-
 def recipe_stream(r: dict, maps: dict[str, np.ndarray], train_names: list[str], rng: np.random.Generator):
     """The training stream of 3D recipe `r` (an entry of :data:`RECIPES`).
 
@@ -273,8 +241,116 @@ def _realistic_text(r: dict) -> str:
     )
 
 
+#: Format tag of a recipe run's checkpoint (``--workdir``).
+RECIPE_CHECKPOINT_FORMAT = "napari-cryoden recipe checkpoint 1"
+#: Steps between the checkpoints of a run with a work folder (and one when a window ends).
+CHECKPOINT_EVERY = 500
+
+
+def window_seed(seed: int, start: int) -> int:
+    """The data seed of a window of training that starts after `start` steps.
+
+    The first window (``start == 0``) uses the recipe's seed itself, so an uninterrupted run
+    draws the batches the shipped models were trained on. A resumed window cannot restore the
+    state of a stream that simulates volumes ahead of the batches it serves, so its stream is
+    seeded anew from ``SeedSequence([seed, start])``: equally distributed batches, the same ones
+    for the same window boundaries.
+    """
+    if start == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(start)]).generate_state(1)[0])
+
+
+class RecipeSession:
+    """The state of a recipe run on disk, for runs split into windows of wall-clock time.
+
+    Without a work folder it only counts time (nothing is written). With one, every
+    :class:`~napari_cryoden.training.loop.Checkpoint` writes ``checkpoint.safetensors`` (the
+    generator, the discriminator, both Adam states and torch's random state; under 16 MiB for
+    the 3D recipes) and ``checkpoint.json``, atomically, through
+    :mod:`~napari_cryoden.training.checkpoint`. The state records the recipe, the steps planned
+    and done, the training seconds and one entry per window (steps, seconds, device, hardware),
+    which the model card copies.
+
+    Parameters
+    ----------
+    name : str
+        The recipe.
+    steps : int
+        Steps planned in all.
+    workdir : path-like, optional
+    resume : bool
+        Continue the checkpoint in `workdir` (same recipe and steps).
+
+    Raises
+    ------
+    ValueError
+        For a resume without a work folder or checkpoint, a work folder that already holds a
+        checkpoint without `resume`, or a checkpoint of another recipe or step count.
+    """
+
+    def __init__(self, name: str, steps: int, workdir: str | Path | None, *, resume: bool):
+        from .training.checkpoint import check_workdir
+
+        self.name, self.steps = name, int(steps)
+        self.folder = check_workdir(workdir, resume, overwrite=False)
+        self.resume = resume
+        self.windows: list[dict] = []
+        self.history: list[dict] = []
+        self.start, self.seconds_before = 0, 0.0
+        self.device = "cpu"
+
+    def restore(self, stepper) -> None:
+        """Load the checkpoint into `stepper` (weights, optimizers, torch's random state) when resuming."""
+        from .training.checkpoint import load_checkpoint, restore_optimizer, sub_state
+
+        self.device = str(stepper.dev)
+        if not self.resume:
+            return
+        tensors, state = load_checkpoint(self.folder, fmt=RECIPE_CHECKPOINT_FORMAT)
+        if state.get("recipe") != self.name or state.get("steps") != self.steps:
+            raise ValueError(f"the checkpoint in {self.folder} is of {state.get('recipe')} for {state.get('steps')} "
+                             f"steps, not {self.name} for {self.steps}; resume with the same recipe and --steps")
+        try:
+            stepper.generator.load_state_dict(sub_state(tensors, "model"))
+            restore_optimizer("opt_g", stepper.opt_g, tensors, state["opt_g_extra"])
+            if stepper.discriminator is not None:
+                stepper.discriminator.load_state_dict(sub_state(tensors, "disc"))
+                restore_optimizer("opt_d", stepper.opt_d, tensors, state["opt_d_extra"])
+            torch.set_rng_state(tensors["rng.torch"])
+            self.start, self.seconds_before = int(state["step"]), float(state["seconds"])
+            self.windows, self.history = list(state["windows"]), list(state["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            text = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__
+            raise ValueError(f"checkpoint unreadable: {self.folder}: {text}") from None
+        if not 0 <= self.start <= self.steps:
+            raise ValueError(f"checkpoint unreadable: {self.folder}: step {self.start} of {self.steps}")
+
+    def window(self, step: int, seconds: float, workers: int) -> dict:
+        """This window's record after `step` steps and `seconds` of training in all."""
+        from .device import hardware_name
+
+        return {"steps": [self.start, int(step)], "seconds": round(seconds - self.seconds_before, 1),
+                "device": self.device, "hardware": hardware_name(torch.device(self.device)), "workers": workers,
+                "torch": torch.__version__}
+
+    def save(self, stepper, step: int, seconds: float, workers: int) -> Path | None:
+        """Write the checkpoint of `step` (nothing without a work folder)."""
+        from .training.checkpoint import save_checkpoint, stepper_tensors
+
+        if self.folder is None:
+            return None
+        tensors, extra = stepper_tensors(stepper)
+        tensors["rng.torch"] = torch.get_rng_state()
+        state = {"recipe": self.name, "steps": self.steps, "step": int(step), "seconds": float(seconds),
+                 "windows": self.windows + [self.window(step, seconds, workers)], "history": self.history, **extra}
+        return save_checkpoint(self.folder, tensors, state, fmt=RECIPE_CHECKPOINT_FORMAT)
+
+
 def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: int | None = None, log=print,
-               overrides: dict | None = None, bm3d: bool | None = None, workers: int = 0) -> Path:
+               overrides: dict | None = None, bm3d: bool | None = None, workers: int = 0, device: str = "auto",
+               minutes: float | None = None, workdir: str | Path | None = None,
+               resume: bool = False) -> Path | None:
     """Train recipe `name` on the maps in `maps_dir` and write the model into `out_dir`.
 
     Parameters
@@ -295,61 +371,110 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
         2D recipes only: score BM3D on the held-out set (default: when ``bm3d`` is installed).
     workers : int, default=0
         3D recipes only: make the training batches in this many worker processes
-        (:func:`~.data.parallel_stream`, each with its own seed derived from the recipe's).
+        (:func:`~napari_cryoden.training.data.parallel_stream`, each with its own seed derived from the recipe's).
         0 makes them on the training thread, as the shipped models were trained; other values
         draw other (equally distributed) batches, so the weights differ from a ``workers=0`` run.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+        Where to train (bf16 autocast where the device has it).
+    minutes : float, optional
+        3D recipes: wall-clock budget of this window of training; when it is spent, the state
+        is checkpointed into `workdir` and None is returned (continue with ``resume=True``).
+    workdir : path-like, optional
+        3D recipes: folder of the run's checkpoint (every :data:`CHECKPOINT_EVERY` steps and at
+        the end of a window); needed with `minutes`.
+    resume : bool, default=False
+        Continue the checkpoint in `workdir`, on this or another machine; the batches of each
+        window come from a stream seeded by :func:`window_seed`.
 
     Returns
     -------
-    Path
-        The model card ``<out_dir>/<name>.json``.
+    Path or None
+        The model card ``<out_dir>/<name>.json``; None when the time budget ended the window
+        before the last step.
+
+    Raises
+    ------
+    ValueError
+        For bad options (see :class:`RecipeSession`), or when training diverges.
     """
     r = RECIPES[name]
+    if minutes is not None and workdir is None:
+        raise ValueError("a time budget (minutes) needs a work folder for the checkpoint (workdir)")
+    if minutes is not None and not (isinstance(minutes, (int, float)) and 0 < minutes < float("inf")):
+        raise ValueError(f"minutes must be a positive number, got {minutes!r}")
     if r.get("ndim", 3) == 2:
         if workers:
             raise ValueError("workers are for 3D recipes only")
+        if minutes is not None or workdir is not None or resume:
+            raise ValueError("time-boxed windows (minutes, workdir, resume) are for 3D recipes only")
         r = _deep_update(r, overrides or {})
-        return _run_recipe_2d(name, r, maps_dir, out_dir, steps=steps, log=log, overrides=overrides, bm3d=bm3d)
+        return _run_recipe_2d(name, r, maps_dir, out_dir, steps=steps, log=log, overrides=overrides, bm3d=bm3d,
+                              device=device)
     if overrides:
         raise ValueError("overrides are for 2D recipes only")
     steps = r["steps"] if steps is None else steps
+    session = RecipeSession(name, steps, workdir, resume=resume)
     maps = load_particle_maps(maps_dir)
     train_names = sorted(k for k in maps if k not in HELD_OUT)
     torch.manual_seed(r["seed"])
-    stream = parallel_stream(recipe_stream, r, maps, train_names, seed=r["seed"], workers=workers)
     gen = build(r["architecture"], **r["arch_kwargs"])
     disc = _discriminator(r)
     betas = tuple(r.get("betas", (0.5, 0.999)))
     cfg = TrainConfig(steps=steps, mode=r["mode"], loss=r.get("loss", "l1"), lr=r["lr"], lr_d=r["lr"], betas=betas,
                       l1_weight=r.get("l1_weight", 100.0), n_critic=r.get("n_critic", 5),
-                      gp_weight=r.get("gp_weight", 10.0), rampdown=r.get("rampdown", 0.0), seed=r["seed"], log_every=20)
-    t0 = time.time()
-
-    def progress(step, total, entry):
-        log(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in entry.items()}), flush=True)
-
-    result = train(gen, stream, cfg, discriminator=disc, progress=progress)
-    train_seconds = time.time() - t0
-    return save_recipe_model(name, gen, result, maps, out_dir, train_seconds=train_seconds, steps=steps, log=log,
+                      gp_weight=r.get("gp_weight", 10.0), rampdown=r.get("rampdown", 0.0), seed=r["seed"],
+                      log_every=20, device=device)
+    stepper = supervised_stepper(gen, cfg, discriminator=disc)
+    session.restore(stepper)
+    stream = parallel_stream(recipe_stream, r, maps, train_names, seed=window_seed(r["seed"], session.start),
                              workers=workers)
+    batches = iter(stream)
+    loop = LoopConfig(steps=steps, rampdown=cfg.rampdown, log_every=cfg.log_every,
+                      checkpoint_every=CHECKPOINT_EVERY if session.folder is not None else 0,
+                      seconds=None if minutes is None else 60.0 * minutes)
+    optimizers = [opt for opt in (stepper.opt_g, stepper.opt_d) if opt is not None]
+    done = None
+    for ev in iter_train(lambda: stepper(lambda: next(batches)), loop, optimizers=optimizers, start=session.start,
+                         seconds_before=session.seconds_before,
+                         describe=lambda: f"batch {r['batch_size']}, patch {r['patch']}"):
+        if isinstance(ev, Losses):
+            entry = {"step": ev.step, "seconds": ev.seconds, **ev.means}
+            session.history.append(entry)
+            log(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in entry.items()}), flush=True)
+        elif isinstance(ev, Checkpoint):
+            session.save(stepper, ev.step, ev.seconds, workers)
+        elif isinstance(ev, Done):
+            done = ev
+    stepper.finish()
+    if done.reason == "budget":
+        log(f"stopped after {done.step} of {steps} steps at the {minutes:g}-minute budget; checkpoint in "
+            f"{session.folder}; continue with --resume", flush=True)
+        return None
+    result = TrainResult(steps_done=done.step, seconds=done.seconds, history=session.history)
+    windows = session.windows + [session.window(done.step, done.seconds, workers)]
+    return save_recipe_model(name, gen, result, maps, out_dir, train_seconds=done.seconds, steps=steps, log=log,
+                             workers=workers, windows=windows)
 
 
 def _train_command(name: str, steps: int, workers: int) -> str:
     """The command line that trains 3D recipe `name` for `steps` steps with `workers` data processes."""
-    return (f"python -m napari_cryoden.training.recipes {name} --maps ../shared/data/maps_10A --out models"
+    return (f"python -m napari_cryoden.recipes {name} --maps ../shared/data/maps_10A --out models"
             + (f" --steps {steps}" if steps != RECIPES[name]["steps"] else "")
             + (f" --workers {workers}" if workers else ""))
 
 
 def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, np.ndarray], out_dir: str | Path, *,
-                      train_seconds: float, steps: int, log=print, workers: int = 0) -> Path:
+                      train_seconds: float, steps: int, log=print, workers: int = 0,
+                      windows: list[dict] | None = None) -> Path:
     """Score a network trained by 3D recipe `name` on the held-out sets and save it with its card.
 
     The second half of :func:`run_recipe`. `result` is the :class:`~.supervised.TrainResult` of
     the run (its ``steps_done`` and last history entry go into the card), `maps` the particle maps
     it was trained from (all of them; the held-out proteins are left out of the card's training
     list), `steps` the steps the run was asked for and `workers` the processes that made its
-    batches (recorded in the card's command when not 0).
+    batches (recorded in the card's command when not 0). `windows` lists the sessions of
+    training (:meth:`RecipeSession.window`: steps, seconds, device, hardware); the card records
+    them, their total GPU seconds and the hardware (default: one CPU session).
 
     Returns
     -------
@@ -359,7 +484,8 @@ def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, n
     r = RECIPES[name]
     train_names = sorted(k for k in maps if k not in HELD_OUT)
     betas = tuple(r.get("betas", (0.5, 0.999)))
-    dev = torch.device("cpu")
+    windows = windows or [{"steps": [0, result.steps_done], "seconds": round(train_seconds, 1), "device": "cpu",
+                           "hardware": hardware_name(torch.device("cpu")), "workers": workers}]
     lm = LoadedModel.from_module(gen.eval(), name=name)
     lm.card["overlap"] = r["overlap"]  # the tiles of the shipped card (else: the measured receptive field)
     t1 = time.time()
@@ -397,7 +523,9 @@ def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, n
             "seed": r["seed"],
             "precision": "bf16 autocast" + (" (generator), fp32 (discriminator)" if r["mode"] != "ae" else ""),
             "seconds": round(train_seconds, 1),
-            "hardware": hardware_name(dev),
+            "gpu_seconds": round(sum(w["seconds"] for w in windows if w["device"].startswith("cuda")), 1),
+            "hardware": "; ".join(dict.fromkeys(w["hardware"] for w in windows)),
+            **({"windows": windows} if len(windows) > 1 or windows[0]["device"] != "cpu" else {}),
             "torch": torch.__version__,
             "final_losses": result.history[-1] if result.history else {},
         },
@@ -407,7 +535,7 @@ def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, n
             "metrics": scores,
             "evaluation_seconds": round(time.time() - t1, 1),
             "evaluation_precision": "auto (bf16 autocast where the CPU has it, as cryoden denoise)",
-            "command": f"python -m napari_cryoden.training.recipes {name} --evaluate-only --maps ../shared/data/maps_10A --out models",
+            "command": f"python -m napari_cryoden.recipes {name} --evaluate-only --maps ../shared/data/maps_10A --out models",
             **({"realistic_set": REALISTIC_SET,
                 "realistic_metrics": realistic_scores} if realistic_scores is not None else {}),
         },
@@ -441,99 +569,6 @@ def _check_maps_pixel_size(folder: str | Path, expected: float) -> None:
         return
 
 
-class _MicrographPairs:
-    """Endless Noise2Noise batches: patches of the even and odd frame sums of simulated micrographs.
-
-    Every `patches_per_micrograph` patches a new micrograph is simulated with
-    :func:`~napari_cryoden.simulate.simulate_micrograph`, its imaging parameters drawn from
-    `ranges` (uniform; the dose log-uniform). For each patch one half is drawn at random as the
-    input, the other is the target. Both are normalised with the robust statistics (median,
-    IQR / 1.349) of the whole *input half*, as :func:`~napari_cryoden.inference.denoise`
-    normalises the image it is given, so the network learns E[target] = the clean image in its
-    input's units. Augmentation: the same random rotation by a multiple of 90°, flip and contrast
-    sign for input and target (the 16 symmetries keep E[target | input] = clean).
-
-    With ``target="clean"`` the target is the noiseless image instead (supervised training, for
-    diagnostics that compare Noise2Noise with what clean targets would give; no recipe uses it).
-    """
-
-    def __init__(self, particles: dict[str, np.ndarray], rng: np.random.Generator, *, batch_size: int, patch: int,
-                 shape, patches_per_micrograph: int, density, defocus_um, dose_total, ice_thickness,
-                 n_frames: int, pixel_size: float, target: str = "half"):
-        if target not in ("half", "clean"):
-            raise ValueError(f"target must be 'half' or 'clean', got {target!r}")
-        shape = tuple(int(n) for n in shape)
-        if min(shape) < patch:
-            raise ValueError(f"patch {patch} does not fit in simulated micrographs of shape {shape}")
-        self.particles, self.rng = dict(particles), rng
-        self.batch_size, self.patch, self.shape = int(batch_size), int(patch), shape
-        self.per_micrograph, self.n_frames, self.pixel_size = int(patches_per_micrograph), int(n_frames), pixel_size
-        self.ranges = {"density": density, "defocus_um": defocus_um, "dose_total": dose_total,
-                       "ice_thickness": ice_thickness}
-        self.micrographs, self.simulation_seconds = 0, 0.0
-        self._halves: list[tuple[np.ndarray, float, float]] = []
-        self._clean: np.ndarray | None = None
-        self.target = target
-        self._left = 0
-
-    @classmethod
-    def from_recipe(cls, r: dict, particles: dict[str, np.ndarray], rng: np.random.Generator,
-                    target: str = "half") -> "_MicrographPairs":
-        """The stream a 2D recipe `r` (an entry of :data:`RECIPES`) trains on."""
-        m = r["micrographs"]
-        return cls(particles, rng, batch_size=r["batch_size"], patch=r["patch"], shape=m["shape"],
-                   patches_per_micrograph=m["patches_per_micrograph"], density=m["density"],
-                   defocus_um=m["defocus_um"], dose_total=m["dose_total"], ice_thickness=m["ice_thickness"],
-                   n_frames=m["n_frames"], pixel_size=r["pixel_size"], target=target)
-
-    def parameters(self) -> dict:
-        """Draw the imaging parameters of the next micrograph."""
-        rng = self.rng
-        kw = {k: float(rng.uniform(*r)) for k, r in self.ranges.items() if k != "dose_total"}
-        lo, hi = np.log(self.ranges["dose_total"])
-        kw["dose_total"] = float(np.exp(rng.uniform(lo, hi)))
-        kw["seed"] = int(rng.integers(2**31))
-        return kw
-
-    def _new_micrograph(self) -> None:
-        from ..inference.normalize import robust_stats
-        from ..simulate import simulate_micrograph
-
-        t0 = time.perf_counter()
-        sim = simulate_micrograph(self.shape, pixel_size=self.pixel_size, particles=self.particles,
-                                  n_frames=self.n_frames, **self.parameters())
-        self._halves = [(h, *robust_stats(h)) for h in (sim.even, sim.odd)]
-        self._clean = sim.clean if self.target == "clean" else None
-        self._left = self.per_micrograph
-        self.micrographs += 1
-        self.simulation_seconds += time.perf_counter() - t0
-
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._left <= 0:
-            self._new_micrograph()
-        self._left -= 1
-        rng, p = self.rng, self.patch
-        y0, x0 = (int(rng.integers(0, n - p + 1)) for n in self.shape)
-        first = int(rng.integers(2))
-        (src, center, scale), (tgt, _, _) = self._halves[first], self._halves[1 - first]
-        if self._clean is not None:
-            tgt = self._clean
-        x = (src[y0:y0 + p, x0:x0 + p] - np.float32(center)) / np.float32(scale)
-        y = (tgt[y0:y0 + p, x0:x0 + p] - np.float32(center)) / np.float32(scale)
-        k, flip, sign = int(rng.integers(4)), bool(rng.integers(2)), 1.0 if rng.random() < 0.5 else -1.0
-        out = []
-        for a in (x, y):
-            a = np.rot90(a, k)
-            a = a[:, ::-1] if flip else a
-            out.append(np.ascontiguousarray(sign * a, dtype=np.float32))
-        return out[0], out[1]
-
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [self.sample() for _ in range(self.batch_size)]
-        return (torch.from_numpy(np.stack([a for a, _ in pairs])[:, None]),
-                torch.from_numpy(np.stack([b for _, b in pairs])[:, None]))
-
-
 def train_micrograph_n2n(r: dict, particles: dict[str, np.ndarray], *, steps: int | None = None,
                          device: str = "auto", precision: str = "auto", log=print, monitor=None) -> dict:
     """Train a 2D network by Noise2Noise on simulated even/odd frame sums (recipe `r`).
@@ -561,12 +596,12 @@ def train_micrograph_n2n(r: dict, particles: dict[str, np.ndarray], *, steps: in
         (per logged step: mean loss, mean and largest gradient norm before clipping, learning
         rate, monitor results), ``device``, ``precision``.
     """
-    from ..device import resolve_device, resolve_precision
-    from .supervised import SupervisedStep
+    from .device import resolve_device, resolve_precision
+    from .training.supervised import SupervisedStep
 
     steps = int(r["steps"] if steps is None else steps)
     rng = np.random.default_rng(r["seed"])
-    stream = _MicrographPairs.from_recipe(r, particles, rng)
+    stream = MicrographPairs.from_recipe(r, particles, rng)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     with torch.random.fork_rng(devices=[]):
@@ -577,34 +612,35 @@ def train_micrograph_n2n(r: dict, particles: dict[str, np.ndarray], *, steps: in
     stepper = SupervisedStep(net, mode="ae", loss=r["loss"], lr=r["lr"], betas=tuple(r["betas"]), device=dev,
                              precision=prec, ndim=2, max_grad_norm=r.get("max_grad_norm"),
                              channels_last=dev.type == "cpu" and prec != "fp32" and r["patch"] // stride >= 4)
-    sched = torch.optim.lr_scheduler.LambdaLR(stepper.opt_g, rampdown_factor(steps, r.get("rampdown", 0.0)))
-    history, sums, norms = [], 0.0, []
-    log_every = max(1, min(50, steps))
+    norms: list[float] = []
     monitor_every = int(r.get("monitor_every", 0)) if monitor is not None else 0
     monitor_seconds = 0.0
-    t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-        try:
-            losses = stepper(stream.batch)
-        except ValueError as exc:
-            raise ValueError(f"training stopped at step {step}: {exc}") from None
-        sched.step()
-        sums += losses["content"]
+
+    def update() -> dict:
+        losses = stepper(stream.batch)
         norms.append(stepper.grad_norm)
-        watch = bool(monitor_every) and (step % monitor_every == 0 or step == steps)
-        if watch or step % log_every == 0 or step == steps:
-            entry = {"step": step, "seconds": time.perf_counter() - t0, "content": sums / len(norms),
+        return losses
+
+    def watch() -> dict:
+        nonlocal monitor_seconds
+        t = time.perf_counter()
+        out = monitor(_eval_copy(stepper.generator))
+        monitor_seconds += time.perf_counter() - t
+        return out
+
+    loop = LoopConfig(steps=steps, rampdown=r.get("rampdown", 0.0), log_every=max(1, min(50, steps)),
+                      val_every=monitor_every)
+    history = []
+    for ev in iter_train(update, loop, optimizers=[stepper.opt_g], validate=watch if monitor_every else None):
+        if isinstance(ev, Losses):
+            entry = {"step": ev.step, "seconds": ev.seconds, "content": ev.means["content"],
                      "grad_norm": float(np.mean(norms)), "grad_norm_max": float(np.max(norms)),
-                     "lr": stepper.opt_g.param_groups[0]["lr"], "micrographs": stream.micrographs}
-            if watch:
-                t = time.perf_counter()
-                copy = _eval_copy(stepper.generator)
-                entry.update(monitor(copy))
-                monitor_seconds += time.perf_counter() - t
+                     "lr": ev.lr, "micrographs": stream.micrographs, **(ev.validation or {})}
             history.append(entry)
             log(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in entry.items()}), flush=True)
-            sums, norms = 0.0, []
-    seconds = time.perf_counter() - t0
+            norms.clear()
+        elif isinstance(ev, Done):
+            seconds = ev.seconds
     stepper.finish()
     return {"module": stepper.generator.to("cpu").eval(), "steps": steps, "seconds": seconds,
             "simulation_seconds": stream.simulation_seconds, "monitor_seconds": monitor_seconds,
@@ -618,84 +654,7 @@ def _eval_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).to("cpu").to(memory_format=torch.contiguous_format).eval()
 
 
-def evaluate_micrographs(model: LoadedModel, sims, *, precision: str = "fp32", bm3d: bool | None = None,
-                         sigmas=GAUSSIAN_SIGMAS) -> dict:
-    """Median (5th, 50th, 95th percentiles) SSIM/PSNR/MSE/NRMSE on micrographs, against baselines.
-
-    Every method denoises the full frame sum (``noisy``) and is scored against ``clean`` with
-    :func:`~napari_cryoden.metrics.image_metrics` (data range of the clean image):
-
-    - ``input``: the frame sum itself;
-    - ``gaussian``: a Gaussian filter with, per image, the width of `sigmas` (pixels) that gives
-      the highest PSNR against the clean image, an oracle no real data allows
-      (``gaussian_sigma`` lists the widths chosen);
-    - ``bm3d``: BM3D (Dabov et al. 2007; the ``bm3d`` package, profile "np") with ``sigma_psd``
-      the full sum's noise standard deviation estimated from the even/odd halves
-      (:func:`half_sum_noise_std`), not from the clean image; None when `bm3d` is False or the
-      package is missing (``bm3d_note`` says which);
-    - ``denoised``: `model` through :func:`~napari_cryoden.inference.denoise`.
-
-    ``median_psnr_gain_db`` gives the model's median PSNR minus that of each baseline.
-
-    Parameters
-    ----------
-    model : LoadedModel
-        A 2D model.
-    sims : list of SimulatedMicrograph
-        E.g. :func:`micrograph_held_out_set`.
-    precision : str, default="fp32"
-    bm3d : bool, optional
-        Run BM3D; default: when the ``bm3d`` package is installed. True with the package missing
-        raises ValueError.
-    sigmas : sequence of float
-    """
-    from ..evaluation.baselines import best_gaussian, block_matching
-    from ..inference import denoise
-
-    run_bm3d = None
-    if bm3d is None or bm3d:
-        try:
-            run_bm3d = block_matching(2)[1]
-        except ValueError:
-            if bm3d:
-                raise
-    rows: dict[str, list] = {"input": [], "gaussian": [], "bm3d": [], "denoised": []}
-    chosen, noise_std, seconds = [], [], {"denoised": 0.0, "bm3d": 0.0}
-    for sim in sims:
-        noisy, clean = sim.noisy, sim.clean
-        rows["input"].append(image_metrics(noisy, clean))
-        _, sigma, best = best_gaussian(noisy, clean, sigmas)
-        rows["gaussian"].append(best)
-        chosen.append(sigma)
-        if run_bm3d is not None:
-            sd = half_sum_noise_std(sim.even, sim.odd, sim.params["n_even_frames"], sim.params["n_odd_frames"])
-            noise_std.append(sd)
-            t = time.perf_counter()
-            out = run_bm3d(noisy, sd)
-            seconds["bm3d"] += time.perf_counter() - t
-            rows["bm3d"].append(image_metrics(out, clean))
-        t = time.perf_counter()
-        den = denoise(noisy, model, device="cpu", precision=precision)
-        seconds["denoised"] += time.perf_counter() - t
-        rows["denoised"].append(image_metrics(den, clean))
-    scores = {k: summarize(v) if v else None for k, v in rows.items()}
-    med = {k: (float(np.median([r["psnr"] for r in v])) if v else None) for k, v in rows.items()}
-    return {
-        **scores,
-        "gaussian_sigma": chosen,
-        "bm3d_sigma_psd": noise_std or None,
-        "bm3d_note": ("sigma_psd = noise std of the frame sum estimated from its even/odd halves, "
-                      "std(even - odd) sqrt(n_even n_odd) / n_frames; profile 'np'") if run_bm3d is not None
-        else ("not run" if bm3d is False else "not run: the bm3d package is not installed"),
-        "median_psnr_gain_db": {f"vs_{k}": (med["denoised"] - med[k]) if med[k] is not None else None
-                                for k in ("input", "gaussian", "bm3d")},
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "precision": precision,
-        "n_images": len(sims),
-    }
-
-
-def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrides, bm3d) -> Path:
+def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrides, bm3d, device="auto") -> Path:
     _check_maps_pixel_size(maps_dir, r["pixel_size"])
     maps = load_particle_maps(maps_dir)
     train_names = sorted(k for k in maps if k not in HELD_OUT)
@@ -709,13 +668,13 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
         return LoadedModel(name=name, module=module, card={"overlap": r["overlap"]}, stride=int(module.stride), ndim=2)
 
     def monitor(module):
-        from ..inference import denoise
+        from .inference import denoise
 
         rows = [image_metrics(denoise(s.noisy, wrap(module), device="cpu", precision="auto"), s.clean) for s in watched]
         return {"held_out_psnr": float(np.median([m["psnr"] for m in rows])),
                 "held_out_ssim": float(np.median([m["ssim"] for m in rows]))}
 
-    res = train_micrograph_n2n(r, {k: maps[k] for k in train_names}, steps=steps, log=log,
+    res = train_micrograph_n2n(r, {k: maps[k] for k in train_names}, steps=steps, log=log, device=device,
                                monitor=monitor if watched else None)
     net = res["module"]
     lm = wrap(net)
@@ -734,7 +693,7 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
         "normalization": NORMALIZATION,
         "overlap": r["overlap"],
         "training": {
-            "command": f"python -m napari_cryoden.training.recipes {name} --maps {maps_arg} --out models"
+            "command": f"python -m napari_cryoden.recipes {name} --maps {maps_arg} --out models"
                        + (f" --steps {res['steps']}" if res["steps"] != default_steps else ""),
             **({"overrides_not_in_command": overrides} if overrides else {}),
             "data": (
@@ -787,7 +746,7 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
             "metrics": scores,
             "evaluation_seconds": round(time.time() - t1, 1),
             "evaluation_precision": "auto (bf16 autocast where the CPU has it, as cryoden denoise)",
-            "command": f"python -m napari_cryoden.training.recipes {name} --evaluate-only --maps {maps_arg} --out models",
+            "command": f"python -m napari_cryoden.recipes {name} --evaluate-only --maps {maps_arg} --out models",
         },
         "deviations_from_paper": (
             f"trained {res['steps']} steps of {r['batch_size']} patches of {r['patch']}^2 pixels to fit the CPU "
@@ -802,7 +761,7 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m napari_cryoden.training.recipes", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m napari_cryoden.recipes", description=__doc__.splitlines()[0])
     p.add_argument("name", choices=sorted(RECIPES))
     p.add_argument("--maps", default=None, help="folder of particle maps at the recipe's voxel size (default: "
                    "../shared/data/maps_10A for 3D recipes, ../shared/data/maps_5A for n2n-unet-2d)")
@@ -811,6 +770,13 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=0,
                    help="3D recipes: make the training batches in N worker processes, each with its own seed "
                         "derived from the recipe's (default 0: on the training thread, as the shipped models)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to train (default: auto)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="3D recipes: train for at most this wall-clock time, then checkpoint into --workdir and "
+                        "stop (exit 0; continue later with --resume, here or on another machine)")
+    p.add_argument("--workdir", default=None, help="3D recipes: folder of the run's checkpoint (every "
+                   f"{CHECKPOINT_EVERY} steps and at the end of a --minutes window)")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --workdir")
     p.add_argument("--evaluate-only", action="store_true", help="re-measure the held-out scores of an existing model")
     p.add_argument("--skip-bm3d", action="store_true",
                    help="2D recipes: leave BM3D out of the held-out scores (otherwise the bm3d package is required)")
@@ -820,12 +786,18 @@ def main(argv=None) -> int:
         a.maps = r.get("maps", "../shared/data/maps_10A")
     if a.workers < 0:
         p.error("--workers must be 0 or more")
+    if a.minutes is not None and not 0 < a.minutes < float("inf"):
+        p.error("--minutes must be a positive number")
+    if (a.minutes is not None or a.resume) and a.workdir is None:
+        p.error("--minutes and --resume need --workdir")
     if r.get("ndim", 3) == 2:
         if a.workers:
             p.error("--workers is for 3D recipes only")
+        if a.minutes is not None or a.workdir is not None or a.resume:
+            p.error("--minutes, --workdir and --resume are for 3D recipes only")
         return _main_2d(a)
     if a.evaluate_only:
-        from ..models import load_model
+        from .models import load_model
 
         lm = load_model(Path(a.out) / f"{a.name}.json")
         maps = load_particle_maps(a.maps)
@@ -834,8 +806,14 @@ def main(argv=None) -> int:
             scores["realistic"] = evaluate_held_out(lm, realistic_held_out_set(maps), precision="auto")
         print(json.dumps(scores, indent=1))
         return 0
-    path = run_recipe(a.name, a.maps, a.out, steps=a.steps, workers=a.workers)
-    print(f"wrote {path}")
+    try:
+        path = run_recipe(a.name, a.maps, a.out, steps=a.steps, workers=a.workers, device=a.device,
+                          minutes=a.minutes, workdir=a.workdir, resume=a.resume)
+    except ValueError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    if path is not None:
+        print(f"wrote {path}")
     return 0
 
 
@@ -849,13 +827,13 @@ def _main_2d(a) -> int:
         return 2
     if bm3d:
         try:
-            import bm3d as _  # noqa: F401
+            import bm3d  # noqa: F401
         except ImportError:
             print("error: the held-out scores need the bm3d package (pip install 'napari-cryoden[benchmark]'), "
                   "or pass --skip-bm3d", file=sys.stderr)
             return 2
     if a.evaluate_only:
-        from ..models import load_model
+        from .models import load_model
 
         lm = load_model(Path(a.out) / f"{a.name}.json")
         ho = r["held_out"]
@@ -863,7 +841,7 @@ def _main_2d(a) -> int:
                                        pixel_size=r["pixel_size"])
         print(json.dumps(evaluate_micrographs(lm, sims, bm3d=bm3d, precision="auto"), indent=1))
         return 0
-    path = run_recipe(a.name, a.maps, a.out, steps=a.steps, bm3d=bm3d)
+    path = run_recipe(a.name, a.maps, a.out, steps=a.steps, bm3d=bm3d, device=a.device)
     print(f"wrote {path}")
     return 0
 
