@@ -16,8 +16,6 @@ from napari.utils import progress
 from magicgui.widgets import Label
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-from .denoise_settings import DEVICES, PRECISIONS  # noqa: F401 (the device and precision choices, Qt-free)
-
 
 @dataclasses.dataclass(frozen=True)
 class Failed:
