@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 CORE = ["device", "io", "models", "inference", "training", "simulate", "metrics", "evaluation", "recipes",
-        "_widgets.train_settings"]  # the Train widget's settings: Qt-free, tested without it
+        # The widgets' settings: Qt-free, tested without it.
+        "_widgets.train_settings", "_widgets.denoise_settings", "_widgets.metrics_settings"]
 
 
 def test_core_imports_without_qt():

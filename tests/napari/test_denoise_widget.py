@@ -1,4 +1,5 @@
-"""The Denoise dock widget: pure helpers, end-to-end runs, cancel, errors and the default model."""
+"""The Denoise dock widget: end-to-end runs, cancel, errors and the default model (its settings:
+tests/inference/test_denoise_settings.py, without Qt)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from napari.utils import progress
 
 import napari_cryoden._widgets.denoise as denoise_mod
 from napari_cryoden._sample_data import make_sample_tomogram
-from napari_cryoden._widgets.denoise import DenoiseWidget, denoise_kwargs, denoised_layer_kwargs
+from napari_cryoden._widgets.denoise import DenoiseWidget
 from napari_cryoden.models import ARCHITECTURES, DEFAULT_MODEL, available_models
 
 pytestmark = [
@@ -23,51 +24,6 @@ pytestmark = [
 
 NOISY = "noisy sample tomogram"
 TIMEOUT_MS = 120_000
-
-
-# ------------------------------------------------------------------------------ pure helpers
-def test_denoise_kwargs_auto_values_become_none():
-    assert denoise_kwargs(tile=0, overlap=-1, device="auto", precision="auto") == {
-        "tile": None, "overlap": None, "device": "auto", "precision": "auto",
-    }
-
-
-def test_denoise_kwargs_passes_explicit_values():
-    assert denoise_kwargs(tile=64, overlap=0, device="cpu", precision="bf16") == {
-        "tile": 64, "overlap": 0, "device": "cpu", "precision": "bf16",
-    }
-
-
-@pytest.mark.parametrize(
-    "settings, word",
-    [
-        ({"tile": -8}, "tile"),
-        ({"overlap": -2}, "overlap"),
-        ({"device": "tpu"}, "device"),
-        ({"precision": "fp8"}, "precision"),
-    ],
-)
-def test_denoise_kwargs_names_the_bad_setting(settings, word):
-    base = {"tile": 0, "overlap": -1, "device": "auto", "precision": "auto"}
-    with pytest.raises(ValueError, match=word):
-        denoise_kwargs(**{**base, **settings})
-
-
-def test_denoised_layer_kwargs_copy_geometry_and_contrast():
-    kw = denoised_layer_kwargs(
-        "tomo", scale=np.array([3.0, 2.0, 2.0]), translate=np.array([1.0, 0.0, -5.0]),
-        contrast_limits=[-0.5, 2.5], model="tiny-test", source_path="/data/tomo.mrc",
-    )
-    assert kw == {
-        "name": "tomo denoised",
-        "scale": (3.0, 2.0, 2.0),
-        "translate": (1.0, 0.0, -5.0),
-        "contrast_limits": (-0.5, 2.5),
-        "metadata": {"denoised_from": "tomo", "model": "tiny-test", "source_path": "/data/tomo.mrc"},
-    }
-    assert "source_path" not in denoised_layer_kwargs(
-        "x", scale=(1, 1), translate=(0, 0), contrast_limits=(0, 1), model="m"
-    )["metadata"]
 
 
 # ------------------------------------------------------------------------------ widget helpers

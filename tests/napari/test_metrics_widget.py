@@ -1,4 +1,5 @@
-"""The Metrics dock widget: pure helpers, regions, the end-to-end run, even/odd mode and exports."""
+"""The Metrics dock widget: regions, the end-to-end run, even/odd mode and exports (its settings:
+tests/metrics/test_metrics_settings.py, without Qt)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,10 @@ import csv
 
 import numpy as np
 import pytest
-from matplotlib.figure import Figure
 
 from napari_cryoden._sample_data import make_sample_tomogram
-from napari_cryoden._widgets.metrics import (
-    CURRENT_VIEW, TABLE_COLUMNS, WHOLE, MetricsResult, MetricsWidget, metrics_jobs, plot_fsc, table_rows, view_box,
-)
+from napari_cryoden._widgets.metrics import CURRENT_VIEW, WHOLE, MetricsWidget
 from napari_cryoden.metrics import compare
-from napari_cryoden.simulate import sample_tomogram
 
 pytestmark = [
     pytest.mark.qt,
@@ -24,58 +21,6 @@ pytestmark = [
 NOISY, CLEAN = "noisy sample tomogram", "clean sample tomogram"
 SHAPE = (16, 32, 32)
 TIMEOUT_MS = 60_000
-
-
-# ------------------------------------------------------------------------------ pure helpers
-def test_metrics_jobs_pass_arrays_and_settings(rng):
-    vol = rng.normal(size=SHAPE).astype(np.float32)
-    ref = rng.normal(size=SHAPE).astype(np.float32)
-    roi = (slice(0, 16), slice(4, 20), slice(0, 32))
-    jobs = metrics_jobs([("a", vol), ("b", ref)], ("ref", ref), voxel_size=np.array([12.0, 10.0, 10.0]),
-                        roi=roi, half_maps=True)
-    assert [j.name for j in jobs] == ["a", "b"]
-    assert jobs[0].image is vol and jobs[0].reference is ref  # the arrays themselves, never copies
-    assert jobs[0].kwargs == {"voxel_size": (12.0, 10.0, 10.0), "roi": roi, "half_maps": True}
-    assert metrics_jobs([("a", vol)], ("ref", ref), voxel_size=7.0)[0].kwargs["voxel_size"] == (7.0, 7.0, 7.0)
-
-
-def test_metrics_jobs_name_the_problem(rng):
-    vol = rng.normal(size=SHAPE)
-    with pytest.raises(ValueError, match="at least one image"):
-        metrics_jobs([], ("ref", vol))
-    with pytest.raises(ValueError, match=r"layer 'small' has shape \(16, 32, 30\) but the reference 'ref'"):
-        metrics_jobs([("ok", vol), ("small", vol[..., :30])], ("ref", vol))
-
-
-def test_view_box_is_centred_on_the_camera():
-    np.testing.assert_allclose(view_box((160.0, 195.0), 2.0, (800, 600)), [[-40.0, 45.0], [360.0, 345.0]])
-
-
-def test_table_rows_and_plot_of_results():
-    noisy, clean, _ = sample_tomogram(seed=1, shape=SHAPE)
-    results = [
-        MetricsResult("noisy", "clean", compare(noisy, clean, voxel_size=10.0)),
-        MetricsResult("same", "clean", compare(clean, clean, voxel_size=10.0)),
-        MetricsResult("half", "clean", compare(noisy, clean, voxel_size=10.0, half_maps=True)),
-    ]
-    rows = table_rows(results)
-    assert all(len(row) == len(TABLE_COLUMNS) for row in rows)
-    noisy_row, same_row, half_row = rows
-    assert float(noisy_row[1]) == pytest.approx(results[0].report.scores["ssim"], abs=1e-4)
-    assert float(noisy_row[5]) == pytest.approx(results[0].report.res_fsc_05, rel=1e-2)
-    assert same_row[2] == "inf" and same_row[5] == same_row[6] == "< 20"
-    assert half_row[1:5] == ["—"] * 4 and half_row[5] == noisy_row[5]
-
-    axes = Figure().add_subplot()
-    plot_fsc(axes, results)
-    curves = [line for line in axes.lines if line.get_gid() is None]
-    assert len(curves) == 3
-    np.testing.assert_allclose(curves[0].get_ydata(), results[0].report.curve.fsc)
-    assert {line.get_gid() for line in axes.lines} >= {"threshold 0.5", "threshold 0.143", "crossing"}
-    legend = [t.get_text() for t in axes.get_legend().get_texts()]
-    assert legend[0].startswith("noisy (0.5: ") and " Å" in legend[0]
-    assert legend[1] == "same (0.5: not reached, 0.143: not reached)"
-    assert axes.xaxis.get_major_formatter()(1 / 40.0, 0) == "40"
 
 
 # ------------------------------------------------------------------------------ widget helpers

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_cryoden._widgets.denoise import DenoiseWidget, preview_layer_kwargs
+from napari_cryoden._widgets.denoise import DenoiseWidget
 from napari_cryoden.inference import denoise
 
 pytestmark = [pytest.mark.qt, pytest.mark.filterwarnings("error::DeprecationWarning:napari_cryoden")]
@@ -27,15 +27,6 @@ def _preview_and_wait(widget, qtbot):
     widget.preview()
     assert widget.is_running
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
-
-
-def test_preview_layer_kwargs_shift_the_slab():
-    kw = preview_layer_kwargs("t", scale=(2, 1, 1), translate=(10, 5, 0), contrast_limits=(0, 1), model="m",
-                              z_start=4, slab_ndim=3)
-    assert kw["translate"] == (18.0, 5.0, 0.0) and kw["name"] == "t preview"
-    kw = preview_layer_kwargs("t", scale=(2, 1), translate=(10, 5), contrast_limits=(0, 1), model="m",
-                              z_start=0, slab_ndim=2)
-    assert kw["translate"] == (10.0, 5.0)
 
 
 def test_preview_denoises_the_slab_around_the_displayed_slice(viewer_model, qtbot, tiny_model_dir, rng,

@@ -16,10 +16,6 @@ from napari.utils import progress
 from magicgui.widgets import Label
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-#: Choices of the device and precision combo boxes (the core's accepted values).
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
 
 @dataclasses.dataclass(frozen=True)
 class Failed:

@@ -1,8 +1,10 @@
 """The Denoise dock widget: image layer + model + tiling options -> worker thread -> new layer.
 
-The widget is thin. :func:`denoise_kwargs` turns its settings into the keyword arguments of
-:func:`napari_cryoden.inference.iter_denoise`, and :func:`denoised_layer_kwargs` builds the
-attributes of the result layer; both are pure functions. The layer's array (a numpy array or a
+The widget is thin. What its settings mean for the core is decided by the plain functions of
+:mod:`napari_cryoden._widgets.denoise_settings` (no Qt): :func:`denoise_kwargs` turns them into
+the keyword arguments of :func:`napari_cryoden.inference.iter_denoise`,
+:func:`~napari_cryoden._widgets.denoise_settings.resample_plan` into the resampling plan, and
+:func:`denoised_layer_kwargs` builds the attributes of the result layer. The layer's array (a numpy array or a
 read-only memmap, never the layer) goes into a napari ``thread_worker`` that runs the core
 generator; progress comes back through the worker's ``yielded`` signal, and only the main-thread
 handlers touch the viewer. Cancel quits the worker and closes the core generator; nothing is
@@ -25,7 +27,7 @@ size, denoised and padded back (resample "auto"), or the result is kept at the m
 ("binned"); the widget shows what it will do, e.g. "layer 0.667 Å → model 5 Å, binned ×7.5".
 
 Preview denoises only a slab around the displayed slice (:func:`~napari_cryoden.inference.
-preview.iter_denoise_slab`: ±16 slices with a 3D model, the displayed slice with a 2D model,
+preview.iter_denoise_preview`: ±16 slices with a 3D model, the displayed slice with a 2D model,
 the whole image for a 2D image) in the same worker, and shows it as the layer
 ``"<name> preview"``, placed at the slab's Z offset; pressing Preview again after moving
 replaces it.
@@ -39,8 +41,6 @@ from typing import Any, Generator
 import napari.viewer
 import numpy as np
 import torch
-from types import SimpleNamespace
-
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 from napari.layers import Image
 from napari.qt.threading import create_worker
@@ -50,28 +50,16 @@ from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..inference import iter_denoise
-from ..inference.engine import as_model
-from ..inference.preview import PREVIEW_HALF_DEPTH, iter_denoise_slab
-from ..inference.normalize import robust_stats
-from ..inference.resample import (
-    RESAMPLE_CHOICES, ResamplePlan, fourier_resample, input_voxel_size, iter_denoise_resampled, plan_resample,
-)
-from ..inference.stream import is_image_stack_path
+from ..inference.preview import iter_denoise_preview
+from ..inference.resample import RESAMPLE_CHOICES, ResamplePlan, iter_denoise_resampled
 from ..models import DEFAULT_MODEL, available_models, default_model_for
 from ._common import (
-    DEVICES,
-    PRECISIONS,
-    Failed as _Failed,
-    advance,
-    close_activity,
-    disconnect,
-    follow_renames,
-    image_choices,
-    layer_array,
-    one_line,
-    status_label,
-    watch_layers,
-    watch_window,
+    Failed as _Failed, advance, close_activity, disconnect, follow_renames, image_choices, layer_array, one_line,
+    status_label, watch_layers, watch_window,
+)
+from .denoise_settings import (
+    AUTO_OVERLAP, AUTO_TILE, DEVICES, PRECISIONS, contrast_limits, denoise_kwargs, denoised_layer_kwargs,
+    is_image_stack, layer_source, model_ndim, output_scale, preview_layer_kwargs, resample_plan, slice_by_slice,
 )
 
 __all__ = [
@@ -79,189 +67,10 @@ __all__ = [
     "denoised_layer_kwargs", "preview_layer_kwargs",
 ]
 
-#: Spin box values that mean "let the core choose".
-AUTO_TILE = 0
-AUTO_OVERLAP = -1
 _MAX_TILE = 1024
 _MAX_OVERLAP = 256
 
 log = logging.getLogger(__name__)
-
-
-def denoise_kwargs(*, tile: int, overlap: int, device: str, precision: str) -> dict[str, Any]:
-    """Turn the widget's settings into keyword arguments of :func:`~napari_cryoden.inference.iter_denoise`.
-
-    Parameters
-    ----------
-    tile : int
-        Tile edge in voxels; ``0`` (:data:`AUTO_TILE`) lets the core choose.
-    overlap : int
-        Voxels discarded per tile side; ``-1`` (:data:`AUTO_OVERLAP`) lets the core choose.
-    device : {"auto", "cpu", "cuda"}
-    precision : {"auto", "fp32", "bf16", "fp16"}
-
-    Returns
-    -------
-    dict
-        ``tile``, ``overlap`` (``None`` for automatic), ``device`` and ``precision``.
-
-    Raises
-    ------
-    ValueError
-        If a setting is out of range; the message names it. Network constraints (multiples of
-        the stride) are checked by the core.
-
-    Examples
-    --------
-    >>> denoise_kwargs(tile=0, overlap=-1, device="cpu", precision="fp32")
-    {'tile': None, 'overlap': None, 'device': 'cpu', 'precision': 'fp32'}
-    """
-    tile, overlap = int(tile), int(overlap)
-    if tile < 0:
-        raise ValueError(f"tile must be {AUTO_TILE} (automatic) or a positive number of voxels, got {tile}")
-    if overlap < AUTO_OVERLAP:
-        raise ValueError(f"overlap must be {AUTO_OVERLAP} (automatic) or at least 0 voxels, got {overlap}")
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return {
-        "tile": None if tile == AUTO_TILE else tile,
-        "overlap": None if overlap == AUTO_OVERLAP else overlap,
-        "device": device,
-        "precision": precision,
-    }
-
-
-def denoised_layer_kwargs(
-    name: str,
-    *,
-    scale,
-    translate,
-    contrast_limits,
-    model: str,
-    source_path: str | None = None,
-) -> dict[str, Any]:
-    """Attributes of the layer that shows a denoised copy of the layer `name`.
-
-    The result is in the input's intensity scale (the core never rescales), so it keeps the input
-    layer's scale and translate and the two can be compared side by side. The widget replaces
-    `contrast_limits` by the result's own (:func:`contrast_limits`): denoising narrows the
-    histogram, and the input's range would show a flat grey image.
-
-    Parameters
-    ----------
-    name : str
-        Name of the input layer.
-    scale, translate : sequence of float
-        World units per voxel and offset of the input layer, array axis order.
-    contrast_limits : (2,) sequence of float
-        Contrast limits of the input layer.
-    model : str
-        Name of the model used, kept in the metadata.
-    source_path : str, optional
-        File the input layer was read from; kept as ``metadata["source_path"]`` so that saving
-        the denoised layer never replaces it.
-
-    Returns
-    -------
-    dict
-        Keyword arguments of :meth:`napari.Viewer.add_image`.
-
-    Examples
-    --------
-    >>> kw = denoised_layer_kwargs("tomo", scale=(3, 2, 2), translate=(0, 0, 0),
-    ...                            contrast_limits=(-1, 1), model="m")
-    >>> kw["name"], kw["scale"], kw["contrast_limits"]
-    ('tomo denoised', (3.0, 2.0, 2.0), (-1.0, 1.0))
-    """
-    lo, hi = (float(c) for c in contrast_limits)
-    metadata: dict[str, Any] = {"denoised_from": name, "model": model}
-    if source_path:
-        metadata["source_path"] = str(source_path)
-    return {
-        "name": f"{name} denoised",
-        "scale": tuple(float(s) for s in scale),
-        "translate": tuple(float(t) for t in translate),
-        "contrast_limits": (lo, hi),
-        "metadata": metadata,
-    }
-
-
-def contrast_limits(data: np.ndarray, *, slab: int = 16) -> tuple[float, float]:
-    """Display range of a denoised array: the 1st and 99th percentiles of its finite values in a
-    central slab (at most `slab` slices around the middle of the first axis of a 3D array, the
-    whole of a 2D one), so that one slice's outliers or a memory map's size do not decide it.
-
-    Returns
-    -------
-    (low, high) : tuple of float
-        ``high > low`` (a constant array gets ``(v, v + 1)``); ``(0.0, 1.0)`` without finite values.
-
-    Examples
-    --------
-    >>> contrast_limits(np.arange(100, dtype=np.float32).reshape(10, 10))
-    (0.99, 98.01)
-    """
-    arr = np.asarray(data)
-    if arr.ndim == 3:
-        mid = arr.shape[0] // 2
-        arr = arr[max(0, mid - slab // 2): mid + slab // 2 + 1]
-    values = arr[np.isfinite(arr)]
-    if values.size == 0:
-        return 0.0, 1.0
-    lo, hi = (float(v) for v in np.percentile(values, [1, 99]))
-    return (lo, hi) if hi > lo else (lo, lo + 1.0)
-
-
-def preview_layer_kwargs(
-    name: str,
-    *,
-    scale,
-    translate,
-    contrast_limits,
-    model: str,
-    z_start: int,
-    slab_ndim: int,
-) -> dict[str, Any]:
-    """Attributes of the layer ``"<name> preview"`` that shows denoised slices from `z_start` on.
-
-    The slab sits where its slices are in the input: the first axis's translate moves by
-    ``z_start`` voxels (``z_start * scale[0]`` world units). A 2D preview (a denoised image)
-    keeps the input's translate.
-
-    Parameters
-    ----------
-    name : str
-        Name of the input layer.
-    scale, translate : sequence of float
-        Of the input layer, array axis order.
-    contrast_limits : (2,) sequence of float
-    model : str
-    z_start : int
-        Index of the slab's first slice in the input.
-    slab_ndim : int
-        Dimensions of the preview array.
-
-    Examples
-    --------
-    >>> kw = preview_layer_kwargs("tomo", scale=(2, 1, 1), translate=(10, 0, 0), contrast_limits=(0, 1),
-    ...                           model="m", z_start=5, slab_ndim=3)
-    >>> kw["name"], kw["translate"]
-    ('tomo preview', (20.0, 0.0, 0.0))
-    """
-    lo, hi = (float(c) for c in contrast_limits)
-    scale = tuple(float(v) for v in scale)
-    translate = [float(t) for t in translate]
-    if slab_ndim == len(translate) and slab_ndim >= 3:
-        translate[0] += z_start * scale[0]
-    return {
-        "name": f"{name} preview",
-        "scale": scale,
-        "translate": tuple(translate),
-        "contrast_limits": (lo, hi),
-        "metadata": {"preview_of": name, "model": model, "z_start": int(z_start)},
-    }
 
 
 #: Errors that are the user's to fix: bad input or settings (ValueError, which ModelError and
@@ -278,30 +87,14 @@ def _denoise_job(
     Every exception becomes a :class:`_Failed`, shown by the main thread as one notification;
     unforeseen ones are also logged with their traceback. `info` is filled in by the core (number
     of NaN/Inf voxels replaced). With a resampling `plan` the data is denoised on the model's grid
-    (a preview then denoises the displayed slice of a 2D model's stack, or the whole image).
+    (:func:`~napari_cryoden.inference.resample.iter_denoise_resampled`; a preview:
+    :func:`~napari_cryoden.inference.preview.iter_denoise_preview`).
     """
     try:
-        if plan is not None and plan.resampled:
-            if slab_centre is None:
-                return (yield from iter_denoise_resampled(volume, model, plan, info=info, **kwargs))
-            lm = as_model(model)
-            z0, part = 0, volume
-            if np.ndim(volume) == 3:  # the displayed slice (2D model) or a slab around it (3D model)
-                c = int(np.clip(round(slab_centre), 0, volume.shape[0] - 1))
-                half = PREVIEW_HALF_DEPTH if lm.ndim == 3 and not kwargs.get("image_stack") else 0
-                z0 = max(0, c - half)
-                part = volume[z0 : c + half + 1]
-            sub = plan_resample(part.shape, plan.input_voxel_size, lm, mode=plan.mode,
-                                image_stack=bool(kwargs.get("image_stack")))
-            # Normalised as the full run is: with the statistics of the whole input on the model's grid.
-            stats = None
-            if part is not volume:
-                binned = fourier_resample(volume, plan.model_shape, fill=robust_stats(volume)[0])
-                stats = robust_stats(binned)
-                del binned
-            return z0, (yield from iter_denoise_resampled(part, lm, sub, info=info, stats=stats, **kwargs))
         if slab_centre is not None:
-            return (yield from iter_denoise_slab(volume, model, slab_centre, info=info, **kwargs))
+            return (yield from iter_denoise_preview(volume, model, slab_centre, plan=plan, info=info, **kwargs))
+        if plan is not None and plan.resampled:
+            return (yield from iter_denoise_resampled(volume, model, plan, info=info, **kwargs))
         return (yield from iter_denoise(volume, model, info=info, **kwargs))
     except Exception as exc:
         message = one_line(exc)
@@ -474,7 +267,7 @@ class DenoiseWidget(QWidget):
         layer = self.image.value
         if layer is None:
             return DEFAULT_MODEL if DEFAULT_MODEL in self._model_cards else None
-        name = default_model_for(layer.ndim, image_stack=self._is_stack(layer))
+        name = default_model_for(layer.ndim, image_stack=is_image_stack(layer.metadata))
         return name if name in self._model_cards else None
 
     def _on_image_changed(self, _value=None) -> None:
@@ -505,27 +298,15 @@ class DenoiseWidget(QWidget):
         self._update_model_tooltip()
         self._update_pixel_info()
 
-    @staticmethod
-    def _is_stack(layer: Image) -> bool:
-        meta = layer.metadata or {}
-        source = meta.get("path") or meta.get("source_path")
-        return bool(source) and is_image_stack_path(source)
-
     def resample_plan(self) -> ResamplePlan | None:
         """How the selected layer would be resampled for the selected model (None without both)."""
         layer, model = self.image.value, self.model.value
         card = self._model_cards.get(model) if model else None
-        ndim = self._model_ndim(model) if model else None
-        if layer is None or card is None or ndim is None or layer.rgb:
+        if layer is None or card is None or layer.rgb:
             return None
-        stack = self._is_stack(layer)
-        scale = tuple(float(v) for v in layer.scale)
-        known = bool((layer.metadata or {}).get("voxel_size_known", True))
-        override = float(self.pixel_size.value) or None
-        voxel, known = input_voxel_size(scale, known, override, image_stack=stack)
-        return plan_resample(tuple(layer.data.shape if not layer.multiscale else layer.data[0].shape), voxel,
-                             SimpleNamespace(card=card, ndim=ndim), mode=self.resample.value, known=known,
-                             image_stack=stack)
+        shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+        return resample_plan(shape, layer.scale, layer.metadata, card, mode=self.resample.value,
+                             pixel_size=self.pixel_size.value)
 
     def _update_pixel_info(self, _value=None) -> None:
         plan = self.resample_plan()
@@ -639,10 +420,7 @@ class DenoiseWidget(QWidget):
         return float(data[0]) if data.size else 0.0
 
     def _model_ndim(self, model: str) -> int | None:
-        from ..models.registry import ARCHITECTURES
-
-        arch = (self._model_cards.get(model) or {}).get("architecture")
-        return ARCHITECTURES[arch].ndim if arch in ARCHITECTURES else None
+        return model_ndim(self._model_cards.get(model))
 
     def _job_spec(self, *, preview: bool = False) -> dict[str, Any] | None:
         layer = self.image.value
@@ -662,10 +440,10 @@ class DenoiseWidget(QWidget):
         except ValueError as exc:
             show_error(f"Denoise: {exc}")
             return None
-        source = (layer.metadata or {}).get("path") or (layer.metadata or {}).get("source_path")
-        if source and is_image_stack_path(source):
+        source = layer_source(layer.metadata)
+        if is_image_stack(layer.metadata):
             kwargs["image_stack"] = True
-        if self._model_ndim(model) == 2 and np.ndim(volume) == 3 and not kwargs.get("image_stack"):
+        if slice_by_slice(self._model_ndim(model), np.ndim(volume), image_stack=bool(kwargs.get("image_stack"))):
             show_info(f"Denoise: {model!r} is a 2D model; {layer.name!r} is denoised slice by slice along Z")
         try:
             plan = self.resample_plan()
@@ -674,10 +452,7 @@ class DenoiseWidget(QWidget):
             return None
         for note in plan.notes if plan is not None else ():
             show_info(f"Denoise: {layer.name!r}: {note}")
-        # The result's pixel size: the model's when binned, the one typed in, or the layer's scale.
-        scale = tuple(layer.scale)
-        if plan is not None and plan.known:
-            scale = tuple(float(v) for v in plan.output_voxel_size)
+        scale = output_scale(layer.scale, plan)  # the model's when binned, the one typed in, or the layer's
         spec = {"volume": volume, "model": model, "kwargs": kwargs, "name": layer.name, "preview": preview,
                 "plan": plan}
         if preview:
@@ -686,14 +461,10 @@ class DenoiseWidget(QWidget):
                                "contrast_limits": tuple(layer.contrast_limits), "model": model}
         else:
             spec["pending"] = denoised_layer_kwargs(
-                layer.name, scale=scale, translate=layer.translate,
-                contrast_limits=layer.contrast_limits, model=model, source_path=source,
+                layer.name, scale=scale, translate=layer.translate, contrast_limits=layer.contrast_limits,
+                model=model, source_path=source, input_metadata=layer.metadata,
+                voxel_size_known=plan.known if plan is not None else None,
             )
-            # What the writer needs to keep the input file's header (HeaderFields.from_metadata).
-            meta = layer.metadata or {}
-            spec["pending"]["metadata"].update({k: meta[k] for k in ("header", "extended_header_bytes") if k in meta})
-            if plan is not None:
-                spec["pending"]["metadata"]["voxel_size_known"] = plan.known
         return spec
 
     def _start(self, spec: dict[str, Any]) -> None:

@@ -46,8 +46,6 @@ from ..models import ARCHITECTURES, available_models, default_model_for
 from ..training.export import save_finetuned
 from ..training.finetune import FineTuneConfig, TrainEvent, check_settings, default_patch, fine_tune, validation_axis
 from ._common import (
-    DEVICES,
-    PRECISIONS,
     Failed as _Failed,
     advance,
     close_activity,
@@ -60,6 +58,7 @@ from ._common import (
     watch_layers,
     watch_window,
 )
+from .denoise_settings import DEVICES, PRECISIONS
 from .train_settings import (
     ADVERSARIAL, DEFAULT_NAME, LOSSES, MODES, SCRATCH, _model_geometry, card_extra, check_save_name, default_val_slab,
     finetune_config, input_roles, preview_slice, scratch_arch_kwargs, suggest_name, val_slab_rectangles,

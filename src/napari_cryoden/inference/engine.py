@@ -32,7 +32,7 @@ from .timing import Stages
 
 __all__ = [
     "DEFAULT_OVERLAP", "DEFAULT_TILE", "as_model", "drive", "NONFINITE_CHOICES", "Cancelled", "activation_bytes_per_voxel",
-    "count_nonfinite", "denoise", "denoise_tiles", "input_mode", "iter_denoise", "memory_budget", "model_overlap",
+    "check_input", "check_nonfinite", "count_nonfinite", "denoise", "denoise_tiles", "input_mode", "iter_denoise", "memory_budget", "model_overlap",
     "plan_geometry", "receptive_margin", "resolve_device", "resolve_precision"
 ]
 
@@ -57,6 +57,56 @@ CUDA_CUDNN_BENCHMARK = False
 
 #: What :func:`iter_denoise` does with NaN/Inf input voxels.
 NONFINITE_CHOICES = ("replace", "refuse")
+
+
+def check_input(vol: np.ndarray, lm: LoadedModel, *, nonfinite: str = "replace", image_stack: bool = False) -> str:
+    """Refuse, before any work, an input that no run can take.
+
+    Parameters
+    ----------
+    vol : ndarray or memmap
+        (Z, Y, X) tomogram, (Y, X) image or (N, Y, X) stack; not read.
+    lm : LoadedModel
+        Its ``ndim`` decides which inputs it takes (:func:`input_mode`).
+    nonfinite : {"replace", "refuse"}, default="replace"
+    image_stack : bool, default=False
+        The (N, Y, X) input is a stack of 2D images.
+
+    Returns
+    -------
+    {"volume", "stack", "image"}
+        As :func:`input_mode`.
+
+    Raises
+    ------
+    ValueError
+        If `vol` does not hold real numbers, the model does not take its dimensionality, it is
+        empty, or `nonfinite` is not one of :data:`NONFINITE_CHOICES`; the message names the
+        problem.
+    """
+    if not (np.issubdtype(vol.dtype, np.number) or vol.dtype == np.bool_) or np.iscomplexobj(vol):
+        raise ValueError(f"volume must hold real numbers, got dtype {vol.dtype}")
+    mode = input_mode(vol.ndim, lm, image_stack=image_stack)
+    if min(vol.shape) < 1:
+        raise ValueError(f"volume is empty: shape {vol.shape}")
+    if nonfinite not in NONFINITE_CHOICES:
+        raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_CHOICES)}, got {nonfinite!r}")
+    return mode
+
+
+def check_nonfinite(n_bad: int, nonfinite: str) -> None:
+    """Refuse an input with `n_bad` NaN/Inf voxels when `nonfinite` is ``"refuse"``.
+
+    Raises
+    ------
+    ValueError
+        Giving their number and how to let them be replaced.
+    """
+    if n_bad and nonfinite == "refuse":
+        raise ValueError(
+            f"the input holds {n_bad} NaN/Inf voxels; fix the data or let them be replaced by the median "
+            "(nonfinite='replace')"
+        )
 
 
 def count_nonfinite(volume: np.ndarray, *, chunk_bytes: int = 64 * 1024**2) -> int:
@@ -663,13 +713,7 @@ def prepare_run(
     ValueError
         As :func:`iter_denoise`.
     """
-    if not (np.issubdtype(vol.dtype, np.number) or vol.dtype == np.bool_) or np.iscomplexobj(vol):
-        raise ValueError(f"volume must hold real numbers, got dtype {vol.dtype}")
-    input_mode(vol.ndim, lm, image_stack=image_stack)
-    if min(vol.shape) < 1:
-        raise ValueError(f"volume is empty: shape {vol.shape}")
-    if nonfinite not in NONFINITE_CHOICES:
-        raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_CHOICES)}, got {nonfinite!r}")
+    check_input(vol, lm, nonfinite=nonfinite, image_stack=image_stack)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     stages = stages or Stages()
@@ -682,11 +726,7 @@ def prepare_run(
     dvol = to_device(vol, dev, stages) if resident else None
     with stages("stats"):
         n_bad = count_nonfinite(vol) if dvol is None else int((~torch.isfinite(dvol)).sum())
-    if n_bad and nonfinite == "refuse":
-        raise ValueError(
-            f"the input holds {n_bad} NaN/Inf voxels; fix the data or let them be replaced by the median "
-            "(nonfinite='replace')"
-        )
+    check_nonfinite(n_bad, nonfinite)
     if stats is None:
         with stages("stats"):
             if dvol is None:

@@ -7,6 +7,11 @@ One tile then spans the slab along Z with no further padding (its context slices
 margin), so the preview computes ``(33 + 2 * margin)`` slices for 33 shown, not ``33 + 4 *
 margin`` as tiling the slab like a volume would, and it equals the same slices of the full
 denoised tomogram (up to float rounding when the tile geometry in Y and X differs).
+
+When the run is resampled to the model's voxel size (:mod:`~napari_cryoden.inference.resample`),
+:func:`iter_denoise_preview` denoises the slab on the model's grid as the full run does: the
+displayed slices are Fourier-binned, denoised with the statistics of the whole input on the
+model's grid, and padded back.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import numpy as np
 from ..models.registry import LoadedModel
 from .engine import as_model, input_mode, iter_denoise, model_overlap
 from .normalize import robust_stats
+from .resample import ResamplePlan, fourier_resample, iter_denoise_resampled, plan_resample
 from .tiling import reflect_indices
 
-__all__ = ["PREVIEW_HALF_DEPTH", "iter_denoise_slab", "slab_bounds"]
+__all__ = ["PREVIEW_HALF_DEPTH", "iter_denoise_preview", "iter_denoise_slab", "slab_bounds"]
 
 #: Slices on each side of the displayed one that a 3D model's preview denoises.
 PREVIEW_HALF_DEPTH = 16
@@ -119,3 +125,88 @@ def iter_denoise_slab(
     result = yield from iter_denoise(sub, lm, image_stack=image_stack, overlap=overlap, info=info, stats=stats,
                                      whole_first_axis=True, **kwargs)
     return z0, np.ascontiguousarray(result[z0 - a : z1 - a])
+
+
+def iter_denoise_preview(
+    volume: np.ndarray,
+    model: str | LoadedModel,
+    centre: float,
+    *,
+    plan: ResamplePlan | None = None,
+    half_depth: int = PREVIEW_HALF_DEPTH,
+    image_stack: bool = False,
+    info: dict | None = None,
+    **kwargs,
+) -> Generator[tuple[int, int], None, tuple[int, np.ndarray]]:
+    """Preview of the run that `plan` describes: the slices around `centre`, resampled as the
+    full run is; yields ``(tiles_done, tiles_total)``.
+
+    Without resampling (`plan` None, or ``plan.resampled`` False) this is
+    :func:`iter_denoise_slab`. Otherwise the slab (``centre ± half_depth`` slices with a 3D
+    model, the displayed slice with a 2D model, the whole of a 2D image) is Fourier-resampled to
+    the model's voxel size, denoised there with the robust statistics of the *whole* input on
+    the model's grid (those the full run normalises with), and resampled back unless
+    ``plan.mode == "binned"`` (:func:`~napari_cryoden.inference.resample.iter_denoise_resampled`).
+    A 2D model's preview then equals the same slice of the full run; a 3D model's differs from
+    it near the slab's first and last slices, as Z is binned over the slab alone.
+
+    Parameters
+    ----------
+    volume : (Z, Y, X) or (Y, X) ndarray of real dtype
+        Tomogram, (N, Y, X) stack or 2D image; a memmap is read in slabs. Never modified.
+    model : str or LoadedModel
+        Registry name, card path or loaded model.
+    centre : float
+        Index of the displayed slice along the first axis (clipped into the volume; ignored for
+        a 2D image).
+    plan : ResamplePlan, optional
+        From :func:`~napari_cryoden.inference.resample.plan_resample` for the whole `volume`
+        (its voxel sizes in Å, array axis order).
+    half_depth : int, default=16
+        Slices shown on each side of `centre` with a 3D model.
+    image_stack : bool, default=False
+        The (N, Y, X) input is a stack of 2D images.
+    info : dict, optional
+        Filled in as by :func:`~napari_cryoden.inference.iter_denoise`; with resampling also
+        ``resample`` (the slab's plan, see
+        :func:`~napari_cryoden.inference.resample.iter_denoise_resampled`).
+    **kwargs
+        Other keyword arguments of :func:`~napari_cryoden.inference.iter_denoise` (`tile`,
+        `overlap`, `device`, `precision`, ...).
+
+    Returns
+    -------
+    z0 : int
+        Index in `volume` of the first slice of the preview (0 for a 2D image).
+    slab : ndarray of float32
+        ``(z1 - z0, Y', X')`` denoised slices, or the ``(Y', X')`` denoised image, in the input's
+        intensity scale; ``Y', X'`` are the input's, or the model grid's with ``plan.mode ==
+        "binned"`` (and then Z too with a 3D model).
+
+    Raises
+    ------
+    ValueError
+        If `plan` was made for another shape than `volume`'s, if the model does not take data
+        of this dimensionality (a 3D model and a 2D image or a stack), or as
+        :func:`~napari_cryoden.inference.iter_denoise`.
+    """
+    if plan is None or not plan.resampled:
+        return (yield from iter_denoise_slab(volume, model, centre, half_depth=half_depth, image_stack=image_stack,
+                                             info=info, **kwargs))
+    if tuple(np.shape(volume)) != plan.input_shape:
+        raise ValueError(f"volume has shape {tuple(np.shape(volume))}, the resampling plan was made for "
+                         f"{plan.input_shape}")
+    lm = as_model(model)
+    mode = input_mode(np.ndim(volume), lm, image_stack=image_stack)
+    z0, part, stats = 0, volume, None
+    if mode != "image":  # the slab around the displayed slice (3D model) or that slice (2D model)
+        z0, z1, _, _ = slab_bounds(volume.shape[0], centre, mode=mode, half_depth=half_depth)
+        part = volume[z0:z1]
+        # Normalised as the full run is: with the statistics of the whole input on the model's grid.
+        binned = fourier_resample(volume, plan.model_shape, fill=robust_stats(volume)[0])
+        stats = robust_stats(binned)
+        del binned
+    sub = plan_resample(part.shape, plan.input_voxel_size, lm, mode=plan.mode, image_stack=image_stack)
+    slab = yield from iter_denoise_resampled(part, lm, sub, info=info, stats=stats, image_stack=image_stack,
+                                             **kwargs)
+    return z0, slab

@@ -458,17 +458,9 @@ def iter_denoise_resampled(
     if not plan.resampled:
         return (yield from inference.iter_denoise(volume, model, out=out, info=info, nonfinite=nonfinite, **kwargs))
     lm = engine.as_model(model)
-    if not (np.issubdtype(volume.dtype, np.number) or volume.dtype == np.bool_) or np.iscomplexobj(volume):
-        raise ValueError(f"volume must hold real numbers, got dtype {volume.dtype}")
-    engine.input_mode(volume.ndim, lm, image_stack=bool(kwargs.get("image_stack", False)))
-    if nonfinite not in engine.NONFINITE_CHOICES:
-        raise ValueError(f"nonfinite must be one of {', '.join(engine.NONFINITE_CHOICES)}, got {nonfinite!r}")
+    engine.check_input(volume, lm, nonfinite=nonfinite, image_stack=bool(kwargs.get("image_stack", False)))
     n_bad = engine.count_nonfinite(volume)
-    if n_bad and nonfinite == "refuse":
-        raise ValueError(
-            f"the input holds {n_bad} NaN/Inf voxels; fix the data or let them be replaced by the median "
-            "(nonfinite='replace')"
-        )
+    engine.check_nonfinite(n_bad, nonfinite)
     fill = robust_stats(volume)[0] if n_bad else None
     small = fourier_resample(volume, plan.model_shape, fill=fill)
     binned = plan.mode == "binned"
