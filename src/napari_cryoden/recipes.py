@@ -245,6 +245,8 @@ def _realistic_text(r: dict) -> str:
 RECIPE_CHECKPOINT_FORMAT = "napari-cryoden recipe checkpoint 1"
 #: Steps between the checkpoints of a run with a work folder (and one when a window ends).
 CHECKPOINT_EVERY = 500
+#: Where a 3D recipe's batches are simulated (:func:`run_recipe`'s `data`).
+DATA_SOURCES = ("host", "device")
 
 
 def window_seed(seed: int, start: int) -> int:
@@ -269,8 +271,8 @@ class RecipeSession:
     generator, the discriminator, both Adam states and torch's random state; under 16 MiB for
     the 3D recipes) and ``checkpoint.json``, atomically, through
     :mod:`~napari_cryoden.training.checkpoint`. The state records the recipe, the steps planned
-    and done, the training seconds and one entry per window (steps, seconds, device, hardware),
-    which the model card copies.
+    and done, the training seconds and one entry per window (steps, seconds, device, hardware,
+    where the batches were made), which the model card copies.
 
     Parameters
     ----------
@@ -281,6 +283,8 @@ class RecipeSession:
     workdir : path-like, optional
     resume : bool
         Continue the checkpoint in `workdir` (same recipe and steps).
+    data : {"host", "device"}, default="host"
+        Where this window's batches are made (:data:`DATA_SOURCES`); recorded per window.
 
     Raises
     ------
@@ -289,10 +293,10 @@ class RecipeSession:
         checkpoint without `resume`, or a checkpoint of another recipe or step count.
     """
 
-    def __init__(self, name: str, steps: int, workdir: str | Path | None, *, resume: bool):
+    def __init__(self, name: str, steps: int, workdir: str | Path | None, *, resume: bool, data: str = "host"):
         from .training.checkpoint import check_workdir
 
-        self.name, self.steps = name, int(steps)
+        self.name, self.steps, self.data = name, int(steps), data
         self.folder = check_workdir(workdir, resume, overwrite=False)
         self.resume = resume
         self.windows: list[dict] = []
@@ -331,8 +335,8 @@ class RecipeSession:
         from .device import hardware_name
 
         return {"steps": [self.start, int(step)], "seconds": round(seconds - self.seconds_before, 1),
-                "device": self.device, "hardware": hardware_name(torch.device(self.device)), "workers": workers,
-                "torch": torch.__version__}
+                "device": self.device, "hardware": hardware_name(torch.device(self.device)), "data": self.data,
+                "workers": workers, "torch": torch.__version__}
 
     def save(self, stepper, step: int, seconds: float, workers: int) -> Path | None:
         """Write the checkpoint of `step` (nothing without a work folder)."""
@@ -350,7 +354,7 @@ class RecipeSession:
 def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: int | None = None, log=print,
                overrides: dict | None = None, bm3d: bool | None = None, workers: int = 0, device: str = "auto",
                minutes: float | None = None, workdir: str | Path | None = None,
-               resume: bool = False) -> Path | None:
+               resume: bool = False, data: str = "host") -> Path | None:
     """Train recipe `name` on the maps in `maps_dir` and write the model into `out_dir`.
 
     Parameters
@@ -376,6 +380,12 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
         draw other (equally distributed) batches, so the weights differ from a ``workers=0`` run.
     device : {"auto", "cpu", "cuda"}, default="auto"
         Where to train (bf16 autocast where the device has it).
+    data : {"host", "device"}, default="host"
+        3D recipes: where the batches are simulated. ``"host"``: the numpy streams of
+        :func:`recipe_stream` on the CPU (with `workers`), as the shipped models were trained;
+        ``"device"``: :class:`~napari_cryoden.simulate.batched.BatchedStream`, the same recipe
+        simulated in batches with torch on the training device (same distributions, other
+        draws), which keeps a GPU fed.
     minutes : float, optional
         3D recipes: wall-clock budget of this window of training; when it is spent, the state
         is checkpointed into `workdir` and None is returned (continue with ``resume=True``).
@@ -398,13 +408,17 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
         For bad options (see :class:`RecipeSession`), or when training diverges.
     """
     r = RECIPES[name]
+    if data not in DATA_SOURCES:
+        raise ValueError(f"data must be one of {', '.join(DATA_SOURCES)}, got {data!r}")
+    if data == "device" and workers:
+        raise ValueError("workers make batches on the host; the device stream (data='device') takes none")
     if minutes is not None and workdir is None:
         raise ValueError("a time budget (minutes) needs a work folder for the checkpoint (workdir)")
     if minutes is not None and not (isinstance(minutes, (int, float)) and 0 < minutes < float("inf")):
         raise ValueError(f"minutes must be a positive number, got {minutes!r}")
     if r.get("ndim", 3) == 2:
-        if workers:
-            raise ValueError("workers are for 3D recipes only")
+        if workers or data != "host":
+            raise ValueError("workers and the device stream are for 3D recipes only")
         if minutes is not None or workdir is not None or resume:
             raise ValueError("time-boxed windows (minutes, workdir, resume) are for 3D recipes only")
         r = _deep_update(r, overrides or {})
@@ -413,7 +427,7 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
     if overrides:
         raise ValueError("overrides are for 2D recipes only")
     steps = r["steps"] if steps is None else steps
-    session = RecipeSession(name, steps, workdir, resume=resume)
+    session = RecipeSession(name, steps, workdir, resume=resume, data=data)
     maps = load_particle_maps(maps_dir)
     train_names = sorted(k for k in maps if k not in HELD_OUT)
     torch.manual_seed(r["seed"])
@@ -426,8 +440,13 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
                       log_every=20, device=device)
     stepper = supervised_stepper(gen, cfg, discriminator=disc)
     session.restore(stepper)
-    stream = parallel_stream(recipe_stream, r, maps, train_names, seed=window_seed(r["seed"], session.start),
-                             workers=workers)
+    seed = window_seed(r["seed"], session.start)
+    if data == "device":
+        from .simulate.batched import BatchedStream
+
+        stream = BatchedStream.from_recipe(r, maps, train_names, device=stepper.dev, seed=seed)
+    else:
+        stream = parallel_stream(recipe_stream, r, maps, train_names, seed=seed, workers=workers)
     batches = iter(stream)
     loop = LoopConfig(steps=steps, rampdown=cfg.rampdown, log_every=cfg.log_every,
                       checkpoint_every=CHECKPOINT_EVERY if session.folder is not None else 0,
@@ -453,26 +472,29 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
     result = TrainResult(steps_done=done.step, seconds=done.seconds, history=session.history)
     windows = session.windows + [session.window(done.step, done.seconds, workers)]
     return save_recipe_model(name, gen, result, maps, out_dir, train_seconds=done.seconds, steps=steps, log=log,
-                             workers=workers, windows=windows)
+                             workers=workers, windows=windows, data=data)
 
 
-def _train_command(name: str, steps: int, workers: int) -> str:
-    """The command line that trains 3D recipe `name` for `steps` steps with `workers` data processes."""
+def _train_command(name: str, steps: int, workers: int, data: str = "host") -> str:
+    """The command line that trains 3D recipe `name` for `steps` steps with `workers` data
+    processes, or on batches made on the training device (`data` ``"device"``)."""
     return (f"python -m napari_cryoden.recipes {name} --maps ../shared/data/maps_10A --out models"
             + (f" --steps {steps}" if steps != RECIPES[name]["steps"] else "")
-            + (f" --workers {workers}" if workers else ""))
+            + (f" --workers {workers}" if workers else "")
+            + (f" --data {data}" if data != "host" else ""))
 
 
 def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, np.ndarray], out_dir: str | Path, *,
                       train_seconds: float, steps: int, log=print, workers: int = 0,
-                      windows: list[dict] | None = None) -> Path:
+                      windows: list[dict] | None = None, data: str = "host") -> Path:
     """Score a network trained by 3D recipe `name` on the held-out sets and save it with its card.
 
     The second half of :func:`run_recipe`. `result` is the :class:`~.supervised.TrainResult` of
     the run (its ``steps_done`` and last history entry go into the card), `maps` the particle maps
     it was trained from (all of them; the held-out proteins are left out of the card's training
     list), `steps` the steps the run was asked for and `workers` the processes that made its
-    batches (recorded in the card's command when not 0). `windows` lists the sessions of
+    batches (recorded in the card's command when not 0), `data` where they were made
+    (``"host"`` or ``"device"``, see :func:`run_recipe`). `windows` lists the sessions of
     training (:meth:`RecipeSession.window`: steps, seconds, device, hardware); the card records
     them, their total GPU seconds and the hardware (default: one CPU session).
 
@@ -485,7 +507,7 @@ def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, n
     train_names = sorted(k for k in maps if k not in HELD_OUT)
     betas = tuple(r.get("betas", (0.5, 0.999)))
     windows = windows or [{"steps": [0, result.steps_done], "seconds": round(train_seconds, 1), "device": "cpu",
-                           "hardware": hardware_name(torch.device("cpu")), "workers": workers}]
+                           "hardware": hardware_name(torch.device("cpu")), "data": data, "workers": workers}]
     lm = LoadedModel.from_module(gen.eval(), name=name)
     lm.card["overlap"] = r["overlap"]  # the tiles of the shipped card (else: the measured receptive field)
     t1 = time.time()
@@ -503,12 +525,14 @@ def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, n
         "normalization": NORMALIZATION,
         "overlap": r["overlap"],
         "training": {
-            "command": _train_command(name, steps, workers),
+            "command": _train_command(name, steps, workers, data),
             "data": (
                 "thesis dataset (van Gijn 2019, sec. 3.1) made on the fly from SHREC protein maps at 10 Å/voxel "
                 f"(shared/data/maps_10A): {', '.join(train_names)}; {r['patch']}^3 volumes with one centred particle "
                 f"(p={r['stream']['p_single']}) or 2-{r['stream']['max_particles']} non-overlapping particles in random orientations"
                 + (_realistic_text(r) if "realistic" in r else "")
+                + ("; batches simulated in torch on the training device (napari_cryoden.simulate.batched)"
+                   if data == "device" else "")
             ),
             "noise_model": (
                 f"thesis samples: missing wedge of a single-axis tilt series about Y, max tilt uniform in {r['stream']['tilt_range']} deg, "
@@ -771,6 +795,9 @@ def main(argv=None) -> int:
                    help="3D recipes: make the training batches in N worker processes, each with its own seed "
                         "derived from the recipe's (default 0: on the training thread, as the shipped models)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to train (default: auto)")
+    p.add_argument("--data", default="host", choices=DATA_SOURCES,
+                   help="3D recipes: simulate the batches on the host with numpy (default, as the shipped models; "
+                        "see --workers) or in torch on the training device (keeps a GPU fed)")
     p.add_argument("--minutes", type=float, default=None,
                    help="3D recipes: train for at most this wall-clock time, then checkpoint into --workdir and "
                         "stop (exit 0; continue later with --resume, here or on another machine)")
@@ -790,9 +817,13 @@ def main(argv=None) -> int:
         p.error("--minutes must be a positive number")
     if (a.minutes is not None or a.resume) and a.workdir is None:
         p.error("--minutes and --resume need --workdir")
+    if a.data == "device" and a.workers:
+        p.error("--workers makes batches on the host; --data device takes none")
     if r.get("ndim", 3) == 2:
         if a.workers:
             p.error("--workers is for 3D recipes only")
+        if a.data != "host":
+            p.error("--data device is for 3D recipes only")
         if a.minutes is not None or a.workdir is not None or a.resume:
             p.error("--minutes, --workdir and --resume are for 3D recipes only")
         return _main_2d(a)
@@ -808,7 +839,7 @@ def main(argv=None) -> int:
         return 0
     try:
         path = run_recipe(a.name, a.maps, a.out, steps=a.steps, workers=a.workers, device=a.device,
-                          minutes=a.minutes, workdir=a.workdir, resume=a.resume)
+                          minutes=a.minutes, workdir=a.workdir, resume=a.resume, data=a.data)
     except ValueError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -111,3 +111,51 @@ def test_recipe_command_line_refuses_windows_without_a_work_folder(capsys):
     with pytest.raises(SystemExit):
         recipes.main(["upsampleunet48-gan", "--minutes", "9"])
     assert "--workdir" in capsys.readouterr().err
+
+
+def test_a_recipe_trains_on_the_device_stream_and_says_so(maps_dir, tmp_path, monkeypatch):
+    """data="device": the batches come from simulate.batched.BatchedStream (the recipe's own
+    distributions, on the training device); the card's command and windows name it."""
+    from napari_cryoden.simulate.batched import BatchedStream
+
+    name = "unet48-ae"
+    _small_recipe(monkeypatch, name)
+    made = []
+    real_from_recipe = BatchedStream.from_recipe.__func__
+
+    def spy(cls, *a, **kw):
+        made.append(real_from_recipe(cls, *a, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(BatchedStream, "from_recipe", classmethod(spy))
+    card_path = run_recipe(name, maps_dir, tmp_path / "out", steps=2, log=lambda *a, **k: None, data="device")
+    (stream,) = made
+    assert stream.device.type == "cpu" and stream.patch == RECIPES[name]["patch"] and stream.batch_size == 2
+    assert sorted(stream.bank.names) == list(TRAIN) and stream.mix == RECIPES[name]["realistic"]["weight"]
+    t = json.loads(card_path.read_text())["training"]
+    assert t["command"].endswith("--steps 2 --data device") and t["steps"] == 2
+    assert "simulated in torch on the training device" in t["data"]
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"data": "gpu"}, "data must be one of host, device"),
+    ({"data": "device", "workers": 2}, "device stream .* takes none"),
+])
+def test_bad_data_sources_are_refused_before_training(maps_dir, tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        run_recipe("unet48-ae", maps_dir, tmp_path / "out", steps=1, **kw)
+    with pytest.raises(ValueError, match="3D recipes only"):
+        run_recipe("n2n-unet-2d", maps_dir, tmp_path / "out", data="device")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_line_passes_the_data_source(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(recipes, "run_recipe", lambda *a, **kw: calls.append(kw) or "card.json")
+    assert recipes.main(["upsampleunet48-gan", "--data", "device"]) == 0
+    assert recipes.main(["upsampleunet48-gan"]) == 0
+    assert [c["data"] for c in calls] == ["device", "host"]
+    for argv in (["n2n-unet-2d", "--data", "device"], ["unet48-ae", "--data", "device", "--workers", "2"]):
+        with pytest.raises(SystemExit):
+            recipes.main(argv)
+    assert "--data device" in capsys.readouterr().err

@@ -945,7 +945,7 @@ class BatchedStream:
     @classmethod
     def from_recipe(cls, r: Mapping[str, Any], maps: Mapping[str, Any], names: Sequence[str], *,
                     device: str | torch.device = "cpu", seed: int | None = None) -> "BatchedStream":
-        """The device stream of a 3D recipe dict (``training.recipes.RECIPES[name]``).
+        """The device stream of a 3D recipe dict (``recipes.RECIPES[name]``).
 
         Uses ``r["stream"]`` (thesis ranges), ``r["realistic"]`` (its ``weight`` is `mix`;
         absent: thesis pairs only), ``r["patch"]``, ``r["batch_size"]`` and ``r["seed"]``
