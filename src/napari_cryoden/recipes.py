@@ -330,24 +330,28 @@ class RecipeSession:
         if not 0 <= self.start <= self.steps:
             raise ValueError(f"checkpoint unreadable: {self.folder}: step {self.start} of {self.steps}")
 
-    def window(self, step: int, seconds: float, workers: int) -> dict:
-        """This window's record after `step` steps and `seconds` of training in all."""
-        from .device import hardware_name
-
+    def window(self, step: int, seconds: float, workers: int, **extra) -> dict:
+        """This window's record after `step` steps and `seconds` of training in all (with `extra`
+        figures of the window, e.g. the 2D recipes' ``simulation_seconds`` and ``micrographs``)."""
         return {"steps": [self.start, int(step)], "seconds": round(seconds - self.seconds_before, 1),
                 "device": self.device, "hardware": hardware_name(torch.device(self.device)), "data": self.data,
-                "workers": workers, "torch": torch.__version__}
+                "workers": workers, "torch": torch.__version__, **extra}
 
-    def save(self, stepper, step: int, seconds: float, workers: int) -> Path | None:
+    def total(self, key: str, this_window: float = 0.0) -> float:
+        """The sum of `key` over the earlier windows' records, plus `this_window`."""
+        return sum(float(w.get(key, 0.0)) for w in self.windows) + this_window
+
+    def save(self, stepper, step: int, seconds: float, workers: int, **extra) -> Path | None:
         """Write the checkpoint of `step` (nothing without a work folder)."""
         from .training.checkpoint import save_checkpoint, stepper_tensors
 
         if self.folder is None:
             return None
-        tensors, extra = stepper_tensors(stepper)
+        tensors, optimizer_extra = stepper_tensors(stepper)
         tensors["rng.torch"] = torch.get_rng_state()
         state = {"recipe": self.name, "steps": self.steps, "step": int(step), "seconds": float(seconds),
-                 "windows": self.windows + [self.window(step, seconds, workers)], "history": self.history, **extra}
+                 "windows": self.windows + [self.window(step, seconds, workers, **extra)], "history": self.history,
+                 **optimizer_extra}
         return save_checkpoint(self.folder, tensors, state, fmt=RECIPE_CHECKPOINT_FORMAT)
 
 
@@ -387,10 +391,10 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
         simulated in batches with torch on the training device (same distributions, other
         draws), which keeps a GPU fed.
     minutes : float, optional
-        3D recipes: wall-clock budget of this window of training; when it is spent, the state
+        Wall-clock budget of this window of training; when it is spent, the state
         is checkpointed into `workdir` and None is returned (continue with ``resume=True``).
     workdir : path-like, optional
-        3D recipes: folder of the run's checkpoint (every :data:`CHECKPOINT_EVERY` steps and at
+        Folder of the run's checkpoint (every :data:`CHECKPOINT_EVERY` steps and at
         the end of a window); needed with `minutes`.
     resume : bool, default=False
         Continue the checkpoint in `workdir`, on this or another machine; the batches of each
@@ -419,11 +423,9 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
     if r.get("ndim", 3) == 2:
         if workers or data != "host":
             raise ValueError("workers and the device stream are for 3D recipes only")
-        if minutes is not None or workdir is not None or resume:
-            raise ValueError("time-boxed windows (minutes, workdir, resume) are for 3D recipes only")
         r = _deep_update(r, overrides or {})
         return _run_recipe_2d(name, r, maps_dir, out_dir, steps=steps, log=log, overrides=overrides, bm3d=bm3d,
-                              device=device)
+                              device=device, minutes=minutes, workdir=workdir, resume=resume)
     if overrides:
         raise ValueError("overrides are for 2D recipes only")
     steps = r["steps"] if steps is None else steps
@@ -594,7 +596,8 @@ def _check_maps_pixel_size(folder: str | Path, expected: float) -> None:
 
 
 def train_micrograph_n2n(r: dict, particles: dict[str, np.ndarray], *, steps: int | None = None,
-                         device: str = "auto", precision: str = "auto", log=print, monitor=None) -> dict:
+                         device: str = "auto", precision: str = "auto", log=print, monitor=None,
+                         session: RecipeSession | None = None, minutes: float | None = None) -> dict | None:
     """Train a 2D network by Noise2Noise on simulated even/odd frame sums (recipe `r`).
 
     Input and target are the two halves of one movie, in random order (Lehtinen et al. 2018,
@@ -611,21 +614,29 @@ def train_micrograph_n2n(r: dict, particles: dict[str, np.ndarray], *, steps: in
         an eval-mode CPU copy of the network (the training copy is not touched); its result goes
         into that step's history entry. For learning curves on held-out data: nothing is selected
         with it, and it changes neither the data stream nor the weights.
+    session : RecipeSession, optional
+        The run on disk, for time-boxed windows: resumes its checkpoint (the micrographs of a
+        resumed window come from a stream seeded by :func:`window_seed`), checkpoints every
+        :data:`CHECKPOINT_EVERY` steps and when the window ends, and keeps the history and the
+        per-window records. Default: one window, nothing written.
+    minutes : float, optional
+        Wall-clock budget of this window (needs a `session` with a work folder).
 
     Returns
     -------
-    dict
+    dict or None
         ``module`` (trained, eval mode, CPU), ``steps``, ``seconds`` (simulation and monitor
-        included), ``simulation_seconds``, ``monitor_seconds``, ``micrographs``, ``history``
-        (per logged step: mean loss, mean and largest gradient norm before clipping, learning
-        rate, monitor results), ``device``, ``precision``.
+        included; all windows), ``simulation_seconds``, ``monitor_seconds`` and ``micrographs``
+        (all windows), ``history`` (per logged step: mean loss, mean and largest gradient norm
+        before clipping, learning rate, micrographs simulated so far, monitor results),
+        ``device``, ``precision``, ``windows`` (the session's records). None when the budget
+        ended the window before the last step (its checkpoint is written).
     """
     from .device import resolve_device, resolve_precision
     from .training.supervised import SupervisedStep
 
     steps = int(r["steps"] if steps is None else steps)
-    rng = np.random.default_rng(r["seed"])
-    stream = MicrographPairs.from_recipe(r, particles, rng)
+    session = session or RecipeSession("2D recipe", steps, None, resume=False)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     with torch.random.fork_rng(devices=[]):
@@ -636,6 +647,8 @@ def train_micrograph_n2n(r: dict, particles: dict[str, np.ndarray], *, steps: in
     stepper = SupervisedStep(net, mode="ae", loss=r["loss"], lr=r["lr"], betas=tuple(r["betas"]), device=dev,
                              precision=prec, ndim=2, max_grad_norm=r.get("max_grad_norm"),
                              channels_last=dev.type == "cpu" and prec != "fp32" and r["patch"] // stride >= 4)
+    session.restore(stepper)
+    stream = MicrographPairs.from_recipe(r, particles, np.random.default_rng(window_seed(r["seed"], session.start)))
     norms: list[float] = []
     monitor_every = int(r.get("monitor_every", 0)) if monitor is not None else 0
     monitor_seconds = 0.0
@@ -653,22 +666,40 @@ def train_micrograph_n2n(r: dict, particles: dict[str, np.ndarray], *, steps: in
         return out
 
     loop = LoopConfig(steps=steps, rampdown=r.get("rampdown", 0.0), log_every=max(1, min(50, steps)),
-                      val_every=monitor_every)
-    history = []
-    for ev in iter_train(update, loop, optimizers=[stepper.opt_g], validate=watch if monitor_every else None):
+                      val_every=monitor_every, checkpoint_every=CHECKPOINT_EVERY if session.folder is not None else 0,
+                      seconds=None if minutes is None else 60.0 * minutes)
+
+    def figures() -> dict:  # this window's, for its record
+        return {"simulation_seconds": round(stream.simulation_seconds, 1), "micrographs": stream.micrographs,
+                "monitor_seconds": round(monitor_seconds, 1)}
+
+    done = None
+    for ev in iter_train(update, loop, optimizers=[stepper.opt_g], validate=watch if monitor_every else None,
+                         start=session.start, seconds_before=session.seconds_before,
+                         describe=lambda: f"batch {r['batch_size']}, patch {r['patch']}"):
         if isinstance(ev, Losses):
             entry = {"step": ev.step, "seconds": ev.seconds, "content": ev.means["content"],
                      "grad_norm": float(np.mean(norms)), "grad_norm_max": float(np.max(norms)),
-                     "lr": ev.lr, "micrographs": stream.micrographs, **(ev.validation or {})}
-            history.append(entry)
+                     "lr": ev.lr, "micrographs": int(session.total("micrographs", stream.micrographs)),
+                     **(ev.validation or {})}
+            session.history.append(entry)
             log(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in entry.items()}), flush=True)
             norms.clear()
+        elif isinstance(ev, Checkpoint):
+            session.save(stepper, ev.step, ev.seconds, 0, **figures())
         elif isinstance(ev, Done):
-            seconds = ev.seconds
+            done = ev
     stepper.finish()
-    return {"module": stepper.generator.to("cpu").eval(), "steps": steps, "seconds": seconds,
-            "simulation_seconds": stream.simulation_seconds, "monitor_seconds": monitor_seconds,
-            "micrographs": stream.micrographs, "history": history, "device": dev, "precision": prec}
+    if done.reason == "budget":
+        log(f"stopped after {done.step} of {steps} steps at the {minutes:g}-minute budget; checkpoint in "
+            f"{session.folder}; continue with --resume", flush=True)
+        return None
+    windows = session.windows + [session.window(done.step, done.seconds, 0, **figures())]
+    return {"module": stepper.generator.to("cpu").eval(), "steps": steps, "seconds": done.seconds,
+            "simulation_seconds": sum(w["simulation_seconds"] for w in windows),
+            "monitor_seconds": sum(w["monitor_seconds"] for w in windows),
+            "micrographs": sum(w["micrographs"] for w in windows), "history": session.history, "device": dev,
+            "precision": prec, "windows": windows}
 
 
 def _eval_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -678,7 +709,9 @@ def _eval_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).to("cpu").to(memory_format=torch.contiguous_format).eval()
 
 
-def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrides, bm3d, device="auto") -> Path:
+def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrides, bm3d, device="auto",
+                   minutes=None, workdir=None, resume=False) -> Path | None:
+    session = RecipeSession(name, r["steps"] if steps is None else steps, workdir, resume=resume)
     _check_maps_pixel_size(maps_dir, r["pixel_size"])
     maps = load_particle_maps(maps_dir)
     train_names = sorted(k for k in maps if k not in HELD_OUT)
@@ -699,8 +732,11 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
                 "held_out_ssim": float(np.median([m["ssim"] for m in rows]))}
 
     res = train_micrograph_n2n(r, {k: maps[k] for k in train_names}, steps=steps, log=log, device=device,
-                               monitor=monitor if watched else None)
+                               monitor=monitor if watched else None, session=session, minutes=minutes)
+    if res is None:
+        return None
     net = res["module"]
+    windows = res["windows"]
     lm = wrap(net)
     t1 = time.time()
     scores = evaluate_micrographs(lm, sims, bm3d=bm3d, precision="auto")
@@ -751,7 +787,9 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
             "precision": f"{res['precision']} autocast" if res["precision"] != "fp32" else "fp32",
             "seconds": round(res["seconds"], 1),
             "simulation_seconds": round(res["simulation_seconds"], 1),
-            "hardware": hardware_name(res["device"]),
+            "gpu_seconds": round(sum(w["seconds"] for w in windows if w["device"].startswith("cuda")), 1),
+            "hardware": "; ".join(dict.fromkeys(w["hardware"] for w in windows)),
+            **({"windows": windows} if len(windows) > 1 or windows[0]["device"] != "cpu" else {}),
             "torch": torch.__version__,
             "final_losses": res["history"][-1] if res["history"] else {},
             **({"held_out_curve": {
@@ -799,9 +837,9 @@ def main(argv=None) -> int:
                    help="3D recipes: simulate the batches on the host with numpy (default, as the shipped models; "
                         "see --workers) or in torch on the training device (keeps a GPU fed)")
     p.add_argument("--minutes", type=float, default=None,
-                   help="3D recipes: train for at most this wall-clock time, then checkpoint into --workdir and "
+                   help="train for at most this wall-clock time, then checkpoint into --workdir and "
                         "stop (exit 0; continue later with --resume, here or on another machine)")
-    p.add_argument("--workdir", default=None, help="3D recipes: folder of the run's checkpoint (every "
+    p.add_argument("--workdir", default=None, help="folder of the run's checkpoint (every "
                    f"{CHECKPOINT_EVERY} steps and at the end of a --minutes window)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --workdir")
     p.add_argument("--evaluate-only", action="store_true", help="re-measure the held-out scores of an existing model")
@@ -824,8 +862,6 @@ def main(argv=None) -> int:
             p.error("--workers is for 3D recipes only")
         if a.data != "host":
             p.error("--data device is for 3D recipes only")
-        if a.minutes is not None or a.workdir is not None or a.resume:
-            p.error("--minutes, --workdir and --resume are for 3D recipes only")
         return _main_2d(a)
     if a.evaluate_only:
         from .models import load_model
@@ -872,8 +908,14 @@ def _main_2d(a) -> int:
                                        pixel_size=r["pixel_size"])
         print(json.dumps(evaluate_micrographs(lm, sims, bm3d=bm3d, precision="auto"), indent=1))
         return 0
-    path = run_recipe(a.name, a.maps, a.out, steps=a.steps, bm3d=bm3d, device=a.device)
-    print(f"wrote {path}")
+    try:
+        path = run_recipe(a.name, a.maps, a.out, steps=a.steps, bm3d=bm3d, device=a.device, minutes=a.minutes,
+                          workdir=a.workdir, resume=a.resume)
+    except ValueError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    if path is not None:
+        print(f"wrote {path}")
     return 0
 
 

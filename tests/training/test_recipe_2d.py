@@ -190,3 +190,52 @@ def test_pairs_with_clean_targets_keep_the_inputs_and_drop_the_target_noise(tiny
     assert float(((x_clean - y_clean) ** 2).mean()) < 0.75 * float(((x_half - y_half) ** 2).mean())
     with pytest.raises(ValueError, match="target must be 'half' or 'clean'"):
         MicrographPairs(train, np.random.default_rng(3), batch_size=1, patch=64, pixel_size=5.0, target="odd", **m)
+
+
+class _Clock:
+    """A perf_counter that advances one second per call: a time budget ends after a fixed number of steps."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def perf_counter(self):
+        self.t += 1.0
+        return self.t
+
+
+def test_the_2d_recipe_runs_in_time_boxed_windows_and_resumes(maps_dir, tmp_path, monkeypatch, capsys):
+    """--minutes/--workdir/--resume for n2n-unet-2d: a window ends at its budget with a checkpoint
+    (no model), the next resumes it; the card records both windows and the micrographs of both."""
+    import napari_cryoden.training.loop as loop
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    quiet = {"log": lambda *a, **k: None, "bm3d": False, "overrides": TINY}
+    monkeypatch.setattr(loop, "time", _Clock())
+    assert run_recipe(NAME, maps_dir, out, steps=5, minutes=0.04, workdir=work, **quiet) is None
+    state = json.loads((work / "checkpoint.json").read_text())
+    first = state["step"]
+    assert 0 < first < 5 and state["recipe"] == NAME and not (out / f"{NAME}.json").exists()
+    (window,) = state["windows"]
+    assert window["steps"] == [0, first] and window["micrographs"] == first  # one micrograph per batch of 2
+    with pytest.raises(ValueError, match="holds the checkpoint"):
+        run_recipe(NAME, maps_dir, out, steps=5, workdir=work, **quiet)
+    monkeypatch.undo()
+    card = load_model(run_recipe(NAME, maps_dir, out, steps=5, workdir=work, resume=True, **quiet)).card
+    t = card["training"]
+    assert t["steps"] == 5 and [w["steps"] for w in t["windows"]] == [[0, first], [first, 5]]
+    assert sum(w["micrographs"] for w in t["windows"]) == 5 and t["gpu_seconds"] == 0
+    assert t["final_losses"]["step"] == 5 and t["final_losses"]["micrographs"] == 5
+    # the command line takes the same options for 2D recipes
+    with pytest.raises(SystemExit):
+        recipes.main([NAME, "--maps", str(maps_dir), "--out", str(out), "--skip-bm3d", "--minutes", "1"])
+    assert "--workdir" in capsys.readouterr().err
+
+
+def test_a_single_2d_window_is_the_plain_run(maps_dir, tmp_path):
+    """A work folder without a budget checkpoints but trains the same weights as a run without one."""
+    quiet = {"log": lambda *a, **k: None, "bm3d": False, "overrides": TINY, "steps": 3}
+    plain = load_model(run_recipe(NAME, maps_dir, tmp_path / "a", **quiet))
+    boxed = load_model(run_recipe(NAME, maps_dir, tmp_path / "b", workdir=tmp_path / "work", **quiet))
+    assert json.loads((tmp_path / "work" / "checkpoint.json").read_text())["step"] == 3
+    for a, b in zip(plain.module.state_dict().values(), boxed.module.state_dict().values()):
+        assert torch.equal(a, b)
