@@ -302,13 +302,13 @@ class RecipeSession:
         self.windows: list[dict] = []
         self.history: list[dict] = []
         self.start, self.seconds_before = 0, 0.0
-        self.device = "cpu"
+        self.device, self.precision = "cpu", "fp32"
 
     def restore(self, stepper) -> None:
         """Load the checkpoint into `stepper` (weights, optimizers, torch's random state) when resuming."""
         from .training.checkpoint import load_checkpoint, restore_optimizer, sub_state
 
-        self.device = str(stepper.dev)
+        self.device, self.precision = str(stepper.dev), stepper.precision
         if not self.resume:
             return
         tensors, state = load_checkpoint(self.folder, fmt=RECIPE_CHECKPOINT_FORMAT)
@@ -334,8 +334,8 @@ class RecipeSession:
         """This window's record after `step` steps and `seconds` of training in all (with `extra`
         figures of the window, e.g. the 2D recipes' ``simulation_seconds`` and ``micrographs``)."""
         return {"steps": [self.start, int(step)], "seconds": round(seconds - self.seconds_before, 1),
-                "device": self.device, "hardware": hardware_name(torch.device(self.device)), "data": self.data,
-                "workers": workers, "torch": torch.__version__, **extra}
+                "device": self.device, "hardware": hardware_name(torch.device(self.device)),
+                "precision": self.precision, "data": self.data, "workers": workers, "torch": torch.__version__, **extra}
 
     def total(self, key: str, this_window: float = 0.0) -> float:
         """The sum of `key` over the earlier windows' records, plus `this_window`."""
@@ -477,6 +477,14 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
                              workers=workers, windows=windows, data=data)
 
 
+def _precision_text(windows: list[dict], mode: str = "ae") -> str:
+    """The card's precision: each window's autocast (e.g. "bf16 autocast (generator), fp32 (discriminator)")."""
+    texts = [f"{w.get('precision', 'bf16')} autocast" if w.get("precision", "bf16") != "fp32" else "fp32"
+             for w in windows]
+    text = "; ".join(dict.fromkeys(texts))
+    return text + (" (generator), fp32 (discriminator)" if mode != "ae" and text != "fp32" else "")
+
+
 def _train_command(name: str, steps: int, workers: int, data: str = "host") -> str:
     """The command line that trains 3D recipe `name` for `steps` steps with `workers` data
     processes, or on batches made on the training device (`data` ``"device"``)."""
@@ -547,7 +555,7 @@ def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, n
             "patch": r["patch"],
             "steps": result.steps_done,
             "seed": r["seed"],
-            "precision": "bf16 autocast" + (" (generator), fp32 (discriminator)" if r["mode"] != "ae" else ""),
+            "precision": _precision_text(windows, r["mode"]),
             "seconds": round(train_seconds, 1),
             "gpu_seconds": round(sum(w["seconds"] for w in windows if w["device"].startswith("cuda")), 1),
             "hardware": "; ".join(dict.fromkeys(w["hardware"] for w in windows)),
@@ -784,7 +792,7 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
             "patch": r["patch"],
             "steps": res["steps"],
             "seed": r["seed"],
-            "precision": f"{res['precision']} autocast" if res["precision"] != "fp32" else "fp32",
+            "precision": _precision_text(windows),
             "seconds": round(res["seconds"], 1),
             "simulation_seconds": round(res["simulation_seconds"], 1),
             "gpu_seconds": round(sum(w["seconds"] for w in windows if w["device"].startswith("cuda")), 1),

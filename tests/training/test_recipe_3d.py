@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import write_particle_maps  # tests/conftest.py (tests/ is on sys.path)
 
+from napari_cryoden.device import resolve_precision
 from napari_cryoden.models import load_model
 from napari_cryoden import recipes
 from napari_cryoden.recipes import HELD_OUT, RECIPES, run_recipe
@@ -135,6 +137,8 @@ def test_a_recipe_trains_on_the_device_stream_and_says_so(maps_dir, tmp_path, mo
     t = json.loads(card_path.read_text())["training"]
     assert t["command"].endswith("--steps 2 --data device") and t["steps"] == 2
     assert "simulated in torch on the training device" in t["data"]
+    prec = resolve_precision("auto", torch.device("cpu"))  # the card names the precision the run used
+    assert t["precision"] == ("fp32" if prec == "fp32" else f"{prec} autocast")  # unet48-ae: no discriminator
 
 
 @pytest.mark.parametrize("kw, match", [

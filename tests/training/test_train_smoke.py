@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from napari_cryoden.inference import denoise
-from napari_cryoden.models import LoadedModel, SimpleDiscriminator, UpsampleUnet48, load_model, save_model
+from napari_cryoden.models import SimpleDiscriminator, UpsampleUnet48, load_model, save_model
 from napari_cryoden.simulate import blob_particle
 from napari_cryoden.training import ThesisStream, TrainConfig, train
 from napari_cryoden.training.supervised import rampdown_factor

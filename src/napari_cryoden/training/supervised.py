@@ -291,6 +291,7 @@ class SupervisedStep:
         self.mode, self.content = mode, content_loss(loss)
         self.l1_weight, self.n_critic, self.gp_weight = float(l1_weight), int(n_critic), float(gp_weight)
         self.dev = torch.device(device)
+        self.precision = precision
         self.dtype = autocast_dtype(precision)
         if channels_last is None:
             channels_last = self.dev.type == "cpu" and self.dtype is not None
