@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from napari_cryoden._widgets.denoise import DenoiseWidget
-from napari_cryoden._widgets.train import SCRATCH, TrainWidget
-from napari_cryoden.training.finetune import default_val_slab
+from napari.qt.threading import GeneratorWorker
+
+from napari_cryoden._widgets.train import SCRATCH, TrainWidget, _Note, _PreviewImage, _train_job
+from napari_cryoden.training.finetune import FineTuneResult, TrainEvent, default_val_slab
 from napari_cryoden.inference import denoise
 from napari_cryoden.models import DEFAULT_MODEL, available_models, load_model
 
@@ -154,6 +156,57 @@ def test_noise2noise_finetune_plots_previews_and_saves(viewer_model, qtbot, tiny
     assert "lamella-n2n" in widget.start.choices  # and it can be fine-tuned further
     assert widget.name.value != "lamella-n2n"  # a free name is proposed for the next run
     assert widget.train_button.enabled and not widget.cancel_button.enabled and not widget.save_button.enabled
+
+
+def test_the_worker_iterates_iter_fine_tune_and_yields_its_events(viewer_model, qtbot, tiny_model_dir, rng,
+                                                                  error_notifications):
+    """The training job is a generator: the TrainEvents of iter_fine_tune, the previews made from its
+    PreviewWeights in the training thread, then the FineTuneResult; the widget runs it in a
+    GeneratorWorker whose yielded signal carries those events to the GUI thread."""
+    viewer = viewer_model
+    _add_halves(viewer, rng)
+    widget = _widget(viewer, qtbot, start="tiny-test", steps=2, val_every=1, preview_every=1)
+    viewer.dims.set_current_step(0, 5)
+    run = widget._make_run()
+    job = _train_job(run)
+    yielded = []
+    while True:
+        try:
+            yielded.append(next(job))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    reports = [e for e in yielded if isinstance(e, TrainEvent)]
+    previews = [e for e in yielded if isinstance(e, _PreviewImage)]
+    assert [e.step for e in reports] == [1, 2] and all(e.val_loss is not None for e in reports)
+    assert [(p.z, p.step, p.image.shape) for p in previews] == [(5, 1, SHAPE[1:]), (5, 2, SHAPE[1:])]
+    assert isinstance(result, FineTuneResult) and result.steps_done == 2 and result.history == reports
+    assert run.step == 2
+
+    seen = []
+    widget.run()
+    assert isinstance(widget.worker, GeneratorWorker)
+    widget.worker.yielded.connect(seen.append)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    assert error_notifications == []
+    assert [e.step for e in seen if isinstance(e, TrainEvent)] == [1, 2]
+    assert list(widget.train_line.get_data()[0]) == [1, 2]
+    assert viewer.layers["lamella-n2n preview"].metadata["step"] == 2
+
+
+def test_a_failed_preview_is_switched_off_with_one_warning(viewer_model, qtbot, tiny_model_dir, rng,
+                                                           error_notifications):
+    viewer = viewer_model
+    _add_halves(viewer, rng)
+    widget = _widget(viewer, qtbot, start="tiny-test", steps=2, val_every=1, preview_every=1)
+    run = widget._make_run()
+    run.ndim = 2  # a 3D network asked for a 2D preview: preview_slice fails
+    yielded = list(_train_job(run))
+    notes = [e for e in yielded if isinstance(e, _Note)]
+    assert len(notes) == 1 and notes[0].message.startswith("preview failed and is switched off for this run")
+    assert not any(isinstance(e, _PreviewImage) for e in yielded) and run.preview_failed
+    assert [e.step for e in yielded if isinstance(e, TrainEvent)] == [1, 2]  # training went on
+    assert error_notifications == []
 
 
 def test_cancel_keeps_a_usable_checkpoint(viewer_model, qtbot, tiny_model_dir, rng, error_notifications):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -132,19 +133,11 @@ def test_nan_voxels_are_replaced_and_nan_loss_raises(data, monkeypatch):
         (dict(arch="N2NUNet2D"), r"N2NUNet2D is a 2D \(micrograph\) network and the data is 3D"),
         (dict(source="2d", target="2d"), r"UpsampleUnet48 is a 3D \(tomogram\) network and the data is 2D"),
         (dict(source="nan"), "even half holds no finite values"),
-        (dict(config=dict(steps=0)), "steps must be an integer > 0"),
-        (dict(config=dict(batch=-1)), "batch must be an integer > 0"),
-        (dict(config=dict(lr=0.0)), "lr must be a number > 0"),
-        (dict(config=dict(rampdown=1.5)), "rampdown must be a number >= 0 and <= 1"),
-        (dict(config=dict(max_grad_norm=0.0)), "max_grad_norm must be a number > 0"),
         (dict(config=dict(val_slab=(30, 50))), r"val_slab \(30, 50\) must satisfy 0 <= start < stop <= 32 \(axis 1"),
         (dict(config=dict(val_slab=(0, 8))), r"the validation slab \(0, 8\) along axis 1 is 8 voxels thick, less than "
                                              "the patch 16; use a patch of at most 8"),
         (dict(config=dict(val_axis=3)), "val_axis"),
-        (dict(config=dict(adversarial="gan")), "needs clean targets"),
         (dict(config=dict(mode="supervised", adversarial="gan")), "multiple of 16 and at least 32"),
-        (dict(config=dict(mode="x")), "mode must be one of n2n, supervised, n2v"),
-        (dict(config=dict(device="tpu")), "device must be"),
         (dict(arch=None), "give a model to fine-tune or an architecture"),
     ],
 )
@@ -166,6 +159,43 @@ def test_check_settings_refuses(data, change, match):
     assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match=match):  # fine_tune runs the same checks first
         fine_tune(source, target, config, architecture=arch, arch_kwargs={"ch": 4} if arch else None)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(steps=0), "steps must be an integer > 0"),
+        (dict(batch=-1), "batch must be an integer > 0"),
+        (dict(lr=0.0), "lr must be a number > 0"),
+        (dict(rampdown=1.5), "rampdown must be a number >= 0 and <= 1"),
+        (dict(max_grad_norm=0.0), "max_grad_norm must be a number > 0"),
+        (dict(adversarial="gan"), "needs clean targets"),
+        (dict(mode="x"), "mode must be one of n2n, supervised, n2v"),
+        (dict(device="tpu"), "device must be"),
+        (dict(precision="fp8"), "precision must be one of"),
+        (dict(loss="l3"), "loss must be one of"),
+        (dict(n2v_mask="cube"), "n2v_mask must be one of"),
+        (dict(val_slab=(1.5, 20)), "val_slab must be two integers"),
+        (dict(val_axis=-1), "val_axis must be an integer >= 0"),
+        (dict(betas=(0.9, 1.0)), "betas must be two numbers in"),
+    ],
+)
+def test_config_refuses_bad_settings_when_built(change, match):
+    """What does not depend on the data is refused when the config is built, and by replace()."""
+    with pytest.raises(ValueError, match=match) as info:
+        cfg(**change)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(cfg(), **change)
+
+
+def test_config_is_frozen_and_hashable():
+    config = cfg(betas=[0.5, 0.9], val_slab=[16, 32])
+    assert config.betas == (0.5, 0.9) and config.val_slab == (16, 32)
+    assert hash(config) == hash(cfg(betas=(0.5, 0.9), val_slab=(16, 32)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.steps = 10
+    assert dataclasses.replace(config, steps=10).steps == 10 and config.steps == 6
 
 
 def test_check_settings_accepts_good_settings_and_models(data, tiny_model_dir):
@@ -335,6 +365,39 @@ def test_preview_gets_a_copy_in_eval_mode(data):
 
     fine_tune(even, odd, cfg(steps=4, preview_every=2), preview=preview, **SCRATCH)
     assert seen == [(False, False, False)] * 2
+
+
+def test_iter_fine_tune_yields_the_events_of_fine_tune_and_returns_its_result(data):
+    """The generator yields what fine_tune passes to its callbacks, at the same steps, and returns
+    the same result; the weights are the same bit for bit."""
+    clean, even, odd = data
+    config = cfg(steps=4, val_every=2, log_every=1, preview_every=2)
+    events, previews = [], []
+    res = fine_tune(even, odd, config, progress=events.append, preview=lambda m: previews.append(m.training),
+                    **SCRATCH)
+
+    yielded = []
+    job = finetune.iter_fine_tune(even, odd, config, **SCRATCH)
+    while True:
+        try:
+            yielded.append(next(job))
+        except StopIteration as stop:
+            got = stop.value
+            break
+    reports = [e for e in yielded if isinstance(e, finetune.TrainEvent)]
+    weights = [e for e in yielded if isinstance(e, finetune.PreviewWeights)]
+    assert [e.step for e in reports] == [e.step for e in events] == [1, 2, 3, 4]
+    assert [e.val_loss is not None for e in reports] == [False, True, False, True]
+    assert [e.step for e in weights] == [2, 4] and previews == [False, False]
+    assert all(not w.module.training and not any(p.requires_grad for p in w.module.parameters()) for w in weights)
+    assert [type(e).__name__ for e in yielded] == ["TrainEvent", "TrainEvent", "PreviewWeights", "TrainEvent",
+                                                   "TrainEvent", "PreviewWeights"]
+    assert isinstance(got, finetune.FineTuneResult) and got.steps_done == 4 and got.history == reports
+    assert got.config == res.config and got.config.val_slab == (16, 32) and config.val_slab is None
+    _assert_same_weights(_state(got.module), _state(res.module), rtol=0, atol=0)
+
+    quiet = list(finetune.iter_fine_tune(even, odd, config, preview_every=0, **SCRATCH))
+    assert not any(isinstance(e, finetune.PreviewWeights) for e in quiet) and len(quiet) == 4
 
 
 # --------------------------------------------------------------------------------------------

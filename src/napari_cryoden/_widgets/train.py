@@ -7,14 +7,21 @@ The widget is thin. The plain functions of this module decide everything that is
 :func:`preview_slice` (denoise the displayed slice with the current weights) and
 :func:`card_extra` (what the model card records about the data).
 
-Before anything starts, the settings go through
+Before anything starts, the settings become a frozen
+:class:`~napari_cryoden.training.finetune.FineTuneConfig` (checked when built) and go through
 :func:`~napari_cryoden.training.finetune.check_settings` in the GUI thread, so bad settings give
-one error notification and no worker. Training then runs
-:func:`~napari_cryoden.training.finetune.fine_tune` in a napari ``FunctionWorker``; its
-``progress`` and ``preview`` callbacks run in the training thread and only emit Qt signals
-(queued to the GUI thread), whose main-thread handlers draw the loss curves and update the
-preview layer. Cancel sets a flag that the trainer polls between steps: it stops and returns the
-best validation checkpoint, which can still be saved. A finished run is saved at once under the
+one error notification and no worker. Training then runs as a generator in a napari
+``GeneratorWorker`` (``create_worker``, as the Denoise widget runs
+:func:`~napari_cryoden.inference.iter_denoise`): the worker thread iterates
+:func:`~napari_cryoden.training.finetune.iter_fine_tune`, passes its
+:class:`~napari_cryoden.training.finetune.TrainEvent` progress reports on, and turns each
+:class:`~napari_cryoden.training.finetune.PreviewWeights` into a denoised slice there (a preview
+that fails switches previews off for the run, with a warning). Everything comes back through the
+worker's ``yielded`` signal, whose main-thread handler draws the loss curves and the progress
+bar, updates the preview layer or shows the warning; ``returned`` brings the
+:class:`~napari_cryoden.training.finetune.FineTuneResult` (or a one-line failure). Cancel sets a
+flag that the training loop polls between steps: it validates, checkpoints and returns the best
+validation checkpoint, which can still be saved. A finished run is saved at once under the
 chosen name (:func:`~napari_cryoden.training.export.save_finetuned`); the Denoise widgets then
 re-read the model registry, so the new model is listed without a restart. Closing the viewer's
 window (or :meth:`TrainWidget.shutdown`) stops the training thread after its current step.
@@ -26,7 +33,8 @@ import dataclasses
 import logging
 import math
 import threading
-from typing import Any
+from contextlib import closing
+from typing import Any, Generator
 
 import napari.viewer
 import numpy as np
@@ -38,13 +46,16 @@ from napari.layers import Image, Shapes
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, QObject, Signal
+from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QApplication, QVBoxLayout, QWidget
 
 from ..device import is_out_of_memory
 from ..models import ARCHITECTURES, available_models, default_model_for
 from ..training.export import save_finetuned
-from ..training.finetune import FineTuneConfig, TrainEvent, check_settings, default_patch, fine_tune, validation_axis
+from ..training.finetune import (
+    FineTuneConfig, FineTuneResult, PreviewWeights, TrainEvent, check_settings, default_patch, iter_fine_tune,
+    validation_axis,
+)
 from ._common import (
     Failed as _Failed,
     advance,
@@ -77,12 +88,20 @@ def _layer_array(layer: Image) -> Any:
 
 
 # ================================================================== training thread
-class _Bridge(QObject):
-    """Carries what the training thread reports to the GUI thread (queued signals)."""
+@dataclasses.dataclass(frozen=True)
+class _PreviewImage:
+    """A preview computed in the training thread: slice `z` denoised with the weights of `step`."""
 
-    event = Signal(object)      # TrainEvent
-    preview = Signal(object)    # (z, step, (Y, X) ndarray)
-    note = Signal(str)          # a warning for the user
+    z: int
+    step: int
+    image: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class _Note:
+    """A warning for the user, from the training thread."""
+
+    message: str
 
 
 @dataclasses.dataclass(eq=False)
@@ -90,7 +109,8 @@ class _Run:
     """One training run: what the worker needs, and the state it shares with the GUI thread.
 
     The GUI thread writes only ``preview_z`` and sets ``cancel``/``detached``; the training thread
-    reads them. Nothing here refers to a layer or a widget.
+    reads them, and writes ``step`` and ``preview_failed``. Nothing here refers to a layer or a
+    widget.
     """
 
     source: Any
@@ -103,66 +123,78 @@ class _Run:
     context: int
     name: str
     extra: dict
-    bridge: _Bridge
     preview_z: int = 0
     step: int = 0
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
     detached: bool = False
     preview_failed: bool = False
 
-    def _emit(self, signal: str, value: Any) -> None:
-        """Send `value` to the GUI thread, unless the widget has let go of this run."""
-        if self.detached:
-            return
-        try:
-            getattr(self.bridge, signal).emit(value)
-        except RuntimeError:  # the Qt side is gone (application shutting down): stop quietly
-            self.detached = True
-            self.cancel.set()
+    def preview(self, weights: PreviewWeights) -> _PreviewImage | _Note | None:
+        """Denoise the displayed slice with `weights` (in the training thread).
 
-    def on_event(self, event: TrainEvent) -> None:
-        self.step = int(event.step)
-        self._emit("event", event)
-
-    def on_preview(self, module: torch.nn.Module) -> None:
+        None when previews are off (the widget let go of the run, a cancel is pending, or an
+        earlier preview failed); a :class:`_Note` when this one failed, which switches previews
+        off for the run (a failed preview must not end the training).
+        """
         if self.detached or self.preview_failed or self.cancel.is_set():
-            return
+            return None
         z = int(self.preview_z)
         try:
-            image = preview_slice(self.source, module, z, ndim=self.ndim, context=self.context)
-        except Exception as exc:  # a failed preview must not end the training
+            with torch.no_grad():
+                image = preview_slice(self.source, weights.module, z, ndim=self.ndim, context=self.context)
+        except Exception as exc:
             log.warning("preview failed", exc_info=True)
             self.preview_failed = True
-            self._emit("note", f"preview failed and is switched off for this run: {_one_line(exc)}")
-            return
-        self._emit("preview", (z, self.step, image))
+            return _Note(f"preview failed and is switched off for this run: {_one_line(exc)}")
+        return _PreviewImage(z, int(weights.step), image)
 
-    def __call__(self) -> Any:
-        """Run in the worker thread: the FineTuneResult, or a :class:`_Failed`."""
-        try:
-            return fine_tune(
-                self.source,  # the layer's array: a memmap is read patch by patch
-                self.target,
-                self.config,
-                model=self.model,
-                architecture=self.architecture,
-                arch_kwargs=self.arch_kwargs,
-                progress=self.on_event,
-                preview=self.on_preview if self.config.preview_every > 0 else None,
-                cancel=self.cancel.is_set,
-            )
-        except Exception as exc:
-            message = _one_line(exc)
-            if is_out_of_memory(exc):
-                message = f"out of memory ({message}); try a smaller patch or batch size"
-            elif not isinstance(exc, ValueError):
-                log.exception("training failed")
-                message = f"{type(exc).__name__}: {message}"
-            return _Failed(message)
+    def events(self) -> Generator[TrainEvent | _PreviewImage | _Note, None, FineTuneResult]:
+        """Train (in the worker thread): yield the :class:`TrainEvent` progress reports of
+        :func:`~napari_cryoden.training.finetune.iter_fine_tune` and the previews computed from
+        its :class:`PreviewWeights`; return its FineTuneResult. Raises what it raises."""
+        job = iter_fine_tune(
+            self.source,  # the layer's array: a memmap is read patch by patch
+            self.target,
+            self.config,
+            model=self.model,
+            architecture=self.architecture,
+            arch_kwargs=self.arch_kwargs,
+            cancel=self.cancel.is_set,
+        )
+        with closing(job):
+            while True:
+                try:
+                    event = next(job)
+                except StopIteration as stop:
+                    return stop.value
+                if isinstance(event, PreviewWeights):
+                    shown = self.preview(event)
+                    if shown is not None:
+                        yield shown
+                else:
+                    self.step = int(event.step)
+                    yield event
 
 
-def _run_job(run: _Run) -> Any:
-    return run()
+def _train_job(run: _Run) -> Generator[TrainEvent | _PreviewImage | _Note, None, Any]:
+    """Run in the worker thread: yield what :meth:`_Run.events` yields; return the FineTuneResult,
+    or a :class:`_Failed` (one line) for any exception, shown by the GUI thread as one notification;
+    unforeseen ones are also logged with their traceback."""
+    try:
+        return (yield from run.events())
+    except Exception as exc:
+        message = _one_line(exc)
+        if is_out_of_memory(exc):
+            message = f"out of memory ({message}); try a smaller patch or batch size"
+        elif not isinstance(exc, ValueError):
+            log.exception("training failed")
+            message = f"{type(exc).__name__}: {message}"
+        return _Failed(message)
+
+
+def _drive(job: Generator) -> Generator[Any, None, Any]:
+    # The widget keeps `job` so that it can close it (and the training generator) after shutdown.
+    return (yield from job)
 
 
 def _refresh_denoise_widgets() -> int:
@@ -212,8 +244,9 @@ class TrainWidget(QWidget):
     status : magicgui Label
     figure, canvas, axes : matplotlib Figure, FigureCanvasQTAgg, Axes
         The loss plot; ``train_line`` and ``val_line`` are its two curves.
-    worker : FunctionWorker or None
-        The running training, if any.
+    worker : GeneratorWorker or None
+        The running training, if any: a napari worker thread iterating
+        :func:`~napari_cryoden.training.finetune.iter_fine_tune`.
     result : FineTuneResult or None
         The last finished or cancelled run (best checkpoint), until it is saved.
     saved_path : pathlib.Path or None
@@ -227,6 +260,7 @@ class TrainWidget(QWidget):
         self.result = None
         self.saved_path = None
         self._run: _Run | None = None
+        self._job: Generator | None = None
         self._result_run: _Run | None = None
         self._activity: progress | None = None
         self._slab_layer: Shapes | None = None
@@ -540,23 +574,27 @@ class TrainWidget(QWidget):
     def shutdown(self) -> None:
         """Stop the training (after its current step) and disconnect it from the widget.
 
-        Called when the viewer's window closes. The training thread sees the cancel flag at its
-        next poll, emits nothing more, and its result is dropped.
+        Called when the viewer's window closes. The widget's handlers are disconnected from the
+        worker; the training loop sees the cancel flag at its next poll and the worker stops at
+        the next event (napari's ``quit``), then the training generator is closed; its result is
+        dropped.
         """
-        run, worker = self._run, self.worker
-        self._run, self.worker = None, None
+        run, worker, job = self._run, self.worker, self._job
+        self._run, self.worker, self._job = None, None, None
         self._activity = close_activity(self._activity)
         if run is not None:
             run.detached = True
             run.cancel.set()
-            self._disconnect_bridge(run)
         if worker is not None:
-            disconnect(worker, {"returned": self._on_returned, "errored": self._on_errored,
-                                "finished": self._on_finished})
-            worker.quit()
+            disconnect(worker, {"yielded": self._on_yielded, "returned": self._on_returned,
+                                "errored": self._on_errored, "finished": self._on_finished})
 
-    def _disconnect_bridge(self, run: _Run) -> None:
-        disconnect(run.bridge, {"event": self._on_event, "preview": self._on_preview, "note": self._on_note})
+            def close_job() -> None:
+                if job is not None:
+                    job.close()  # the worker thread has let go of it: end the training generator
+
+            worker.finished.connect(close_job)
+            worker.quit()
 
     # ------------------------------------------------------------------ run
     @property
@@ -636,7 +674,7 @@ class TrainWidget(QWidget):
         extra = card_extra(mode, [(role, lyr.name, _layer_array(lyr).shape, tuple(lyr.scale), lyr.metadata)
                                   for role, lyr in layers])
         run = _Run(source=source, target=target, config=config, model=model, architecture=architecture,
-                   arch_kwargs=arch_kwargs, ndim=ndim, context=context, name=name, extra=extra, bridge=_Bridge())
+                   arch_kwargs=arch_kwargs, ndim=ndim, context=context, name=name, extra=extra)
         run.preview_z = self._current_z(source_layer)
         self._source_layer = source_layer
         return run
@@ -649,12 +687,11 @@ class TrainWidget(QWidget):
         self._train_points = ([], [])
         self._val_points = ([], [])
         self._redraw()
-        run.bridge.event.connect(self._on_event)
-        run.bridge.preview.connect(self._on_preview)
-        run.bridge.note.connect(self._on_note)
+        self._job = _train_job(run)
         self.worker = create_worker(
-            _run_job, run, _start_thread=False,
-            _connect={"returned": self._on_returned, "errored": self._on_errored, "finished": self._on_finished},
+            _drive, self._job, _start_thread=False,
+            _connect={"yielded": self._on_yielded, "returned": self._on_returned, "errored": self._on_errored,
+                      "finished": self._on_finished},
         )
         steps = run.config.steps
         self._activity = progress(total=steps, desc=f"Training {run.name}")
@@ -674,6 +711,15 @@ class TrainWidget(QWidget):
             self.status.value = "cancelling after the current step…"
 
     # ------------------------------------------------------------------ reports (GUI thread)
+    def _on_yielded(self, value: TrainEvent | _PreviewImage | _Note) -> None:
+        """What the training thread yielded: a progress report, a preview or a note."""
+        if isinstance(value, TrainEvent):
+            self._on_event(value)
+        elif isinstance(value, _PreviewImage):
+            self._on_preview(value)
+        elif isinstance(value, _Note):
+            self._on_note(value.message)
+
     def _on_event(self, event: TrainEvent) -> None:
         if event.train_loss is not None and math.isfinite(event.train_loss):
             self._train_points[0].append(event.step)
@@ -706,8 +752,8 @@ class TrainWidget(QWidget):
         self.axes.autoscale_view()
         self.canvas.draw_idle()
 
-    def _on_preview(self, payload: tuple[int, int, np.ndarray]) -> None:
-        z, step, image = payload
+    def _on_preview(self, preview: _PreviewImage) -> None:
+        z, step, image = preview.z, preview.step, preview.image
         run = self._run
         source = self._source_layer
         if run is None or source is None:
@@ -756,10 +802,7 @@ class TrainWidget(QWidget):
         self.status.value = f"failed: {type(exc).__name__}"
 
     def _on_finished(self) -> None:
-        self.worker = None
-        run, self._run = self._run, None
-        if run is not None:
-            self._disconnect_bridge(run)
+        self.worker, self._run, self._job = None, None, None
         self._activity = close_activity(self._activity)
         self.train_button.enabled = True
         self.cancel_button.enabled = False

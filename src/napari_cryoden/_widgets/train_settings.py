@@ -185,13 +185,15 @@ def finetune_config(
     fraction of the steps over which the learning rate ramps down to 0 (Lehtinen et al. 2018);
     `max_grad_norm` 0 or ``None`` means no gradient clipping. A `patch` of 0 is automatic
     (:func:`~napari_cryoden.training.finetune.default_patch`); `val_slab` runs along `val_axis`
-    (default: :func:`~napari_cryoden.training.finetune.validation_axis`). Range checks that need
-    the data are left to :func:`~napari_cryoden.training.finetune.check_settings`.
+    (default: :func:`~napari_cryoden.training.finetune.validation_axis`). The config is frozen and
+    checks its choices and numbers when built; range checks that need the data are left to
+    :func:`~napari_cryoden.training.finetune.check_settings`.
 
     Raises
     ------
     ValueError
-        If the mode is unknown or the learning rate is not a positive number.
+        One line: if the mode is unknown, the learning rate is not a positive number, or
+        another setting is refused by :class:`~napari_cryoden.training.finetune.FineTuneConfig`.
 
     Examples
     --------

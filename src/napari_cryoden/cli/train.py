@@ -2,7 +2,10 @@
 
 Imports only the standard library at import time (it is imported by :mod:`.main`); torch and the
 trainer are imported when the command runs. Bad settings raise :class:`ValueError` before any
-training (exit status 2); Ctrl-C stops at the next step, keeps the checkpoint and exits with 130.
+training (exit status 2). Training iterates
+:func:`~napari_cryoden.training.finetune.iter_fine_tune` in the main thread, the progress bar
+following its reports; Ctrl-C asks it (through its ``cancel`` poll) to stop at the next step,
+which keeps the checkpoint, and the command exits with 130.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import json
 import signal
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ._common import EXIT_INTERRUPTED, EXIT_OK, PROG, ProgressBar
 from ._common import float_where, int_at_least, positive_float
@@ -353,6 +357,22 @@ def _same_data(a, b, chunk: int = 16) -> bool:
                for i in range(0, a.shape[0], chunk))
 
 
+def _train(bar: _TrainBar | None, events: Iterator) -> Any:
+    """Run the training generator `events` (:func:`~napari_cryoden.training.finetune.iter_fine_tune`)
+    to its end in this thread, drawing each progress report
+    (:class:`~napari_cryoden.training.finetune.TrainEvent`) on `bar`; return its FineTuneResult."""
+    from ..training.finetune import TrainEvent
+
+    with closing(events):
+        while True:
+            try:
+                event = next(events)
+            except StopIteration as stop:
+                return stop.value
+            if bar is not None and isinstance(event, TrainEvent):
+                bar.update(event)
+
+
 def _resume_hint(values: dict, workdir: Path) -> str:
     return (f"the checkpoint is kept in {workdir}; to continue, run the same command with --resume"
             + ("" if values.get("workdir") else f" (it uses --workdir {workdir} by default)"))
@@ -364,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
     mode, name = values["mode"], values["name"]
 
     from ..training.export import check_model_name, save_finetuned
-    from ..training.finetune import FineTuneConfig, card_voxel_size, check_settings, fine_tune
+    from ..training.finetune import FineTuneConfig, card_voxel_size, check_settings, iter_fine_tune
 
     resume, overwrite = bool(values["resume"]), bool(values["overwrite"])
     check_model_name(name, overwrite=overwrite)
@@ -408,9 +428,8 @@ def run(args: argparse.Namespace) -> int:
 
         model = default_model_for(source.data.ndim)  # n2n-unet-2d for a micrograph
     quiet = bool(values["quiet"])
-    config = FineTuneConfig(mode=mode, **{k: values[k] for k in OPTION_DEFAULTS if values[k] is not None})
-    config.val_slab = values["val_slab"]
-    config.log_every = 0 if quiet else 1
+    config = FineTuneConfig(mode=mode, val_slab=values["val_slab"], log_every=0 if quiet else 1,
+                            **{k: values[k] for k in OPTION_DEFAULTS if values[k] is not None})
     check_settings(config, source.data, target.data if target is not None else None, model=model,
                    architecture=architecture, arch_kwargs=values["arch_kwargs"], workdir=workdir, resume=resume,
                    overwrite=overwrite)
@@ -420,12 +439,11 @@ def run(args: argparse.Namespace) -> int:
     interrupt = _Interrupt()
     try:
         with interrupt:
-            result = fine_tune(
+            result = _train(bar, iter_fine_tune(
                 source.data, target.data if target is not None else None, config, model=model,
                 architecture=architecture, arch_kwargs=values["arch_kwargs"], workdir=workdir, resume=resume,
-                overwrite=overwrite, progress=bar.update if bar is not None else None,
-                cancel=lambda: interrupt.requested,
-            )
+                overwrite=overwrite, preview_every=0, cancel=lambda: interrupt.requested,
+            ))
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()

@@ -37,6 +37,14 @@ kept (the starting weights included: fine-tuning never returns a network that is
 held-out slab than the one it started from). Checkpoints (safetensors + JSON, written
 atomically) let an interrupted run resume where it stopped.
 
+:func:`iter_fine_tune` is the run as a generator, driving the one training loop
+(:func:`~napari_cryoden.training.loop.iter_train`): it yields :class:`TrainEvent` progress
+reports and, for previews, :class:`PreviewWeights` (a frozen copy of the network), and returns
+the :class:`FineTuneResult`. The Train widget runs it in a napari worker thread, ``cryoden
+train`` iterates it in the main thread, and :func:`fine_tune` drives it with callbacks. The
+settings are a frozen :class:`FineTuneConfig`, checked when it is built; :func:`check_settings`
+adds the checks that need the data and the network.
+
 References
 ----------
 .. [1] Lehtinen, J. et al. (2018). Noise2Noise: Learning image restoration without clean data.
@@ -58,15 +66,16 @@ import copy
 import datetime as _dt
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import closing
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..device import autocast_dtype, memory_budget, resolve_device, resolve_precision
+from ..device import PRECISIONS, autocast_dtype, memory_budget, resolve_device, resolve_precision
 from ..inference.normalize import robust_stats
 from ..models import networks
 from ..models.registry import ARCHITECTURES, LoadedModel, build, check_arch_kwargs, load_model, model_card
@@ -82,12 +91,14 @@ __all__ = [
     "DEFAULT_PATCH",
     "FineTuneConfig",
     "FineTuneResult",
+    "PreviewWeights",
     "TrainEvent",
     "card_voxel_size",
     "check_settings",
     "default_patch",
     "default_val_slab",
     "fine_tune",
+    "iter_fine_tune",
     "scratch_arch_kwargs",
     "validation_axis",
 ]
@@ -96,6 +107,8 @@ MODES = ("n2n", "supervised", "n2v")
 #: Blind-spot shapes of Noise2Void (``FineTuneConfig.n2v_mask``).
 N2V_MASKS = ("auto", "voxel")
 ADVERSARIAL = ("none", "gan", "wgangp")
+#: Values of ``FineTuneConfig.device`` (also "cuda:N").
+DEVICES = ("auto", "cpu", "cuda")
 #: Settings that may change when a run is resumed; all others must match the checkpoint.
 _RESUMABLE_CHANGES = {"steps", "val_every", "preview_every", "log_every", "device", "precision"}
 #: Settings added after the first checkpoint format, with the value a checkpoint without them ran with.
@@ -250,9 +263,22 @@ def default_patch(shape: Sequence[int], stride: int, ndim: int) -> int:
     return max(stride, limit // stride * stride)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FineTuneConfig:
-    """Settings of :func:`fine_tune`.
+    """Settings of :func:`fine_tune` and :func:`iter_fine_tune`.
+
+    Checked when built and frozen afterwards (change a setting with :func:`dataclasses.replace`,
+    which checks again). What does not depend on the data is checked here: the choices (mode,
+    loss, adversarial, device, precision, n2v_mask), adversarial training only in supervised mode,
+    and the type and range of every number; what depends on the data or the network (the patch
+    against the stride and the data, the validation slab and axis against the data's shape, the
+    memory a batch needs, whether a CUDA GPU is there) is checked by :func:`check_settings`.
+    `betas` and `val_slab` given as lists are stored as tuples (the config is hashable).
+
+    Raises
+    ------
+    ValueError
+        One line naming the field, e.g. ``steps must be an integer > 0, got 0``.
 
     Attributes
     ----------
@@ -379,10 +405,63 @@ class FineTuneConfig:
     rampdown: float = 0.0
     max_grad_norm: float | None = None
 
+    def __post_init__(self) -> None:
+        for name, choices in (("mode", MODES), ("loss", LOSSES), ("adversarial", ADVERSARIAL)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.adversarial != "none" and self.mode != "supervised":
+            raise ValueError(f"adversarial training ({self.adversarial}) needs clean targets: use mode 'supervised'")
+        _check_number("steps", self.steps, integer=True, positive=True)
+        _check_number("batch", self.batch, integer=True, positive=True)
+        if self.patch is not None:
+            _check_number("patch", self.patch, integer=True, positive=True)
+        _check_number("lr", self.lr, positive=True)
+        if self.lr_d is not None:
+            _check_number("lr_d", self.lr_d, positive=True)
+        _check_number("val_every", self.val_every, integer=True, positive=True)
+        _check_number("preview_every", self.preview_every, integer=True, minimum=0)
+        _check_number("log_every", self.log_every, integer=True, minimum=0)
+        _check_number("val_patches", self.val_patches, integer=True, positive=True)
+        _check_number("n2v_fraction", self.n2v_fraction, positive=True, maximum=0.5)
+        _check_number("n2v_radius", self.n2v_radius, integer=True, positive=True)
+        _check_number("n2v_blind", self.n2v_blind, integer=True, minimum=0, maximum=8)
+        if self.n2v_mask not in N2V_MASKS:
+            raise ValueError(f"n2v_mask must be one of {', '.join(N2V_MASKS)}, got {self.n2v_mask!r}")
+        _check_number("seed", self.seed, integer=True, minimum=0)
+        _check_number("l1_weight", self.l1_weight, minimum=0)
+        _check_number("n_critic", self.n_critic, integer=True, positive=True)
+        _check_number("gp_weight", self.gp_weight, minimum=0)
+        _check_number("disc_base", self.disc_base, integer=True, positive=True)
+        _check_number("rampdown", self.rampdown, minimum=0, maximum=1)
+        if self.max_grad_norm is not None:
+            _check_number("max_grad_norm", self.max_grad_norm, positive=True)
+        if self.betas is not None:
+            try:
+                ok = len(self.betas) == 2 and all(0 <= float(b) < 1 for b in self.betas)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+            object.__setattr__(self, "betas", tuple(self.betas))
+        if self.val_slab is not None:
+            try:
+                v0, v1 = (int(v) for v in self.val_slab)
+                if (v0, v1) != tuple(self.val_slab):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise ValueError(f"val_slab must be two integers (start, stop), got {self.val_slab!r}") from None
+            object.__setattr__(self, "val_slab", tuple(self.val_slab))
+        if self.val_axis is not None:
+            _check_number("val_axis", self.val_axis, integer=True, minimum=0)
+        if not (self.device in DEVICES or (isinstance(self.device, str) and self.device.startswith("cuda:"))):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.precision not in ("auto", *PRECISIONS):
+            raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {self.precision!r}")
+
 
 @dataclass
 class TrainEvent:
-    """A progress report of :func:`fine_tune`.
+    """A progress report of :func:`iter_fine_tune` (the `progress` callback of :func:`fine_tune`).
 
     Attributes
     ----------
@@ -410,9 +489,26 @@ class TrainEvent:
     losses: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PreviewWeights:
+    """The network after `step`, for a preview (yielded by :func:`iter_fine_tune`).
+
+    Attributes
+    ----------
+    step : int
+        Steps done (a resumed run's earlier steps included).
+    module : torch.nn.Module
+        A copy of the network in eval mode, on the training device, whose parameters do not
+        require gradients; training goes on with its own weights, whatever is done to this one.
+    """
+
+    step: int
+    module: nn.Module
+
+
 @dataclass
 class FineTuneResult:
-    """What :func:`fine_tune` returns.
+    """What :func:`fine_tune` returns (and :func:`iter_fine_tune`, as its generator's return value).
 
     Attributes
     ----------
@@ -560,45 +656,7 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
     c = config
     if not isinstance(c, FineTuneConfig):
         raise TypeError(f"config must be a FineTuneConfig, got {type(c).__name__}")
-    if c.mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {c.mode!r}")
-    if c.loss not in LOSSES:
-        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {c.loss!r}")
-    if c.adversarial not in ADVERSARIAL:
-        raise ValueError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, got {c.adversarial!r}")
-    if c.adversarial != "none" and c.mode != "supervised":
-        raise ValueError(f"adversarial training ({c.adversarial}) needs clean targets: use mode 'supervised'")
-    _check_number("steps", c.steps, integer=True, positive=True)
-    _check_number("batch", c.batch, integer=True, positive=True)
-    if c.patch is not None:
-        _check_number("patch", c.patch, integer=True, positive=True)
-    _check_number("lr", c.lr, positive=True)
-    if c.lr_d is not None:
-        _check_number("lr_d", c.lr_d, positive=True)
-    _check_number("val_every", c.val_every, integer=True, positive=True)
-    _check_number("preview_every", c.preview_every, integer=True, minimum=0)
-    _check_number("log_every", c.log_every, integer=True, minimum=0)
-    _check_number("val_patches", c.val_patches, integer=True, positive=True)
-    _check_number("n2v_fraction", c.n2v_fraction, positive=True, maximum=0.5)
-    _check_number("n2v_radius", c.n2v_radius, integer=True, positive=True)
-    _check_number("n2v_blind", c.n2v_blind, integer=True, minimum=0, maximum=8)
-    if c.n2v_mask not in N2V_MASKS:
-        raise ValueError(f"n2v_mask must be one of {', '.join(N2V_MASKS)}, got {c.n2v_mask!r}")
-    _check_number("seed", c.seed, integer=True, minimum=0)
-    _check_number("l1_weight", c.l1_weight, minimum=0)
-    _check_number("n_critic", c.n_critic, integer=True, positive=True)
-    _check_number("gp_weight", c.gp_weight, minimum=0)
-    _check_number("disc_base", c.disc_base, integer=True, positive=True)
-    _check_number("rampdown", c.rampdown, minimum=0, maximum=1)
-    if c.max_grad_norm is not None:
-        _check_number("max_grad_norm", c.max_grad_norm, positive=True)
-    if c.betas is not None:
-        try:
-            ok = len(c.betas) == 2 and all(0 <= float(b) < 1 for b in c.betas)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(f"betas must be two numbers in [0, 1), got {c.betas!r}")
+    # the choices and numbers were checked when the config was built (FineTuneConfig.__post_init__)
     dev = resolve_device(c.device)
     resolve_precision(c.precision, dev)
 
@@ -650,12 +708,7 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
     if c.val_slab is None:
         val = default_val_slab(n0, p)
     else:
-        try:
-            v0, v1 = (int(v) for v in c.val_slab)
-            if (v0, v1) != tuple(c.val_slab):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ValueError(f"val_slab must be two integers (start, stop), got {c.val_slab!r}") from None
+        v0, v1 = c.val_slab  # two integers (FineTuneConfig.__post_init__)
         if not 0 <= v0 < v1 <= n0:
             raise ValueError(f"val_slab {(v0, v1)} must satisfy 0 <= start < stop <= {n0} (axis {axis} has {n0})")
         val = (v0, v1)
@@ -705,15 +758,16 @@ def check_settings(
 ) -> None:
     """Refuse bad settings before any training, with a one-line :class:`ValueError`.
 
-    Checks: mode, loss, adversarial and the numbers of `config`; a target given for "n2n" and
+    Checks what depends on the data and the network (the choices and numbers of `config` were
+    checked when it was built, :class:`FineTuneConfig`): a target given for "n2n" and
     "supervised" and not for "n2v"; halves (or noisy/clean) of the same shape; 2D or 3D data
     matching the network (a 2D architecture on 3D data or vice versa is refused); a patch that
     is a multiple of the network stride, fits the data and fits the training part of the
     validation axis outside the validation slab; a validation slab inside that axis and at least
     a patch thick (each refusal names one fix: a smaller patch); a batch of patches that fits in
     the memory budget; data with at least one finite voxel; the device; and, with `workdir`, a
-    checkpoint to
-    resume (``resume=True``) or none in the way (``resume=False`` and ``overwrite=False``).
+    checkpoint to resume (``resume=True``) or none in the way (``resume=False`` and
+    ``overwrite=False``).
 
     Parameters
     ----------
@@ -765,6 +819,8 @@ def fine_tune(
 ) -> FineTuneResult:
     """Fine-tune a registry model (or train an architecture from scratch) on the user's data.
 
+    Drives :func:`iter_fine_tune`, passing its events to the callbacks in the training thread.
+
     Parameters
     ----------
     source : (Z, Y, X) or (Y, X) ndarray of real dtype
@@ -794,8 +850,8 @@ def fine_tune(
         Called on every validation step (with `val_loss`), every `log_every` steps and at the
         end, after the checkpoint of that step is written.
     preview : callable(torch.nn.Module), optional
-        Called every `preview_every` steps in the training thread with a copy of the network in
-        eval mode, under ``torch.no_grad()``.
+        Called every ``config.preview_every`` steps in the training thread with a copy of the
+        network in eval mode, under ``torch.no_grad()``.
     cancel : callable() -> bool, optional
         Polled before every step; True stops training: the current state is validated and
         checkpointed (unless no step was done), and the result holds the best weights
@@ -820,12 +876,81 @@ def fine_tune(
     napari_cryoden.models.ModelError
         If `model` cannot be loaded.
     """
+    events = iter_fine_tune(
+        source, target, config, model=model, architecture=architecture, arch_kwargs=arch_kwargs, workdir=workdir,
+        resume=resume, preview_every=None if preview is not None else 0, cancel=cancel, overwrite=overwrite,
+    )
+    with closing(events):
+        while True:
+            try:
+                ev = next(events)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(ev, PreviewWeights):
+                with torch.no_grad():
+                    preview(ev.module)
+            elif progress is not None:
+                progress(ev)
+
+
+def iter_fine_tune(
+    source: np.ndarray,
+    target: np.ndarray | None,
+    config: FineTuneConfig,
+    *,
+    model: str | LoadedModel | None = None,
+    architecture: str | None = None,
+    arch_kwargs: dict | None = None,
+    workdir: str | os.PathLike | None = None,
+    resume: bool = False,
+    preview_every: int | None = None,
+    cancel: Callable[[], bool] | None = None,
+    overwrite: bool = False,
+) -> Generator[TrainEvent | PreviewWeights, None, FineTuneResult]:
+    """Fine-tune a registry model (or train an architecture from scratch) on the user's data,
+    yielding progress as it goes; the generator :func:`fine_tune` drives.
+
+    Nothing runs until the first event is asked for: bad settings raise then. The generator
+    waits while the caller handles an event, in the caller's thread (napari's ``thread_worker``
+    runs it in a worker thread and emits each event as ``yielded`` and the result as
+    ``returned``); ``result = yield from iter_fine_tune(...)`` gives the result to a generator
+    that wraps it. Closing the generator early stops training without a last checkpoint; use
+    `cancel` to stop with one and get the best weights back.
+
+    Parameters
+    ----------
+    source, target, config, model, architecture, arch_kwargs, workdir, resume, cancel, overwrite
+        As for :func:`fine_tune`.
+    preview_every : int, optional
+        Steps between :class:`PreviewWeights` events (0: none). Default: ``config.preview_every``.
+
+    Yields
+    ------
+    TrainEvent
+        On every validation step (with `val_loss`), every ``config.log_every`` steps and at the
+        end, after the checkpoint of that step is written (the events :func:`fine_tune` passes
+        to `progress`).
+    PreviewWeights
+        Every `preview_every` steps, after that step's events: a copy of the network in eval
+        mode whose parameters do not require gradients (what :func:`fine_tune` passes to
+        `preview`); run it under ``torch.no_grad()``.
+
+    Returns
+    -------
+    FineTuneResult
+        The generator's return value (``StopIteration.value``).
+
+    Raises
+    ------
+    ValueError, MemoryError, napari_cryoden.models.ModelError
+        As :func:`fine_tune`; also if `preview_every` is not an integer >= 0.
+    """
+    if preview_every is not None:
+        _check_number("preview_every", preview_every, integer=True, minimum=0)
     net = _resolve_net(model, architecture, arch_kwargs, load=True)
     plan = _plan(config, source, target, net)
     folder = check_workdir(workdir, resume, overwrite)
-    config = copy.deepcopy(config)
-    config.val_slab = tuple(plan.val_slab)
-    config.patch, config.val_axis = plan.patch, plan.axis
+    config = replace(config, val_slab=tuple(plan.val_slab), patch=plan.patch, val_axis=plan.axis)
     if not hasattr(source, "dtype"):
         source = np.asarray(source)
     if target is not None and not hasattr(target, "dtype"):
@@ -958,7 +1083,7 @@ def fine_tune(
 
     loop = LoopConfig(steps=int(config.steps), rampdown=float(config.rampdown), log_every=int(config.log_every),
                       val_every=int(config.val_every), checkpoint_every=int(config.val_every),
-                      preview_every=int(config.preview_every) if preview is not None else 0)
+                      preview_every=int(config.preview_every if preview_every is None else preview_every))
     optimizers = [opt for opt in (stepper.opt_g, stepper.opt_d) if opt is not None]
     pending: TrainEvent | None = None  # the event of a validation step, reported after its checkpoint
     cancelled = False
@@ -978,8 +1103,7 @@ def fine_tune(
             unreported, n_unreported = {}, 0
             pending = event(ev.step, ev.seconds, ev.means, ev.validation)
             if ev.validation is None:
-                if progress is not None:
-                    progress(pending)
+                yield pending
                 pending = None
         elif isinstance(ev, Checkpoint):
             if pending is None and ev.step > last_val_step:  # an early stop: validate its last weights
@@ -987,15 +1111,14 @@ def fine_tune(
                 means = {k: v / n_unreported for k, v in unreported.items()}
                 pending = event(ev.step, ev.seconds, means, final_val)
             checkpoint(ev.step, ev.seconds)
-            if pending is not None and progress is not None:
-                progress(pending)
+            if pending is not None:
+                yield pending
             pending = None
         elif isinstance(ev, Preview):
             snap = copy.deepcopy(g).eval().to(memory_format=torch.contiguous_format)
             for prm in snap.parameters():
                 prm.requires_grad_(False)
-            with torch.no_grad():
-                preview(snap)
+            yield PreviewWeights(ev.step, snap)
         elif isinstance(ev, Done):
             cancelled = ev.reason == "cancelled"
             elapsed = ev.seconds
