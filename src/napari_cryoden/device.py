@@ -13,12 +13,17 @@ from functools import lru_cache
 import torch
 
 __all__ = [
-    "MEMORY_CAP_CPU", "MEMORY_FRACTION", "PRECISIONS", "autocast", "autocast_dtype", "cpu_has_bf16", "cpu_name",
-    "hardware_name", "is_out_of_memory", "memory_budget", "resolve_device", "resolve_precision",
+    "DEVICES", "MEMORY_CAP_CPU", "MEMORY_FRACTION", "PRECISIONS", "PRECISION_CHOICES", "autocast", "autocast_dtype",
+    "check_device", "check_precision", "cpu_has_bf16", "cpu_name", "hardware_name", "is_out_of_memory",
+    "memory_budget", "resolve_device", "resolve_precision",
 ]
 
 #: Autocast dtype of each precision name (fp32: no autocast).
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: The device names every setting accepts (and "cuda:N").
+DEVICES = ("auto", "cpu", "cuda")
+#: The precision names every setting accepts.
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 #: Fraction of the free memory (CPU: available RAM; CUDA: free GPU memory) one forward pass may use.
 MEMORY_FRACTION = {"cpu": 0.25, "cuda": 0.7}
 #: Most bytes one forward pass may use on the CPU, whatever the free RAM: with the process's
@@ -60,6 +65,19 @@ def hardware_name(device: torch.device | str = "cpu", *, threads: bool = True) -
     return f"{cpu_name()}, {torch.get_num_threads()} threads" if threads else cpu_name()
 
 
+def check_device(device) -> None:
+    """Raise ValueError (one line) unless `device` is a name of :data:`DEVICES` or ``"cuda:N"``
+    (whether the hardware is there is :func:`resolve_device`'s question)."""
+    if device not in DEVICES and not (isinstance(device, str) and device.startswith("cuda:")):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+
+
+def check_precision(precision) -> None:
+    """Raise ValueError (one line) unless `precision` is one of :data:`PRECISION_CHOICES`."""
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}; got {precision!r}")
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU.
 
@@ -68,10 +86,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     ValueError
         For an unknown device, or ``"cuda"`` without a CUDA GPU.
     """
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but PyTorch sees no CUDA GPU; use --device cpu")
     return torch.device(device)
@@ -90,8 +107,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if cpu_has_bf16() else "fp32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
+    check_precision(precision)
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 is for CUDA; on the CPU use bf16 or fp32")
     return precision

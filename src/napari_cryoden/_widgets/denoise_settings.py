@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..device import DEVICES, PRECISION_CHOICES
 from ..inference.resample import ResamplePlan, input_voxel_size, plan_resample
 from ..inference.stream import is_image_stack_path
 from ..models.registry import ARCHITECTURES
@@ -28,9 +29,8 @@ __all__ = [
     "preview_layer_kwargs", "resample_plan", "slice_by_slice",
 ]
 
-#: Choices of the device and precision combo boxes (the core's accepted values).
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Choices of the device and precision combo boxes: the core's accepted values.
+PRECISIONS = PRECISION_CHOICES
 #: Spin box values that mean "let the core choose".
 AUTO_TILE = 0
 AUTO_OVERLAP = -1

@@ -75,10 +75,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..device import PRECISIONS, autocast_dtype, memory_budget, resolve_device, resolve_precision
+from ..device import autocast_dtype, check_device, check_precision, memory_budget, resolve_device, resolve_precision
 from ..inference.normalize import robust_stats
 from ..models import networks
 from ..models.registry import ARCHITECTURES, LoadedModel, build, check_arch_kwargs, load_model, model_card
+from .checks import check_betas, check_choice, check_number
 from .checkpoint import (
     CHECKPOINT_NAME, CheckpointMismatch, check_finite_weights, check_workdir, cpu_state, finite_number,
     load_checkpoint, restore_optimizer, save_checkpoint, stepper_tensors, sub_state,
@@ -107,8 +108,6 @@ MODES = ("n2n", "supervised", "n2v")
 #: Blind-spot shapes of Noise2Void (``FineTuneConfig.n2v_mask``).
 N2V_MASKS = ("auto", "voxel")
 ADVERSARIAL = ("none", "gan", "wgangp")
-#: Values of ``FineTuneConfig.device`` (also "cuda:N").
-DEVICES = ("auto", "cpu", "cuda")
 #: Settings that may change when a run is resumed; all others must match the checkpoint.
 _RESUMABLE_CHANGES = {"steps", "val_every", "preview_every", "log_every", "device", "precision"}
 #: Settings added after the first checkpoint format, with the value a checkpoint without them ran with.
@@ -407,42 +406,33 @@ class FineTuneConfig:
 
     def __post_init__(self) -> None:
         for name, choices in (("mode", MODES), ("loss", LOSSES), ("adversarial", ADVERSARIAL)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+            check_choice(name, getattr(self, name), choices)
         if self.adversarial != "none" and self.mode != "supervised":
             raise ValueError(f"adversarial training ({self.adversarial}) needs clean targets: use mode 'supervised'")
-        _check_number("steps", self.steps, integer=True, positive=True)
-        _check_number("batch", self.batch, integer=True, positive=True)
+        check_number("steps", self.steps, integer=True, positive=True)
+        check_number("batch", self.batch, integer=True, positive=True)
         if self.patch is not None:
-            _check_number("patch", self.patch, integer=True, positive=True)
-        _check_number("lr", self.lr, positive=True)
+            check_number("patch", self.patch, integer=True, positive=True)
+        check_number("lr", self.lr, positive=True)
         if self.lr_d is not None:
-            _check_number("lr_d", self.lr_d, positive=True)
-        _check_number("val_every", self.val_every, integer=True, positive=True)
-        _check_number("preview_every", self.preview_every, integer=True, minimum=0)
-        _check_number("log_every", self.log_every, integer=True, minimum=0)
-        _check_number("val_patches", self.val_patches, integer=True, positive=True)
-        _check_number("n2v_fraction", self.n2v_fraction, positive=True, maximum=0.5)
-        _check_number("n2v_radius", self.n2v_radius, integer=True, positive=True)
-        _check_number("n2v_blind", self.n2v_blind, integer=True, minimum=0, maximum=8)
-        if self.n2v_mask not in N2V_MASKS:
-            raise ValueError(f"n2v_mask must be one of {', '.join(N2V_MASKS)}, got {self.n2v_mask!r}")
-        _check_number("seed", self.seed, integer=True, minimum=0)
-        _check_number("l1_weight", self.l1_weight, minimum=0)
-        _check_number("n_critic", self.n_critic, integer=True, positive=True)
-        _check_number("gp_weight", self.gp_weight, minimum=0)
-        _check_number("disc_base", self.disc_base, integer=True, positive=True)
-        _check_number("rampdown", self.rampdown, minimum=0, maximum=1)
+            check_number("lr_d", self.lr_d, positive=True)
+        check_number("val_every", self.val_every, integer=True, positive=True)
+        check_number("preview_every", self.preview_every, integer=True, minimum=0)
+        check_number("log_every", self.log_every, integer=True, minimum=0)
+        check_number("val_patches", self.val_patches, integer=True, positive=True)
+        check_number("n2v_fraction", self.n2v_fraction, positive=True, maximum=0.5)
+        check_number("n2v_radius", self.n2v_radius, integer=True, positive=True)
+        check_number("n2v_blind", self.n2v_blind, integer=True, minimum=0, maximum=8)
+        check_choice("n2v_mask", self.n2v_mask, N2V_MASKS)
+        check_number("seed", self.seed, integer=True, minimum=0)
+        check_number("l1_weight", self.l1_weight, minimum=0)
+        check_number("n_critic", self.n_critic, integer=True, positive=True)
+        check_number("gp_weight", self.gp_weight, minimum=0)
+        check_number("disc_base", self.disc_base, integer=True, positive=True)
+        check_number("rampdown", self.rampdown, minimum=0, maximum=1)
         if self.max_grad_norm is not None:
-            _check_number("max_grad_norm", self.max_grad_norm, positive=True)
-        if self.betas is not None:
-            try:
-                ok = len(self.betas) == 2 and all(0 <= float(b) < 1 for b in self.betas)
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-            object.__setattr__(self, "betas", tuple(self.betas))
+            check_number("max_grad_norm", self.max_grad_norm, positive=True)
+        object.__setattr__(self, "betas", check_betas(self.betas))
         if self.val_slab is not None:
             try:
                 v0, v1 = (int(v) for v in self.val_slab)
@@ -452,11 +442,9 @@ class FineTuneConfig:
                 raise ValueError(f"val_slab must be two integers (start, stop), got {self.val_slab!r}") from None
             object.__setattr__(self, "val_slab", tuple(self.val_slab))
         if self.val_axis is not None:
-            _check_number("val_axis", self.val_axis, integer=True, minimum=0)
-        if not (self.device in DEVICES or (isinstance(self.device, str) and self.device.startswith("cuda:"))):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        if self.precision not in ("auto", *PRECISIONS):
-            raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {self.precision!r}")
+            check_number("val_axis", self.val_axis, integer=True, minimum=0)
+        check_device(self.device)
+        check_precision(self.precision)
 
 
 @dataclass
@@ -617,25 +605,6 @@ def _resolve_net(model, architecture, arch_kwargs, *, load: bool) -> _Net:
     return net
 
 
-def _check_number(name: str, value, *, minimum=None, integer=False, positive=False, maximum=None) -> None:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if ok and integer:
-        ok = float(value) == int(value)
-    if ok:
-        ok = math.isfinite(float(value))
-    if ok and positive:
-        ok = value > 0
-    if ok and minimum is not None:
-        ok = value >= minimum
-    if ok and maximum is not None:
-        ok = value <= maximum
-    if not ok:
-        what = "an integer" if integer else "a number"
-        cond = " > 0" if positive else (f" >= {minimum}" if minimum is not None else "")
-        cond += f" and <= {maximum}" if maximum is not None else ""
-        raise ValueError(f"{name} must be {what}{cond}, got {value!r}")
-
-
 def _check_array(name: str, arr) -> np.ndarray:
     if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
         arr = np.asarray(arr)
@@ -692,7 +661,7 @@ def _plan(config: FineTuneConfig, source, target, net: _Net) -> _Plan:
     if c.val_axis is None:
         axis = validation_axis(shape)
     else:
-        _check_number("val_axis", c.val_axis, integer=True, minimum=0, maximum=len(shape) - 1)
+        check_number("val_axis", c.val_axis, integer=True, minimum=0, maximum=len(shape) - 1)
         axis = int(c.val_axis)
     n0 = shape[axis]
 
@@ -946,7 +915,7 @@ def iter_fine_tune(
         As :func:`fine_tune`; also if `preview_every` is not an integer >= 0.
     """
     if preview_every is not None:
-        _check_number("preview_every", preview_every, integer=True, minimum=0)
+        check_number("preview_every", preview_every, integer=True, minimum=0)
     net = _resolve_net(model, architecture, arch_kwargs, load=True)
     plan = _plan(config, source, target, net)
     folder = check_workdir(workdir, resume, overwrite)

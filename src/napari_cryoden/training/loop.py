@@ -14,7 +14,7 @@ step exactly).
 Drivers: :func:`~napari_cryoden.training.supervised.train` (the 3D recipes),
 :func:`~napari_cryoden.training.finetune.iter_fine_tune` (fine-tuning on the user's data, the
 ``cryoden train`` command and the Train widget) and
-:func:`~napari_cryoden.training.data.train_micrograph_n2n` (the 2D recipe).
+:func:`~napari_cryoden.recipes.train_micrograph_n2n` (the 2D recipe).
 
 Order of the events of one step: :class:`Step`; then, on a validation step,
 :class:`Validation`; then, on a report step, :class:`Losses` (carrying the validation value, if
@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..device import is_out_of_memory
+from .checks import check_number
 
 __all__ = ["Checkpoint", "Done", "LoopConfig", "Losses", "Preview", "Step", "TrainingEvent", "Validation",
            "iter_train", "rampdown_factor"]
@@ -75,12 +76,6 @@ def rampdown_factor(steps: int, fraction: float) -> Callable[[int], float]:
     return factor
 
 
-def _whole(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class LoopConfig:
     """When :func:`iter_train` steps, reports, validates, checkpoints, previews and stops.
@@ -118,15 +113,14 @@ class LoopConfig:
     seconds: float | None = None
 
     def __post_init__(self) -> None:
-        _whole("steps", self.steps, 1)
+        check_number("steps", self.steps, integer=True, positive=True)
         for name in ("log_every", "val_every", "checkpoint_every", "preview_every"):
-            _whole(name, getattr(self, name), 0)
-        if isinstance(self.rampdown, bool) or not isinstance(self.rampdown, (int, float)) \
-                or not 0.0 <= self.rampdown <= 1.0:
-            raise ValueError(f"rampdown must be a fraction in [0, 1], got {self.rampdown!r}")
-        if self.seconds is not None and (isinstance(self.seconds, bool) or not isinstance(self.seconds, (int, float))
-                                         or not 0 < self.seconds < math.inf):
-            raise ValueError(f"the time budget must be a positive number of seconds, got {self.seconds!r}")
+            check_number(name, getattr(self, name), integer=True, minimum=0)
+        for name in ("steps", "log_every", "val_every", "checkpoint_every", "preview_every"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        check_number("rampdown", self.rampdown, minimum=0, maximum=1)
+        if self.seconds is not None:
+            check_number("seconds", self.seconds, positive=True)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..device import autocast_dtype, resolve_device, resolve_precision
+from ..device import autocast_dtype, check_device, check_precision, resolve_device, resolve_precision
+from .checks import check_betas, check_choice, check_number
 from .loop import Done, LoopConfig, Losses, iter_train, rampdown_factor
 
 __all__ = ["LOSSES", "MODES", "SupervisedStep", "TrainConfig", "TrainResult", "content_loss", "rampdown_factor", "supervised_stepper",
@@ -63,9 +64,13 @@ LOSSES = ("l1", "l2", "graylevel")
 _OPTIMIZER_DEFAULTS = {"ae": (2e-4, (0.5, 0.999)), "gan": (2e-4, (0.5, 0.999)), "wgangp": (1e-4, (0.0, 0.9))}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Settings of :func:`train`.
+    """Settings of :func:`train` (and of the 3D recipes).
+
+    Validated when built (:class:`ValueError`, one line naming the field, from
+    :mod:`~napari_cryoden.training.checks`); frozen. Whether the device exists and supports the
+    precision is checked when the run starts.
 
     Attributes
     ----------
@@ -117,6 +122,23 @@ class TrainConfig:
     betas: tuple[float, float] | None = None
     weight_clip: float | None = None
     rampdown: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_number("steps", self.steps, integer=True, positive=True)
+        check_choice("mode", self.mode, MODES)
+        check_choice("loss", self.loss, LOSSES)
+        for name in ("lr", "lr_d", "weight_clip"):
+            if getattr(self, name) is not None:
+                check_number(name, getattr(self, name), positive=True)
+        check_number("l1_weight", self.l1_weight, minimum=0)
+        check_number("gp_weight", self.gp_weight, minimum=0)
+        check_number("n_critic", self.n_critic, integer=True, positive=True)
+        check_number("seed", self.seed, integer=True, minimum=0)
+        check_number("log_every", self.log_every, integer=True, minimum=0)
+        check_number("rampdown", self.rampdown, minimum=0, maximum=1)
+        check_device(self.device)
+        check_precision(self.precision)
+        object.__setattr__(self, "betas", check_betas(self.betas))
 
 
 @dataclass
@@ -446,8 +468,6 @@ def supervised_stepper(generator: nn.Module, config: TrainConfig, *,
     ValueError
         As :func:`train`, for bad settings.
     """
-    if config.mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {config.mode!r}")
     torch.manual_seed(config.seed)
     dev = resolve_device(config.device)
     prec = resolve_precision(config.precision, dev)
