@@ -63,7 +63,7 @@ from napari_cryoden.models import SimpleDiscriminator, build
 from napari_cryoden.simulate import blob_particle, load_particle_maps
 from napari_cryoden.simulate.batched import BatchedStream
 from napari_cryoden.training.data import parallel_stream
-from napari_cryoden.recipes import HELD_OUT, RECIPES, recipe_stream
+from napari_cryoden.recipes import HELD_OUT, REALISTIC_RANGES, RECIPES, recipe, recipe_stream
 from napari_cryoden.training.supervised import SupervisedStep
 
 RECIPE = "upsampleunet48-gan"
@@ -133,6 +133,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed batches or steps first (default 1)")
     p.add_argument("--maps", default="../shared/data/maps_10A")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--realistic", default="standard", choices=sorted(REALISTIC_RANGES),
+                   help="the realistic tomograms' ranges (default standard; low-dose as recipes --realistic)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     if min(args.workers) < 1 or min(args.steps, args.data_steps, args.repeats) < 1 or args.warmup < 0:
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
     maps, source = particle_maps(args.maps)
     names = sorted(maps)
     header = {
-        "recipe stream": RECIPE, "maps": source, "batch": args.batch, "torch": torch.__version__,
+        "recipe stream": RECIPE, "realistic ranges": args.realistic, "maps": source, "batch": args.batch, "torch": torch.__version__,
         "cpu count": os.cpu_count(), "training torch threads": torch.get_num_threads(), "worker torch threads": 1,
         "prefetch per worker": PREFETCH, "sources": args.sources, "load average": [round(v, 2) for v in os.getloadavg()],
         "cpu": platform.processor() or platform.machine(),
@@ -177,7 +179,7 @@ def main(argv=None) -> int:
         print(f"# {dev}: {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else header['cpu']}, "
               f"generator precision {prec}", flush=True)
         for patch in args.patches:
-            r = {**RECIPES[RECIPE], "patch": patch, "batch_size": args.batch}
+            r = {**recipe(RECIPE, args.realistic), "patch": patch, "batch_size": args.batch}
             timing = {"steps": args.steps, "repeats": args.repeats, "warmup": args.warmup, "sync": sync}
             data_timing = {**timing, "steps": args.data_steps}
 

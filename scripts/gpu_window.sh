@@ -4,7 +4,10 @@
 # Usage, from the repository root on the device machine (the `run` tool of the developers'
 # library; $OUT is the folder that comes back):
 #
-#   bash scripts/gpu_window.sh RECIPE MINUTES [--resume] [--bench]
+#   bash scripts/gpu_window.sh RECIPE MINUTES [--resume] [--bench] [RECIPE OPTIONS...]
+#
+# RECIPE OPTIONS go to `python -m napari_cryoden.recipes` as they are, e.g. the GPU-scale run
+# `--realistic low-dose --patch 64 --batch-size 16 --steps 40000` (give the same in every window).
 #
 # It needs, carried with the working tree (all git-ignored):
 #   .whl/            the wheels the GPU's Python lacks (mrcfile, platformdirs, the teamtomo
@@ -21,9 +24,9 @@
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}; PY=${PY:-python3}
 name=${1:?recipe name}; minutes=${2:?minutes}; shift 2
-resume=""; bench=0
+resume=""; bench=0; options=()
 for a in "$@"; do
-  case $a in --resume) resume=--resume ;; --bench) bench=1 ;; *) echo "unknown option $a" >&2; exit 2 ;; esac
+  case $a in --resume) resume=--resume ;; --bench) bench=1 ;; *) options+=("$a") ;; esac
 done
 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
@@ -39,7 +42,7 @@ work=.gpu/work-$name
 mkdir -p "$OUT/work-$name" "$OUT/models"
 status=0
 $PY -m napari_cryoden.recipes "$name" --maps "$maps" --out "$OUT/models" --device "$DEVICE" "${extra[@]}" \
-    --minutes "$minutes" --workdir "$work" $resume 2>&1 | tee "$OUT/train-$name.log" || status=$?
+    --minutes "$minutes" --workdir "$work" $resume ${options[@]+"${options[@]}"} 2>&1 | tee "$OUT/train-$name.log" || status=$?
 cp "$work"/checkpoint.* "$OUT/work-$name/" 2>/dev/null || true
 ls -la "$OUT/work-$name" "$OUT/models"
 exit $status

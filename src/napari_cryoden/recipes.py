@@ -50,13 +50,22 @@ from .training.data import MicrographPairs, MixedStream, RealisticStream, Thesis
 from .training.loop import Checkpoint, Done, LoopConfig, Losses, iter_train
 from .training.supervised import TrainConfig, TrainResult, supervised_stepper
 
-__all__ = ["RECIPES", "main", "recipe_stream", "run_recipe", "save_recipe_model", "train_micrograph_n2n"]
+__all__ = ["REALISTIC_RANGES", "RECIPES", "main", "recipe", "recipe_stream", "run_recipe", "save_recipe_model", "train_micrograph_n2n"]
 
 #: The thesis training stream (van Gijn 2019, sec. 3.1) shared by the 3D recipes.
 _THESIS_STREAM = {"p_single": 0.3, "max_particles": 40, "snr_range": [0.1, 2.0], "tilt_range": [50.0, 70.0]}
 #: Realistic crowded tomograms mixed into the thesis stream with probability `weight`.
 _REALISTIC = {"weight": 0.5, "shape": [64, 128, 128], "patches_per_volume": 32, "density": [0.05, 0.25],
               "defocus_um": [1.5, 5.0], "dose_total": [40.0, 160.0], "tilt_range": [50.0, 65.0], "max_membranes": 2}
+#: Named ranges of the realistic tomograms (``--realistic``), merged into a 3D recipe's ``"realistic"``
+#: entry: "standard" as the shipped models were trained; "low-dose" widens the stream toward real
+#: low-dose data: total dose log-uniform from 15 to 160 e-/Å², defocus 1-6 µm, specimens up to
+#: 3000 Å thick (more attenuation), and detector noise correlated between neighbouring pixels.
+REALISTIC_RANGES = {
+    "standard": {},
+    "low-dose": {"dose_total": [15.0, 160.0], "dose_log": True, "defocus_um": [1.0, 6.0],
+                 "ice_thickness": [640.0, 3000.0], "detector_correlation": [0.0, 0.5]},
+}
 _UU48 = {"ch": 48, "shared_weights": True, "final_activation": "identity"}
 _THESIS_DEVIATIONS = (
     "final activation is identity instead of softplus, because inputs are normalised to zero median; "
@@ -172,6 +181,66 @@ RECIPES = {
     },
 }
 
+def recipe(name: str, realistic: str = "standard", *, patch: int | None = None,
+           batch_size: int | None = None) -> dict:
+    """Recipe `name` (3D or 2D) with the options of a run at another scale or on other data.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`RECIPES`.
+    realistic : str, default="standard"
+        The ranges of the realistic tomograms (a key of :data:`REALISTIC_RANGES`); 3D recipes
+        with realistic tomograms only, unless "standard".
+    patch : int, optional
+        Training patch edge in voxels (pixels for 2D), a multiple of 16 and at least 16 (the
+        GPU runs use 64 for 3D, 256 for 2D); for 2D at most the simulated micrographs' edge.
+    batch_size : int, optional
+        Patches per step (>= 1).
+
+    Returns
+    -------
+    dict
+        ``RECIPES[name]`` itself when nothing changes, else a merged copy.
+
+    Raises
+    ------
+    ValueError
+        For an unknown `realistic`, one other than "standard" for a recipe without realistic
+        tomograms (the 2D recipe and the thesis-only ones), or a bad `patch` or `batch_size`.
+    """
+    if realistic not in REALISTIC_RANGES:
+        raise ValueError(f"realistic must be one of {', '.join(REALISTIC_RANGES)}, got {realistic!r}")
+    r = RECIPES[name]
+    changes: dict = {}
+    if realistic != "standard":
+        if "realistic" not in r:
+            raise ValueError(f"recipe {name} trains on no realistic tomograms; realistic={realistic!r} needs one that does")
+        changes["realistic"] = REALISTIC_RANGES[realistic]
+    if patch is not None:
+        if isinstance(patch, bool) or not isinstance(patch, int) or patch < 16 or patch % 16:
+            raise ValueError(f"patch must be a multiple of 16, at least 16, got {patch!r}")
+        if r.get("ndim", 3) == 2 and patch > min(r["micrographs"]["shape"]):
+            raise ValueError(f"patch {patch} does not fit in the recipe's {r['micrographs']['shape']} micrographs")
+        changes["patch"] = patch
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        changes["batch_size"] = batch_size
+    return _deep_update(r, changes) if changes else r
+
+
+def _run_options(realistic: str = "standard", patch: int | None = None, batch_size: int | None = None) -> dict:
+    """The run options that differ from the recipe's, as recorded in checkpoints (JSON-safe)."""
+    return {k: v for k, v in (("realistic", realistic), ("patch", patch), ("batch_size", batch_size))
+            if v is not None and v != "standard"}
+
+
+def _options_flags(options: dict) -> str:
+    """The command-line flags of :func:`_run_options`' dict (empty for the recipe as it is)."""
+    return "".join(f" --{k.replace('_', '-')} {v}" for k, v in options.items())
+
+
 def recipe_stream(r: dict, maps: dict[str, np.ndarray], train_names: list[str], rng: np.random.Generator):
     """The training stream of 3D recipe `r` (an entry of :data:`RECIPES`).
 
@@ -198,6 +267,8 @@ def recipe_stream(r: dict, maps: dict[str, np.ndarray], train_names: list[str], 
         shape=tuple(re_["shape"]), patches_per_volume=re_["patches_per_volume"],
         density=tuple(re_["density"]), defocus_um=tuple(re_["defocus_um"]),
         dose_total=tuple(re_["dose_total"]), tilt_range=tuple(re_["tilt_range"]), max_membranes=re_["max_membranes"],
+        dose_log=re_.get("dose_log", False), ice_thickness=re_.get("ice_thickness"),
+        detector_correlation=re_.get("detector_correlation"),
     )
     return MixedStream([realistic, thesis], [re_["weight"], 1 - re_["weight"]], rng, batch_size=r["batch_size"])
 
@@ -236,8 +307,12 @@ def _realistic_text(r: dict) -> str:
         f"(napari_cryoden.simulate.simulate_tomogram, {tuple(re_['shape'])} voxels, {re_['patches_per_volume']} patches "
         f"each, protein volume fraction {re_['density']}, 0-{re_['max_membranes']} vesicles, ice, tilt series to "
         f"{re_['tilt_range']} deg in 3 deg steps, CTF at defocus {re_['defocus_um']} um with phase flipping, "
-        f"dose {re_['dose_total']} e-/A^2 with shot noise and radiation damage, weighted back-projection; target: "
-        "the noiseless reconstruction)"
+        f"dose {re_['dose_total']} e-/A^2{' (log-uniform)' if re_.get('dose_log') else ''} with shot noise and "
+        "radiation damage"
+        + (f", specimen thickness {re_['ice_thickness']} A (beam attenuation)" if re_.get("ice_thickness") else "")
+        + (f", detector noise with neighbour correlation {re_['detector_correlation']}"
+           if re_.get("detector_correlation") else "")
+        + ", weighted back-projection; target: the noiseless reconstruction)"
     )
 
 
@@ -285,18 +360,22 @@ class RecipeSession:
         Continue the checkpoint in `workdir` (same recipe and steps).
     data : {"host", "device"}, default="host"
         Where this window's batches are made (:data:`DATA_SOURCES`); recorded per window.
+    options : dict, optional
+        The run's options that differ from the recipe (``realistic``, ``patch``, ``batch_size``;
+        see :func:`recipe`); recorded, and a resume must use the same.
 
     Raises
     ------
     ValueError
         For a resume without a work folder or checkpoint, a work folder that already holds a
-        checkpoint without `resume`, or a checkpoint of another recipe or step count.
+        checkpoint without `resume`, or a checkpoint of another recipe, step count or options.
     """
 
-    def __init__(self, name: str, steps: int, workdir: str | Path | None, *, resume: bool, data: str = "host"):
+    def __init__(self, name: str, steps: int, workdir: str | Path | None, *, resume: bool, data: str = "host",
+                 options: dict | None = None):
         from .training.checkpoint import check_workdir
 
-        self.name, self.steps, self.data = name, int(steps), data
+        self.name, self.steps, self.data, self.options = name, int(steps), data, dict(options or {})
         self.folder = check_workdir(workdir, resume, overwrite=False)
         self.resume = resume
         self.windows: list[dict] = []
@@ -315,6 +394,10 @@ class RecipeSession:
         if state.get("recipe") != self.name or state.get("steps") != self.steps:
             raise ValueError(f"the checkpoint in {self.folder} is of {state.get('recipe')} for {state.get('steps')} "
                              f"steps, not {self.name} for {self.steps}; resume with the same recipe and --steps")
+        if state.get("options", {}) != self.options:
+            was, now = _options_flags(state.get("options", {})).strip(), _options_flags(self.options).strip()
+            raise ValueError(f"the checkpoint in {self.folder} was trained with options [{was}], not [{now}]; "
+                             "resume with the same")
         try:
             stepper.generator.load_state_dict(sub_state(tensors, "model"))
             restore_optimizer("opt_g", stepper.opt_g, tensors, state["opt_g_extra"])
@@ -349,7 +432,8 @@ class RecipeSession:
             return None
         tensors, optimizer_extra = stepper_tensors(stepper)
         tensors["rng.torch"] = torch.get_rng_state()
-        state = {"recipe": self.name, "steps": self.steps, "step": int(step), "seconds": float(seconds),
+        state = {"recipe": self.name, "steps": self.steps, "options": self.options, "step": int(step),
+                 "seconds": float(seconds),
                  "windows": self.windows + [self.window(step, seconds, workers, **extra)], "history": self.history,
                  **optimizer_extra}
         return save_checkpoint(self.folder, tensors, state, fmt=RECIPE_CHECKPOINT_FORMAT)
@@ -358,7 +442,8 @@ class RecipeSession:
 def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: int | None = None, log=print,
                overrides: dict | None = None, bm3d: bool | None = None, workers: int = 0, device: str = "auto",
                minutes: float | None = None, workdir: str | Path | None = None,
-               resume: bool = False, data: str = "host") -> Path | None:
+               resume: bool = False, data: str = "host", realistic: str = "standard", patch: int | None = None,
+               batch_size: int | None = None) -> Path | None:
     """Train recipe `name` on the maps in `maps_dir` and write the model into `out_dir`.
 
     Parameters
@@ -390,6 +475,12 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
         ``"device"``: :class:`~napari_cryoden.simulate.batched.BatchedStream`, the same recipe
         simulated in batches with torch on the training device (same distributions, other
         draws), which keeps a GPU fed.
+    realistic : str, default="standard"
+        3D recipes with realistic tomograms: their ranges (:data:`REALISTIC_RANGES`);
+        "low-dose" widens them toward low-dose data (recorded in the card's command).
+    patch, batch_size : int, optional
+        Train on patches of this edge, in batches of this size (:func:`recipe`; recorded in
+        the card's command), e.g. 64 and 16 for a 3D run on a GPU.
     minutes : float, optional
         Wall-clock budget of this window of training; when it is spent, the state
         is checkpointed into `workdir` and None is returned (continue with ``resume=True``).
@@ -411,7 +502,8 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
     ValueError
         For bad options (see :class:`RecipeSession`), or when training diverges.
     """
-    r = RECIPES[name]
+    r = recipe(name, realistic, patch=patch, batch_size=batch_size)
+    options = _run_options(realistic, patch, batch_size)
     if data not in DATA_SOURCES:
         raise ValueError(f"data must be one of {', '.join(DATA_SOURCES)}, got {data!r}")
     if data == "device" and workers:
@@ -425,11 +517,12 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
             raise ValueError("workers and the device stream are for 3D recipes only")
         r = _deep_update(r, overrides or {})
         return _run_recipe_2d(name, r, maps_dir, out_dir, steps=steps, log=log, overrides=overrides, bm3d=bm3d,
+                              options=options,
                               device=device, minutes=minutes, workdir=workdir, resume=resume)
     if overrides:
         raise ValueError("overrides are for 2D recipes only")
     steps = r["steps"] if steps is None else steps
-    session = RecipeSession(name, steps, workdir, resume=resume, data=data)
+    session = RecipeSession(name, steps, workdir, resume=resume, data=data, options=options)
     maps = load_particle_maps(maps_dir)
     train_names = sorted(k for k in maps if k not in HELD_OUT)
     torch.manual_seed(r["seed"])
@@ -474,7 +567,7 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
     result = TrainResult(steps_done=done.step, seconds=done.seconds, history=session.history)
     windows = session.windows + [session.window(done.step, done.seconds, workers)]
     return save_recipe_model(name, gen, result, maps, out_dir, train_seconds=done.seconds, steps=steps, log=log,
-                             workers=workers, windows=windows, data=data)
+                             workers=workers, windows=windows, data=data, options=options)
 
 
 def _precision_text(windows: list[dict], mode: str = "ae") -> str:
@@ -485,18 +578,20 @@ def _precision_text(windows: list[dict], mode: str = "ae") -> str:
     return text + (" (generator), fp32 (discriminator)" if mode != "ae" and text != "fp32" else "")
 
 
-def _train_command(name: str, steps: int, workers: int, data: str = "host") -> str:
+def _train_command(name: str, steps: int, workers: int, data: str = "host", options: dict | None = None) -> str:
     """The command line that trains 3D recipe `name` for `steps` steps with `workers` data
-    processes, or on batches made on the training device (`data` ``"device"``)."""
+    processes, or on batches made on the training device (`data` ``"device"``), with the run
+    `options` (:func:`_run_options`)."""
     return (f"python -m napari_cryoden.recipes {name} --maps ../shared/data/maps_10A --out models"
             + (f" --steps {steps}" if steps != RECIPES[name]["steps"] else "")
             + (f" --workers {workers}" if workers else "")
-            + (f" --data {data}" if data != "host" else ""))
+            + (f" --data {data}" if data != "host" else "")
+            + _options_flags(options or {}))
 
 
 def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, np.ndarray], out_dir: str | Path, *,
                       train_seconds: float, steps: int, log=print, workers: int = 0,
-                      windows: list[dict] | None = None, data: str = "host") -> Path:
+                      windows: list[dict] | None = None, data: str = "host", options: dict | None = None) -> Path:
     """Score a network trained by 3D recipe `name` on the held-out sets and save it with its card.
 
     The second half of :func:`run_recipe`. `result` is the :class:`~.supervised.TrainResult` of
@@ -506,14 +601,17 @@ def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, n
     batches (recorded in the card's command when not 0), `data` where they were made
     (``"host"`` or ``"device"``, see :func:`run_recipe`). `windows` lists the sessions of
     training (:meth:`RecipeSession.window`: steps, seconds, device, hardware); the card records
-    them, their total GPU seconds and the hardware (default: one CPU session).
+    them, their total GPU seconds and the hardware (default: one CPU session). `options` are the
+    run's options that differ from the recipe (:func:`_run_options`: realistic ranges, patch,
+    batch size).
 
     Returns
     -------
     Path
         The model card ``<out_dir>/<name>.json``.
     """
-    r = RECIPES[name]
+    options = dict(options or {})
+    r = recipe(name, **options)
     train_names = sorted(k for k in maps if k not in HELD_OUT)
     betas = tuple(r.get("betas", (0.5, 0.999)))
     windows = windows or [{"steps": [0, result.steps_done], "seconds": round(train_seconds, 1), "device": "cpu",
@@ -535,7 +633,7 @@ def save_recipe_model(name: str, gen: torch.nn.Module, result, maps: dict[str, n
         "normalization": NORMALIZATION,
         "overlap": r["overlap"],
         "training": {
-            "command": _train_command(name, steps, workers, data),
+            "command": _train_command(name, steps, workers, data, options),
             "data": (
                 "thesis dataset (van Gijn 2019, sec. 3.1) made on the fly from SHREC protein maps at 10 Å/voxel "
                 f"(shared/data/maps_10A): {', '.join(train_names)}; {r['patch']}^3 volumes with one centred particle "
@@ -718,8 +816,9 @@ def _eval_copy(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrides, bm3d, device="auto",
-                   minutes=None, workdir=None, resume=False) -> Path | None:
-    session = RecipeSession(name, r["steps"] if steps is None else steps, workdir, resume=resume)
+                   minutes=None, workdir=None, resume=False, options=None) -> Path | None:
+    options = dict(options or {})
+    session = RecipeSession(name, r["steps"] if steps is None else steps, workdir, resume=resume, options=options)
     _check_maps_pixel_size(maps_dir, r["pixel_size"])
     maps = load_particle_maps(maps_dir)
     train_names = sorted(k for k in maps if k not in HELD_OUT)
@@ -762,7 +861,8 @@ def _run_recipe_2d(name: str, r: dict, maps_dir, out_dir, *, steps, log, overrid
         "overlap": r["overlap"],
         "training": {
             "command": f"python -m napari_cryoden.recipes {name} --maps {maps_arg} --out models"
-                       + (f" --steps {res['steps']}" if res["steps"] != default_steps else ""),
+                       + (f" --steps {res['steps']}" if res["steps"] != default_steps else "")
+                       + _options_flags(options),
             **({"overrides_not_in_command": overrides} if overrides else {}),
             "data": (
                 f"{res['micrographs']} micrographs of {m['shape'][0]} x {m['shape'][1]} pixels at {r['pixel_size']:g} "
@@ -844,6 +944,13 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="host", choices=DATA_SOURCES,
                    help="3D recipes: simulate the batches on the host with numpy (default, as the shipped models; "
                         "see --workers) or in torch on the training device (keeps a GPU fed)")
+    p.add_argument("--realistic", default="standard", choices=sorted(REALISTIC_RANGES),
+                   help="3D recipes with realistic tomograms: their ranges (default: standard, as the shipped "
+                        "models; low-dose: 15-160 e-/A^2 log-uniform, defocus 1-6 um, specimens up to 3000 A "
+                        "thick, correlated detector noise)")
+    p.add_argument("--patch", type=int, default=None, help="train on patches of this edge, a multiple of 16 "
+                   "(default: the recipe's; 64 for a 3D run on a GPU, 256 for 2D)")
+    p.add_argument("--batch-size", type=int, default=None, help="patches per step (default: the recipe's)")
     p.add_argument("--minutes", type=float, default=None,
                    help="train for at most this wall-clock time, then checkpoint into --workdir and "
                         "stop (exit 0; continue later with --resume, here or on another machine)")
@@ -870,6 +977,8 @@ def main(argv=None) -> int:
             p.error("--workers is for 3D recipes only")
         if a.data != "host":
             p.error("--data device is for 3D recipes only")
+        if a.realistic != "standard":
+            p.error("--realistic is for 3D recipes with realistic tomograms")
         return _main_2d(a)
     if a.evaluate_only:
         from .models import load_model
@@ -883,7 +992,8 @@ def main(argv=None) -> int:
         return 0
     try:
         path = run_recipe(a.name, a.maps, a.out, steps=a.steps, workers=a.workers, device=a.device,
-                          minutes=a.minutes, workdir=a.workdir, resume=a.resume, data=a.data)
+                          minutes=a.minutes, workdir=a.workdir, resume=a.resume, data=a.data,
+                          realistic=a.realistic, patch=a.patch, batch_size=a.batch_size)
     except ValueError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
@@ -918,7 +1028,7 @@ def _main_2d(a) -> int:
         return 0
     try:
         path = run_recipe(a.name, a.maps, a.out, steps=a.steps, bm3d=bm3d, device=a.device, minutes=a.minutes,
-                          workdir=a.workdir, resume=a.resume)
+                          workdir=a.workdir, resume=a.resume, patch=a.patch, batch_size=a.batch_size)
     except ValueError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

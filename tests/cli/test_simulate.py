@@ -45,6 +45,19 @@ def test_tomogram_files_and_voxel_size(tmp_path, capsys):
     assert params["voxel_size"] == 8.0 and params["seed"] == 2 and params["tilt_step"] == 6.0
 
 
+def test_thick_low_dose_tomogram_with_correlated_detector_noise(tmp_path):
+    """--thickness and --detector-correlation reach the simulator and its params.json; the
+    clean target is the one of the default imaging, the noise is stronger."""
+    base, low = tmp_path / "base", tmp_path / "low"
+    assert main(["simulate", "tomogram", str(base), *TOMO]) == 0
+    assert main(["simulate", "tomogram", str(low), *TOMO, "--thickness", "2000", "--detector-correlation", "0.4"]) == 0
+    params = json.loads((low / "params.json").read_text())
+    assert params["ice_thickness"] == 2000.0 and params["detector_correlation"] == 0.4
+    np.testing.assert_array_equal(_read(low / "clean.mrc")[0], _read(base / "clean.mrc")[0])
+    noise = {d: _read(d / "noisy.mrc")[0] - _read(d / "clean.mrc")[0] for d in (base, low)}
+    assert noise[low].std() > 1.1 * noise[base].std()
+
+
 def test_existing_outputs_refused_without_overwrite(tmp_path, capsys):
     out = tmp_path / "sim"
     assert main(["simulate", "tomogram", str(out), *TOMO]) == 0
@@ -130,6 +143,8 @@ def test_maps_set_the_voxel_size_and_must_match_it(tmp_path, capsys):
     (["micrograph", "{out}", "--frames", "1"], "frames"),
     (["thesis", "{out}", "--variant", "nope"], "variant"),
     (["tomogram", "{missing}"], "does not exist"),
+    (["tomogram", "{out}", "--shape", "24,32,32", "--thickness", "100"], "ice_thickness (100 Å) must be at least"),
+    (["tomogram", "{out}", "--shape", "24,32,32", "--detector-correlation", "0.9"], "detector_correlation"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, expected, tmp_path, capsys):
     argv = [a.format(out=tmp_path / "out", missing=tmp_path / "no" / "such") for a in argv]

@@ -137,6 +137,53 @@ def test_physics_helpers():
     assert ctf.shape == (16, 9) and ctf[0, 0] == pytest.approx(0.07, abs=1e-3)  # amplitude contrast at k=0
 
 
+@pytest.mark.parametrize("rho", [0.0, 0.2, 0.5, 0.7])
+def test_detector_kernel_gives_the_neighbour_correlation(rho):
+    """White noise through correlate_detector_noise: variance kept (within 2 %), neighbours along
+    Y and along X correlated by rho and diagonal neighbours by rho² (within 0.02), mean kept."""
+    rng = np.random.default_rng(0)
+    expected = np.full((4, 256, 256), 50.0)
+    counts = rng.poisson(expected)
+    out = physics.correlate_detector_noise(counts, expected, rho)
+    noise = (out - expected)[:, 2:-2, 2:-2]  # away from the edges
+    white = (counts - expected)[:, 2:-2, 2:-2]
+    assert out.dtype == np.float32 and abs(noise.var() / white.var() - 1) < 0.02
+    assert abs(noise.mean()) < 0.02 * noise.std()
+    assert abs(corr(noise[:, 1:], noise[:, :-1]) - rho) < 0.02
+    assert abs(corr(noise[:, :, 1:], noise[:, :, :-1]) - rho) < 0.02
+    assert abs(corr(noise[:, 1:, 1:], noise[:, :-1, :-1]) - rho**2) < 0.02
+    assert np.sum(physics.detector_kernel(rho) ** 2) == pytest.approx(1.0)
+    if rho == 0:
+        np.testing.assert_array_equal(out, counts.astype(np.float32))
+
+
+def test_detector_correlation_and_thick_ice_change_only_the_noise():
+    """Same seed and specimen: the clean target is unchanged by correlated detector noise (the
+    expectation is), the halves stay independent, and the noise gains low-frequency power; a
+    4× thicker specimen lets fewer electrons through, so the noise grows and the clean volume
+    stays the same."""
+    kw = {"shape": (24, 48, 48), "seed": 3, "dose_total": 80.0}
+    base = simulate_tomogram(**kw)
+    correlated = simulate_tomogram(detector_correlation=0.5, **kw)
+    thick = simulate_tomogram(ice_thickness=4 * 24 * 10.0, **kw)
+    np.testing.assert_array_equal(correlated.clean, base.clean)
+    np.testing.assert_array_equal(thick.clean, base.clean)
+    assert correlated.params["detector_correlation"] == 0.5 and base.params["ice_thickness"] == 240.0
+    n1, n2 = correlated.even - correlated.clean, correlated.odd - correlated.clean
+    assert abs(corr(n1, n2)) < 0.05
+    np.testing.assert_allclose(correlated.noisy, (correlated.even + correlated.odd) / 2, atol=1e-5 * n1.std())
+
+    def low_fraction(v):  # share of the noise power below a quarter of Nyquist, in Y-X planes
+        p = np.abs(np.fft.fft2(v)) ** 2
+        k = np.hypot(*np.meshgrid(np.fft.fftfreq(v.shape[1]), np.fft.fftfreq(v.shape[2]), indexing="ij"))
+        return p[:, k < 0.125].sum() / p.sum()
+
+    assert low_fraction(correlated.noisy - correlated.clean) > 1.3 * low_fraction(base.noisy - base.clean)
+    # attenuation exp(-t / 3500 Å): 4x the 240 Å slab passes exp(-720/3500) = 0.81 as many electrons
+    ratio = (thick.noisy - thick.clean).std() / (base.noisy - base.clean).std()
+    assert ratio == pytest.approx(np.exp(720 / 3500 / 2), rel=0.05)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"shape": (4, 32, 32)}, "shape"),
     ({"shape": (16, 32)}, "shape"),
@@ -148,6 +195,10 @@ def test_physics_helpers():
     ({"membranes": -1}, "membranes"),
     ({"amplitude_contrast": 1.0}, "amplitude_contrast"),
     ({"seed": -1}, "seed"),
+    ({"ice_thickness": 100.0}, "ice_thickness"),
+    ({"ice_thickness": -1.0}, "ice_thickness"),
+    ({"detector_correlation": 0.8}, "detector_correlation"),
+    ({"detector_correlation": -0.1}, "detector_correlation"),
 ])
 def test_bad_parameters_raise_one_line_value_errors(kwargs, match):
     kwargs = {"shape": (16, 16, 16), **kwargs}

@@ -159,7 +159,87 @@ def test_the_command_line_passes_the_data_source(monkeypatch, capsys):
     assert recipes.main(["upsampleunet48-gan", "--data", "device"]) == 0
     assert recipes.main(["upsampleunet48-gan"]) == 0
     assert [c["data"] for c in calls] == ["device", "host"]
+    assert recipes.main(["upsampleunet48-gan", "--realistic", "low-dose", "--patch", "64", "--batch-size", "16"]) == 0
+    assert recipes.main(["n2n-unet-2d", "--patch", "256", "--skip-bm3d", "--maps", "."]) == 0
+    assert [(c.get("realistic"), c["patch"], c["batch_size"]) for c in calls[2:]] == [
+        ("low-dose", 64, 16), (None, 256, None)]
+    assert calls[0]["realistic"] == "standard" and calls[0]["patch"] is None
     for argv in (["n2n-unet-2d", "--data", "device"], ["unet48-ae", "--data", "device", "--workers", "2"]):
         with pytest.raises(SystemExit):
             recipes.main(argv)
     assert "--data device" in capsys.readouterr().err
+
+
+def test_low_dose_ranges_widen_the_realistic_stream(monkeypatch):
+    """--realistic low-dose merges REALISTIC_RANGES["low-dose"] into the recipe's realistic
+    entry (nothing else changes); both streams (numpy and batched) take the new ranges, and
+    the numpy stream's draws follow them: doses log-uniform in 15-160 e-/Å² (median near the
+    geometric mean 49), thicknesses and detector correlations inside their ranges."""
+    import numpy as np
+
+    from napari_cryoden.simulate import blob_particle
+    from napari_cryoden.simulate.batched import BatchedStream
+
+    name = "upsampleunet48-gan"
+    assert recipes.recipe(name) is RECIPES[name]
+    r = recipes.recipe(name, "low-dose")
+    low = recipes.REALISTIC_RANGES["low-dose"]
+    assert {k: r["realistic"][k] for k in low} == low and r["realistic"]["weight"] == RECIPES[name]["realistic"]["weight"]
+    assert {k: v for k, v in r.items() if k != "realistic"} == {k: v for k, v in RECIPES[name].items() if k != "realistic"}
+    assert "dose_log" not in RECIPES[name]["realistic"]  # the shipped recipe is untouched
+    maps = {n: blob_particle(np.random.default_rng(i), radius=4) for i, n in enumerate(TRAIN)}
+    stream = recipes.recipe_stream(r, maps, list(TRAIN), np.random.default_rng(0))
+    realistic = stream.streams[0]
+    draws = [realistic.parameters() for _ in range(400)]
+    doses = np.array([d["dose_total"] for d in draws])
+    assert doses.min() >= 15 and doses.max() <= 160 and 40 < np.median(doses) < 60
+    assert all(640 <= d["ice_thickness"] <= 3000 and 0 <= d["detector_correlation"] <= 0.5 for d in draws)
+    batched = BatchedStream.from_recipe(r, maps, list(TRAIN))
+    assert batched.realistic["dose_log"] is True and batched.realistic["ice_thickness"] == (640.0, 3000.0)
+    assert batched.parameters()["realistic"]["detector_correlation"] == [0.0, 0.5]
+    text = recipes._realistic_text(r)
+    assert "log-uniform" in text and "thick" in text and "neighbour correlation" in text
+    options = recipes._run_options("low-dose", 64, 16)
+    assert recipes._train_command(name, RECIPES[name]["steps"], 0, "device", options).endswith(
+        "--out models --data device --realistic low-dose --patch 64 --batch-size 16")
+    big = recipes.recipe(name, **options)
+    assert big["patch"] == 64 and big["batch_size"] == 16 and big["realistic"]["dose_log"] is True
+    assert recipes.recipe("n2n-unet-2d", patch=256)["patch"] == 256
+    for kw, match in (({"patch": 40}, "multiple of 16"), ({"patch": True}, "multiple of 16"),
+                      ({"batch_size": 0}, "batch_size")):
+        with pytest.raises(ValueError, match=match):
+            recipes.recipe(name, **kw)
+    with pytest.raises(ValueError, match="does not fit"):
+        recipes.recipe("n2n-unet-2d", patch=1024)
+    with pytest.raises(ValueError, match="realistic must be one of"):
+        recipes.recipe(name, "ultra")
+    with pytest.raises(ValueError, match="no realistic tomograms"):
+        recipes.recipe("n2n-unet-2d", "low-dose")
+
+
+def test_a_resume_keeps_the_run_options(maps_dir, tmp_path, monkeypatch):
+    """A checkpoint records its options (--realistic, --patch, --batch-size); resuming with
+    others is refused; the finished run's card names them in its command and trains at that
+    patch size; the command line refuses --realistic for the 2D recipe."""
+    import napari_cryoden.training.loop as loop
+
+    name = "unet48-ae"
+    _small_recipe(monkeypatch, name)
+    work, out = tmp_path / "work", tmp_path / "out"
+    monkeypatch.setattr(loop, "time", _Clock())
+    quiet = {"log": lambda *a, **k: None}
+    assert run_recipe(name, maps_dir, out, steps=5, minutes=0.04, workdir=work, realistic="low-dose", patch=16,
+                      **quiet) is None
+    state = json.loads((work / "checkpoint.json").read_text())
+    assert state["options"] == {"realistic": "low-dose", "patch": 16}
+    with pytest.raises(ValueError, match=r"options \[--realistic low-dose --patch 16\], not \[--patch 16\]"):
+        run_recipe(name, maps_dir, out, steps=5, workdir=work, resume=True, patch=16, **quiet)
+    monkeypatch.setattr(recipes, "held_out_set", lambda maps: [])
+    monkeypatch.setattr(recipes, "realistic_held_out_set", lambda maps: [])
+    monkeypatch.setattr(recipes, "evaluate_held_out", lambda lm, sims, precision: {"n_volumes": len(sims)})
+    card = json.loads(run_recipe(name, maps_dir, out, steps=5, workdir=work, resume=True, realistic="low-dose",
+                                 patch=16, **quiet).read_text())
+    assert card["training"]["command"].endswith("--steps 5 --realistic low-dose --patch 16")
+    assert card["training"]["patch"] == 16 and "log-uniform" in card["training"]["data"]
+    with pytest.raises(SystemExit):
+        recipes.main(["n2n-unet-2d", "--realistic", "low-dose"])

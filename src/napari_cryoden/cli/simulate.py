@@ -127,6 +127,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tomogram and thesis: maximum |tilt| in degrees, below 90 (default: 60)")
     p.add_argument("--tilt-step", type=_positive_float, default=3.0, metavar="DEG",
                    help="tomogram: degrees between tilts (default: 3)")
+    p.add_argument("--thickness", type=_positive_float, default=None, metavar="Å",
+                   help="tomogram: specimen thickness the beam crosses at 0° tilt, ice included (at least the "
+                        "slab's, Z × voxel size; default: the slab's); thicker ice attenuates the beam")
+    p.add_argument("--detector-correlation", type=_non_negative_float, default=0.0, metavar="RHO",
+                   help="tomogram: correlation of the shot noise between neighbouring detector pixels, "
+                        "0 to 0.7 (default: 0, white noise)")
     p.add_argument("--frames", type=_int_at_least(2), default=40, metavar="N",
                    help="micrograph: movie frames, split into even and odd sums (default: 40)")
     p.add_argument("--invert", action="store_true", help="protein bright instead of dark")
@@ -262,7 +268,8 @@ def run(args: argparse.Namespace) -> int:
             density=0.15 if args.density is None else args.density, membranes=args.membranes,
             ice=args.ice, tilt_range=args.tilt_range, tilt_step=args.tilt_step,
             defocus_um=_DEFAULT_DEFOCUS[kind] if args.defocus is None else args.defocus,
-            dose_total=args.dose or _DEFAULT_DOSE[kind], invert=args.invert, seed=args.seed,
+            dose_total=args.dose or _DEFAULT_DOSE[kind], ice_thickness=args.thickness,
+            detector_correlation=args.detector_correlation, invert=args.invert, seed=args.seed,
         )
         outputs = [sim.noisy, sim.even, sim.odd, sim.clean, sim.params]
     else:

@@ -87,6 +87,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from .physics import MAX_DETECTOR_CORRELATION
 from .specimen import ICE_SCALE_A, ICE_STD, check_particles
 
 __all__ = [
@@ -100,7 +101,8 @@ __all__ = [
 THESIS_DEFAULTS = {"p_single": 0.3, "max_particles": 40, "snr_range": (0.1, 2.0), "tilt_range": (50.0, 70.0)}
 #: Defaults of the realistic pairs (as ``training.data.RealisticStream``).
 REALISTIC_DEFAULTS = {"shape": (64, 128, 128), "density": (0.05, 0.25), "defocus_um": (1.5, 5.0),
-                      "dose_total": (40.0, 160.0), "tilt_range": (50.0, 65.0), "max_membranes": 2}
+                      "dose_total": (40.0, 160.0), "tilt_range": (50.0, 65.0), "max_membranes": 2,
+                      "dose_log": False, "ice_thickness": None, "detector_correlation": None}
 #: Fixed imaging parameters of the realistic pairs (the defaults of ``simulate_tomogram``).
 IMAGING = {"voxel_size": 10.0, "tilt_step": 3.0, "voltage_kv": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.07,
            "phase_flip": True, "radiation_damage": True, "radial_cutoff": 0.35, "mean_free_path": 3500.0,
@@ -698,6 +700,9 @@ def realistic_batch(
     dose_total: tuple[float, float] = (40.0, 160.0),
     tilt_range: tuple[float, float] = (50.0, 65.0),
     max_membranes: int = 2,
+    dose_log: bool = False,
+    ice_thickness: tuple[float, float] | None = None,
+    detector_correlation: tuple[float, float] | None = None,
     ice: bool = True,
     voxel_size: float = 10.0,
     normalize: bool = True,
@@ -732,6 +737,18 @@ def realistic_batch(
         Uniform ranges of the particle volume fraction ([0, 1)), the defocus (µm, positive
         underfocus), the total dose (e⁻/Å²) and the maximum tilt (degrees, (0, 90)).
     max_membranes : int, default=2
+    dose_log : bool, default=False
+        Draw the total dose log-uniformly in `dose_total`.
+    ice_thickness : (float, float), optional
+        Uniform range of the specimen thickness (Å) the beam crosses at 0° tilt, at least the
+        virtual tomogram's ``shape[0] * voxel_size``; None: that thickness.
+    detector_correlation : (float, float), optional
+        Uniform range of the shot noise's correlation between neighbouring detector pixels, in
+        [0, 0.7] (:func:`~napari_cryoden.simulate.physics.detector_kernel`, applied to each
+        half on its own); None: white noise.
+
+    The optional ranges draw no random numbers when they are None, so batches without them are
+    the same as before they existed.
     ice : bool, default=True
         Add the low-frequency ice background.
     voxel_size : float, default=10
@@ -767,6 +784,11 @@ def realistic_batch(
     dose = _range("dose_total", dose_total, 0.0, math.inf, open_hi=True)
     tilts = _range("tilt_range", tilt_range, 0.0, 90.0, open_hi=True)
     max_membranes = _int("max_membranes", max_membranes, 0)
+    slab = shape[0] * float(voxel_size) if isinstance(voxel_size, Real) else 0.0
+    thick = None if ice_thickness is None else _range("ice_thickness", ice_thickness, slab - 1e-6, math.inf,
+                                                      open_lo=False, open_hi=True)
+    corr = None if detector_correlation is None else _range("detector_correlation", detector_correlation, 0.0,
+                                                            MAX_DETECTOR_CORRELATION, open_lo=False)
     if isinstance(voxel_size, bool) or not isinstance(voxel_size, Real) or not voxel_size > 0:
         raise ValueError(f"voxel_size must be a positive number, got {voxel_size!r}")
     if tilts[0] < IMAGING["tilt_step"]:
@@ -804,7 +826,10 @@ def realistic_batch(
 
     # --- imaging parameters and dose
     defocus = _uniform(n, *dfc, g, dev)
-    dose_t = _uniform(n, *dose, g, dev).double()
+    if dose_log:
+        dose_t = torch.exp(_uniform(n, math.log(dose[0]), math.log(dose[1]), g, dev).double())
+    else:
+        dose_t = _uniform(n, *dose, g, dev).double()
     tmax = _uniform(n, *tilts, g, dev).double()
     step = IMAGING["tilt_step"]
     n_item = 2 * torch.floor(tmax / step + 1e-9) + 1  # tilts of each item
@@ -812,7 +837,11 @@ def realistic_batch(
     dose_tilt = dose_t / n_item  # e-/Å² per tilt
     exposure = (geo.rank[None, :] + 0.5) * dose_tilt[:, None]  # mid-exposure, (n, T)
     cos_t = torch.cos(torch.deg2rad(geo.angles))[None, :]
-    atten = torch.exp(-(shape[0] * vs) / (IMAGING["mean_free_path"] * cos_t))
+    if thick is None:
+        atten = torch.exp(-(shape[0] * vs) / (IMAGING["mean_free_path"] * cos_t))
+    else:
+        path = _uniform(n, *thick, g, dev).double()[:, None]  # Å at 0°, (n, 1)
+        atten = torch.exp(-path / (IMAGING["mean_free_path"] * cos_t))
     background = (dose_tilt[:, None] * vs**2 * atten).float()  # expected counts per ice pixel, (n, T)
 
     # --- projection: (n, T, Y, nd) phase images
@@ -837,8 +866,9 @@ def realistic_batch(
     # --- shot noise: two independent Poisson halves
     bg = background[:, :, None, None]
     expected = bg * (1.0 + contrast).clamp_min(0.0)
-    even = torch.poisson(expected / 2, generator=g) / (bg / 2) - 1.0
-    odd = torch.poisson(expected / 2, generator=g) / (bg / 2) - 1.0
+    rho = None if corr is None else _uniform(n, *corr, g, dev)
+    even, odd = (_detector(torch.poisson(expected / 2, generator=g), expected / 2, rho) / (bg / 2) - 1.0
+                 for _ in range(2))
     channels = [even, odd, contrast] if halves else [(even + odd) / 2, contrast]
     stack = torch.stack(channels)  # (C, n, T, Y, nd)
     del expected, even, odd
@@ -865,6 +895,30 @@ def realistic_batch(
     if augment_:
         out = augment(g, *out)
     return tuple(t.contiguous() for t in out)
+
+
+def _detector(counts: torch.Tensor, expected: torch.Tensor, rho: torch.Tensor | None) -> torch.Tensor:
+    """Counts (n, T, Y, X) whose noise is correlated between neighbouring pixels by rho (n,).
+
+    ``expected + k_y ⊛ k_x ⊛ (counts - expected)`` with each item's 3-tap kernel
+    ``(a, 1, a) / sqrt(1 + 2 a²)`` (:func:`~napari_cryoden.simulate.physics.detector_kernel`),
+    edges extended by their nearest pixel, as ``physics.correlate_detector_noise``.
+    """
+    if rho is None:
+        return counts
+    rho = rho.double()
+    a = torch.where(rho > 0, (1 - torch.sqrt((1 - 2 * rho * rho).clamp_min(0))) / (2 * rho.clamp_min(1e-12)),
+                    torch.zeros_like(rho))
+    a = a.float()[:, None, None, None]
+    norm = torch.sqrt(1 + 2 * a * a)
+    noise = counts - expected
+    for dim in (-1, -2):
+        n = noise.shape[dim]
+        first, last = noise.narrow(dim, 0, 1), noise.narrow(dim, n - 1, 1)
+        before = torch.cat([first, noise.narrow(dim, 0, n - 1)], dim)
+        after = torch.cat([noise.narrow(dim, 1, n - 1), last], dim)
+        noise = (noise + a * (before + after)) / norm
+    return expected + noise
 
 
 # --------------------------------------------------------------------------------------------
@@ -896,7 +950,8 @@ class BatchedStream:
         :data:`THESIS_DEFAULTS`); other keys are ignored.
     realistic : dict, optional
         ``shape``, ``density``, ``defocus_um``, ``dose_total``, ``tilt_range``,
-        ``max_membranes`` (default :data:`REALISTIC_DEFAULTS`); other keys (the recipes'
+        ``max_membranes``, ``dose_log``, ``ice_thickness``, ``detector_correlation`` (default
+        :data:`REALISTIC_DEFAULTS`); other keys (the recipes'
         ``weight``, ``patches_per_volume``) are ignored.
     voxel_size : float, default=10
         Å per voxel.
@@ -928,11 +983,13 @@ class BatchedStream:
         self.seed, self.mix = _int("seed", seed, 0), _fraction("mix", mix)
         th = {**THESIS_DEFAULTS, **{k: v for k, v in (thesis or {}).items() if k in THESIS_DEFAULTS}}
         re_ = {**REALISTIC_DEFAULTS, **{k: v for k, v in (realistic or {}).items() if k in REALISTIC_DEFAULTS}}
+        optional = {k: None if re_[k] is None else tuple(re_[k]) for k in ("ice_thickness", "detector_correlation")}
         self.thesis = {"p_single": th["p_single"], "max_particles": th["max_particles"],
                        "snr_range": tuple(th["snr_range"]), "tilt_range": tuple(th["tilt_range"])}
         self.realistic = {"shape": tuple(re_["shape"]), "density": tuple(re_["density"]),
                           "defocus_um": tuple(re_["defocus_um"]), "dose_total": tuple(re_["dose_total"]),
-                          "tilt_range": tuple(re_["tilt_range"]), "max_membranes": re_["max_membranes"]}
+                          "tilt_range": tuple(re_["tilt_range"]), "max_membranes": re_["max_membranes"],
+                          "dose_log": bool(re_["dose_log"]), **optional}
         self.voxel_size = voxel_size
         self.device = torch.device(device)
         self.bank = ParticleBank(particles, self.device)

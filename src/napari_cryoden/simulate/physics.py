@@ -17,6 +17,14 @@ Image formation
     exposure the image has received (mid-exposure) and ``N_e(k) = 0.245 k^-1.665 + 2.81``
     e-/Å² their fitted critical exposure at 300 kV (:func:`critical_exposure`).
 
+Detector noise
+    Counting detectors spread some electrons' charge over neighbouring pixels, so their noise is
+    not white. With a ``detector_correlation`` rho > 0 the shot noise of each image (the counts
+    minus their expectation) is filtered along Y and X by the 3-tap kernel of
+    :func:`detector_kernel`, which keeps its variance and mean and gives neighbouring pixels the
+    correlation rho (diagonal neighbours rho²); the expected image is untouched, so a clean
+    target stays the expectation of the noisy image, and independent halves stay independent.
+
 Arrays are (Y, X) images or (n, Y, X) stacks; lengths are in Å, defocus in µm, voltage in kV,
 spherical aberration in mm and exposure in e-/Å².
 """
@@ -31,8 +39,10 @@ from scipy import fft as sfft
 
 __all__ = [
     "Simulated",
+    "correlate_detector_noise",
     "critical_exposure",
     "ctf_2d",
+    "detector_kernel",
     "ctf_padding",
     "electron_wavelength",
     "image_contrast",
@@ -190,3 +200,62 @@ def image_contrast(
                 damage += np.exp(-e / (2 * ne))
             spec[i] *= transfer * (damage / len(frames)).astype(np.float32)
     return sfft.irfft2(spec, s=(fy, fx), axes=(-2, -1))[:, :h, :w].astype(np.float32, copy=False)
+
+
+#: Largest neighbour correlation a 3-tap kernel (a, 1, a) can give: 1/sqrt(2), at a = 1/sqrt(2).
+MAX_DETECTOR_CORRELATION = 0.7
+
+
+def detector_kernel(correlation: float) -> np.ndarray:
+    """The 3-tap filter ``(a, 1, a) / sqrt(1 + 2 a²)`` that gives white noise the neighbour `correlation`.
+
+    The lag-1 autocorrelation of white noise filtered by ``(a, 1, a)`` is ``2a / (1 + 2a²)``; `a`
+    is its smaller root for `correlation`, and the normalisation keeps the variance.
+
+    Parameters
+    ----------
+    correlation : float
+        Correlation coefficient between neighbouring pixels, in [0, 0.7].
+
+    Returns
+    -------
+    (3,) ndarray of float64
+        Sums of squares to 1.
+
+    Raises
+    ------
+    ValueError
+        If `correlation` is outside [0, 0.7].
+    """
+    rho = float(correlation)
+    if not 0.0 <= rho <= MAX_DETECTOR_CORRELATION:
+        raise ValueError(f"detector_correlation must be in [0, {MAX_DETECTOR_CORRELATION}], got {correlation!r}")
+    a = 0.0 if rho == 0 else (1.0 - math.sqrt(1.0 - 2.0 * rho * rho)) / (2.0 * rho)
+    return np.array([a, 1.0, a]) / math.sqrt(1.0 + 2.0 * a * a)
+
+
+def correlate_detector_noise(counts: np.ndarray, expected: np.ndarray, correlation: float) -> np.ndarray:
+    """Counts whose noise is correlated between neighbouring detector pixels.
+
+    ``expected + k_y ⊛ k_x ⊛ (counts - expected)``, ``k`` the :func:`detector_kernel` of
+    `correlation` along the last two axes (Y, X), edges extended by their nearest pixel.
+
+    Parameters
+    ----------
+    counts, expected : (..., Y, X) ndarray
+        Poisson draws and their expectations (electrons per pixel).
+    correlation : float
+        Neighbour correlation of the noise, in [0, 0.7]; 0 returns `counts` as float32.
+
+    Returns
+    -------
+    (..., Y, X) ndarray of float32
+        Same mean and noise variance as `counts` (away from the edges); no longer integers.
+    """
+    from scipy.ndimage import correlate1d
+
+    k = detector_kernel(correlation)
+    noise = np.asarray(counts, dtype=np.float32) - expected
+    if k[0] > 0:
+        noise = correlate1d(correlate1d(noise, k, axis=-1, mode="nearest"), k, axis=-2, mode="nearest")
+    return (expected + noise).astype(np.float32, copy=False)

@@ -30,14 +30,16 @@ Image formation
     Grigorieff (2015) for the exposure each tilt has received by its mid-exposure, in the
     dose-symmetric order (:mod:`napari_cryoden.simulate.physics`). The beam is attenuated by
     ``exp(-thickness / (mean_free_path * cos(tilt)))`` (inelastic scattering removed by an
-    energy filter), so high tilts receive fewer electrons.
+    energy filter), so high tilts receive fewer electrons; ``thickness`` is the slab's unless
+    a thicker ``ice_thickness`` is given.
 Shot noise and halves
     Each tilt's expected electron count per pixel is ``dose_per_tilt * voxel_size**2`` times the
     attenuation and relative intensity. The even and odd halves are two independent Poisson
     draws of half that count (as even and odd movie frames would be); the full-dose image is
     their sum, which is exactly a Poisson draw of the full count. Each image is normalized to
     its expected background count (``counts / expected - 1``), so every half has the same
-    expected value as the full image.
+    expected value as the full image. With ``detector_correlation`` each half's noise is
+    correlated between neighbouring pixels (:mod:`napari_cryoden.simulate.physics`).
 Reconstruction
     Phase flipping by the sign of the CTF (``phase_flip=True``, as IMOD's ``ctfphaseflip`` or
     Warp do before reconstruction; the default, because CTF zeros fall inside the band at
@@ -81,7 +83,9 @@ from scipy import sparse
 from ._checks import (
     check_fraction, check_imaging, check_integer, check_shape, density_target, optional_positive, positive,
 )
-from .physics import Simulated, ctf_2d, ctf_padding, image_contrast, interaction_constant
+from .physics import (
+    Simulated, correlate_detector_noise, ctf_2d, ctf_padding, detector_kernel, image_contrast, interaction_constant,
+)
 from .specimen import specimen_volume
 
 __all__ = [
@@ -247,6 +251,8 @@ def simulate_tomogram(
     radiation_damage: bool = True,
     radial_cutoff: float | None = 0.35,
     mean_free_path: float | None = 3500.0,
+    ice_thickness: float | None = None,
+    detector_correlation: float = 0.0,
     contrast_volts: float = 2.0,
     invert: bool = False,
     seed: int = 0,
@@ -294,6 +300,15 @@ def simulate_tomogram(
     mean_free_path : float or None, default=3500
         Inelastic mean free path in Å (vitreous ice at 300 kV is of the order of 300-400 nm);
         None for no attenuation.
+    ice_thickness : float or None, default=None
+        Thickness in Å of the specimen the beam crosses at 0° tilt, ice above and below the slab
+        included (at tilt t the path is ``ice_thickness / cos(t)``); at least the slab's,
+        ``Z * voxel_size``. None: the slab's. Thicker ice attenuates the beam more, so fewer
+        electrons reach the detector at the same dose (thick specimens, lamellae).
+    detector_correlation : float, default=0
+        Correlation of the shot noise between neighbouring detector pixels, in [0, 0.7]
+        (:func:`~napari_cryoden.simulate.physics.correlate_detector_noise`); each half is
+        filtered on its own, so the halves stay independent.
     contrast_volts : float, default=2.0
         Potential of protein above vitreous ice, in volts (approximate); sets the signal
         relative to the shot noise.
@@ -330,6 +345,12 @@ def simulate_tomogram(
         voltage_kv, dose_total, contrast_volts, defocus_um, cs_mm)
     check_fraction("amplitude_contrast", amplitude_contrast)
     mean_free_path = optional_positive("mean_free_path", mean_free_path)
+    slab = shape[0] * voxel_size
+    ice_thickness = optional_positive("ice_thickness", ice_thickness)
+    if ice_thickness is not None and ice_thickness < slab - 1e-6:
+        raise ValueError(f"ice_thickness ({ice_thickness:g} Å) must be at least the slab's ({slab:g} Å)")
+    detector_kernel(detector_correlation)  # checks it
+    detector_correlation = float(detector_correlation)
     radial_cutoff = optional_positive("radial_cutoff", radial_cutoff)
     check_integer("membranes", membranes)
     density_target(density, "volume")
@@ -346,7 +367,7 @@ def simulate_tomogram(
     dose_tilt = dose_total / n_tilts
     rank = dose_symmetric_order(angles)
     exposure = (rank + 0.5) * dose_tilt  # e-/Å² received at mid-exposure of each tilt
-    thickness = nz * voxel_size
+    thickness = slab if ice_thickness is None else ice_thickness
     cos_t = np.cos(np.deg2rad(angles))
     atten = np.exp(-thickness / (mean_free_path * cos_t)) if mean_free_path else np.ones(n_tilts)
     e_per_px = dose_tilt * voxel_size**2
@@ -372,8 +393,11 @@ def simulate_tomogram(
     expected = background[:, None, None] * np.clip(1.0 + contrast, 0.0, None)
     half_bg = background[:, None, None] / 2
     stack = np.empty((3, *contrast.shape), dtype=np.float32)  # even, odd, clean
-    stack[0] = rng.poisson(expected / 2) / half_bg - 1.0
-    stack[1] = rng.poisson(expected / 2) / half_bg - 1.0
+    for i in (0, 1):
+        counts = rng.poisson(expected / 2)
+        if detector_correlation:
+            counts = correlate_detector_noise(counts, expected / 2, detector_correlation)
+        stack[i] = counts / half_bg - 1.0
     stack[2] = contrast
     del expected
 
@@ -405,7 +429,8 @@ def simulate_tomogram(
         "voltage_kv": voltage_kv, "cs_mm": cs_mm, "amplitude_contrast": float(amplitude_contrast),
         "dose_total": dose_total, "phase_flip": bool(phase_flip),
         "radiation_damage": bool(radiation_damage), "radial_cutoff": radial_cutoff,
-        "mean_free_path": mean_free_path,
+        "mean_free_path": mean_free_path, "ice_thickness": thickness,
+        "detector_correlation": detector_correlation,
         "contrast_volts": contrast_volts, "invert": bool(invert), "seed": int(seed),
         "n_tilts": n_tilts, "dose_per_tilt": dose_tilt, "electrons_per_pixel_per_tilt": e_per_px,
         "tilt_order": "dose-symmetric", "detector_width": nd,

@@ -107,6 +107,18 @@ class RealisticStream:
     density, defocus_um, dose_total, tilt_range : (float, float)
         Uniform ranges: particle volume fraction, defocus (µm), total dose (e-/Å²), maximum tilt (°).
     max_membranes : int, default=2
+    dose_log : bool, default=False
+        Draw the total dose log-uniformly in `dose_total` (as many low-dose tomograms between 15
+        and 30 e-/Å² as between 80 and 160).
+    ice_thickness : (float, float), optional
+        Uniform range of the specimen thickness in Å that the beam crosses (at least the slab's,
+        ``shape[0] * voxel_size``; see :func:`~napari_cryoden.simulate.simulate_tomogram`).
+        None: the slab's.
+    detector_correlation : (float, float), optional
+        Uniform range of the detector noise's neighbour correlation, in [0, 0.7]. None: white.
+
+    The optional ranges draw no random numbers when they are None, so a stream without them
+    makes the same batches as before they existed.
 
     Yields
     ------
@@ -128,6 +140,9 @@ class RealisticStream:
         dose_total: tuple[float, float] = (40.0, 160.0),
         tilt_range: tuple[float, float] = (50.0, 65.0),
         max_membranes: int = 2,
+        dose_log: bool = False,
+        ice_thickness: tuple[float, float] | None = None,
+        detector_correlation: tuple[float, float] | None = None,
     ):
         if min(shape) < patch:
             raise ValueError(f"patch {patch} does not fit in simulated tomograms of shape {shape}")
@@ -135,14 +150,22 @@ class RealisticStream:
         self.batch_size, self.patch, self.shape = batch_size, patch, tuple(shape)
         self.patches_per_volume, self.voxel_size = patches_per_volume, voxel_size
         self.ranges = {"density": density, "defocus_um": defocus_um, "dose_total": dose_total, "tilt_range": tilt_range}
-        self.max_membranes = max_membranes
+        for key, value in (("ice_thickness", ice_thickness), ("detector_correlation", detector_correlation)):
+            if value is not None:
+                self.ranges[key] = tuple(float(v) for v in value)
+        self.max_membranes, self.dose_log = max_membranes, bool(dose_log)
         self._volume: tuple[np.ndarray, np.ndarray] | None = None
         self._left = 0
 
     def parameters(self) -> dict:
         """Draw the imaging parameters of the next tomogram."""
         rng = self.rng
-        kw = {k: float(rng.uniform(*r)) for k, r in self.ranges.items()}
+        kw = {}
+        for k, (lo, hi) in self.ranges.items():
+            if k == "dose_total" and self.dose_log:
+                kw[k] = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+            else:
+                kw[k] = float(rng.uniform(lo, hi))
         kw["membranes"] = int(rng.integers(0, self.max_membranes + 1))
         kw["seed"] = int(rng.integers(2**31))
         return kw
