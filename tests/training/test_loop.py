@@ -11,7 +11,7 @@ import napari_cryoden.training.loop as loop_mod
 from napari_cryoden.training.checks import check_betas, check_number
 from napari_cryoden.training.finetune import FineTuneConfig
 from napari_cryoden.training.loop import (
-    Checkpoint, Done, LoopConfig, Losses, Preview, Step, Validation, iter_train, rampdown_factor,
+    Checkpoint, Done, LoopConfig, Losses, iter_train, rampdown_factor,
 )
 from napari_cryoden.training.supervised import TrainConfig
 
