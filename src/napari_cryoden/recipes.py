@@ -420,6 +420,15 @@ class RecipeSession:
                 "device": self.device, "hardware": hardware_name(torch.device(self.device)),
                 "precision": self.precision, "data": self.data, "workers": workers, "torch": torch.__version__, **extra}
 
+    def budget_spent(self, done, minutes: float | None, log=print) -> bool:
+        """Whether the time budget ended this window (`done`, the loop's last event) before the
+        last step; if so, `log` says where the checkpoint is and how to continue."""
+        if done.reason != "budget":
+            return False
+        log(f"stopped after {done.step} of {self.steps} steps at the {minutes:g}-minute budget; checkpoint in "
+            f"{self.folder}; continue with --resume", flush=True)
+        return True
+
     def total(self, key: str, this_window: float = 0.0) -> float:
         """The sum of `key` over the earlier windows' records, plus `this_window`."""
         return sum(float(w.get(key, 0.0)) for w in self.windows) + this_window
@@ -560,9 +569,7 @@ def run_recipe(name: str, maps_dir: str | Path, out_dir: str | Path, *, steps: i
         elif isinstance(ev, Done):
             done = ev
     stepper.finish()
-    if done.reason == "budget":
-        log(f"stopped after {done.step} of {steps} steps at the {minutes:g}-minute budget; checkpoint in "
-            f"{session.folder}; continue with --resume", flush=True)
+    if session.budget_spent(done, minutes, log):
         return None
     result = TrainResult(steps_done=done.step, seconds=done.seconds, history=session.history)
     windows = session.windows + [session.window(done.step, done.seconds, workers)]
@@ -796,9 +803,7 @@ def train_micrograph_n2n(r: dict, particles: dict[str, np.ndarray], *, steps: in
         elif isinstance(ev, Done):
             done = ev
     stepper.finish()
-    if done.reason == "budget":
-        log(f"stopped after {done.step} of {steps} steps at the {minutes:g}-minute budget; checkpoint in "
-            f"{session.folder}; continue with --resume", flush=True)
+    if session.budget_spent(done, minutes, log):
         return None
     windows = session.windows + [session.window(done.step, done.seconds, 0, **figures())]
     return {"module": stepper.generator.to("cpu").eval(), "steps": steps, "seconds": done.seconds,
