@@ -41,6 +41,43 @@ def test_realistic_parameters_stay_in_their_ranges():
         assert 2 <= p["defocus_um"] <= 3 and 50 <= p["dose_total"] <= 60 and p["membranes"] in (0, 1)
 
 
+@pytest.mark.parametrize("kw, match", [
+    ({"ice_thickness": (100.0, 3000.0)}, r"ice_thickness must be a pair \(low, high\) within \[160, inf\]"),
+    ({"ice_thickness": (900.0, 800.0)}, "ice_thickness"),
+    ({"detector_correlation": (0.0, 0.9)}, "detector_correlation"),
+    ({"detector_correlation": (0.1,)}, "detector_correlation"),
+])
+def test_bad_optional_ranges_are_refused_when_the_stream_is_built(kw, match):
+    """Before any tomogram is simulated: the thickness must hold the 16-voxel slab of 10 Å (160 Å)."""
+    with pytest.raises(ValueError, match=match):
+        _realistic(0, **kw)
+
+
+def test_low_dose_ranges_reach_the_simulated_tomograms(monkeypatch):
+    """With the optional ranges the stream's tomograms are simulated with the drawn thickness and
+    detector correlation (recorded in their params), and the stream stays seeded."""
+    import napari_cryoden.simulate.tomogram as tomogram
+
+    seen = []
+    real = tomogram.simulate_tomogram
+
+    def spy(*a, **kw):
+        seen.append(kw)
+        return real(*a, **kw)
+
+    s = _realistic(2, dose_total=(15.0, 160.0), dose_log=True, ice_thickness=(500.0, 900.0),
+                   detector_correlation=(0.2, 0.4))
+    monkeypatch.setattr(tomogram, "simulate_tomogram", spy)
+    x, _ = next(iter(s))
+    monkeypatch.undo()
+    (kw,) = seen
+    assert 500 <= kw["ice_thickness"] <= 900 and 0.2 <= kw["detector_correlation"] <= 0.4
+    assert 15 <= kw["dose_total"] <= 160
+    again = _realistic(2, dose_total=(15.0, 160.0), dose_log=True, ice_thickness=(500.0, 900.0),
+                       detector_correlation=(0.2, 0.4))
+    np.testing.assert_array_equal(next(iter(again))[0].numpy(), x.numpy())
+
+
 def test_patch_larger_than_the_simulated_tomogram_is_refused():
     with pytest.raises(ValueError, match="does not fit"):
         RealisticStream({}, np.random.default_rng(0), patch=64, shape=(32, 64, 64))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -10,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..inference.normalize import robust_stats
+from ..simulate.physics import MAX_DETECTOR_CORRELATION
 from ..simulate.thesis import thesis_pair
 from .patches import apply_symmetry, draw_flips, draw_square, stack_batch
 
@@ -150,9 +152,14 @@ class RealisticStream:
         self.batch_size, self.patch, self.shape = batch_size, patch, tuple(shape)
         self.patches_per_volume, self.voxel_size = patches_per_volume, voxel_size
         self.ranges = {"density": density, "defocus_um": defocus_um, "dose_total": dose_total, "tilt_range": tilt_range}
-        for key, value in (("ice_thickness", ice_thickness), ("detector_correlation", detector_correlation)):
+        slab = shape[0] * voxel_size
+        for key, value, lo, hi in (("ice_thickness", ice_thickness, slab, math.inf),
+                                   ("detector_correlation", detector_correlation, 0.0, MAX_DETECTOR_CORRELATION)):
             if value is not None:
-                self.ranges[key] = tuple(float(v) for v in value)
+                pair = tuple(float(v) for v in value)
+                if len(pair) != 2 or not lo - 1e-6 <= pair[0] <= pair[1] <= hi:
+                    raise ValueError(f"{key} must be a pair (low, high) within [{lo:g}, {hi:g}], got {value!r}")
+                self.ranges[key] = pair
         self.max_membranes, self.dose_log = max_membranes, bool(dose_log)
         self._volume: tuple[np.ndarray, np.ndarray] | None = None
         self._left = 0
