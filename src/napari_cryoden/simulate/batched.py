@@ -28,6 +28,10 @@ Realistic pairs (:func:`realistic_batch`, as ``RealisticStream``)
     by the discrete Ram-Lak filter rolled off beyond 0.35 cycles/pixel and pixel-driven
     back-projection (Kak & Slaney 1988, Principles of Computerized Tomographic Imaging, ch. 3).
     The clean target is the noiseless reconstruction of the same geometry, CTF and damage.
+    Optional ranges widen the pairs toward low dose: the dose drawn log-uniformly
+    (``dose_log``), a specimen thickness for the attenuation (``ice_thickness``), and shot noise
+    correlated between neighbouring detector pixels (``detector_correlation``, the filter of
+    ``physics.correlate_detector_noise``).
     The projector and back-projector are the same ray- and pixel-driven linear-interpolation
     operators as the numpy path's, built once per geometry as torch sparse matrices on the device.
 
