@@ -39,6 +39,7 @@ HUGE = [10**6, 2**20, 2**31 - 1, -(2**31), 0, -1]
 
 # Header fields (offset, struct format) of the MRC2014 header.
 DIMS, MODE, NSYMBT, MAP, MACHST = (0, "<3i"), (12, "<i"), (92, "<i"), (208, "4s"), (212, "4s")
+MZ, ISPG = (36, "<i"), (88, "<i")
 
 
 def sha256(path: Path) -> str:
@@ -182,9 +183,14 @@ def valid(rng) -> bytes:
         (lambda r: patch(r, DIMS, 2**31 - 1, 2**31 - 1, 2**31 - 1), "the file has"),
         (lambda r: patch(r, NSYMBT, 10**6), "extended header"),  # extended header longer than the file
         (lambda r: patch(r, NSYMBT, -5), "extended header"),
+        # a volume stack (space group 401) whose mz is 0 (mrcfile divides by it) or larger than nz
+        # (no volume: found by the hypothesis test above)
+        (lambda r: patch(patch(r, ISPG, 401), MZ, 0), "corrupt"),
+        (lambda r: patch(patch(r, ISPG, 401), MZ, 258), "describes no voxels"),
     ],
     ids=["truncated-data", "truncated-header", "dims-vs-size", "mode-5", "mode-101", "zero-dim",
-         "negative-dim", "1e6-cubed", "int32-max-cubed", "ext-header-too-long", "ext-header-negative"],
+         "negative-dim", "1e6-cubed", "int32-max-cubed", "ext-header-too-long", "ext-header-negative",
+         "stack-mz-0", "stack-mz-over-nz"],
 )
 def test_broken_file_named_case(breakage, expected, valid, tmp_path):
     path = _file(tmp_path, breakage(valid))

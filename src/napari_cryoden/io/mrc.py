@@ -390,6 +390,10 @@ def _voxel_size_zyx(mrc, ndim: int) -> tuple[tuple[float, ...], bool]:
     return zyx[3 - ndim:] if ndim <= 3 else (1.0,) * (ndim - 3) + zyx, known
 
 
+#: What mrcfile raises on a header it cannot make sense of (a zero ``mz`` of a volume stack
+#: divides by zero in ``mrcfile.utils.data_shape_from_header``).
+_READ_ERRORS = (ValueError, OSError, EOFError, MemoryError, ArithmeticError)
+
 #: What mrcfile says of an old-style header (no MAP ID, no machine stamp) that is otherwise fine.
 _OLD_STYLE_WARNINGS = ("Map ID string not found", "Unrecognised machine stamp")
 
@@ -405,7 +409,7 @@ def _open_tolerant(path: Path, use_mmap: bool, *, header_only: bool = False):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             return opener(path, mode="r", permissive=False), []
-    except (ValueError, OSError, EOFError, MemoryError, OverflowError) as exc:
+    except _READ_ERRORS as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         strict_error = MrcError(f"{path}: corrupt or truncated MRC file: {msg}")
         if not (isinstance(exc, ValueError) and msg.startswith(_OLD_STYLE_WARNINGS)):
@@ -414,7 +418,7 @@ def _open_tolerant(path: Path, use_mmap: bool, *, header_only: bool = False):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             mrc = opener(path, mode="r", permissive=True)
-    except (ValueError, OSError, EOFError, MemoryError, OverflowError):
+    except _READ_ERRORS:
         raise strict_error from None
     other = [str(w.message) for w in caught if not str(w.message).startswith(_OLD_STYLE_WARNINGS)]
     if other or (mrc.data is None and not header_only):
@@ -519,7 +523,7 @@ def read_mrc(path: str | os.PathLike, *, mmap_threshold: int = DEFAULT_MMAP_THRE
                 mrc, notes = _read_compressed(path, needed), []
         except MrcError:
             raise
-        except (ValueError, OSError, EOFError, MemoryError, OverflowError) as exc:
+        except _READ_ERRORS as exc:
             msg = " ".join(str(exc).split()) or type(exc).__name__
             raise MrcError(f"{path}: corrupt or truncated MRC file: {msg}") from None
     else:
@@ -528,6 +532,8 @@ def read_mrc(path: str | os.PathLike, *, mmap_threshold: int = DEFAULT_MMAP_THRE
         data = mrc.data
         if data is None:
             raise MrcError(f"{path}: MRC file holds no data")
+        if data.size == 0:
+            raise MrcError(f"{path}: corrupt MRC header: it describes no voxels (data shape {data.shape})")
         if not use_mmap:
             data = np.asarray(data)
         # A memmap keeps its own reference to the mapping, so it stays valid after close().
