@@ -176,3 +176,30 @@ def test_one_number_check_for_every_config():
             make()
         messages.add(str(info.value))
     assert messages == {"steps must be an integer > 0, got -1"}
+
+
+def test_drive_hands_on_every_event_returns_the_result_and_closes_the_generator():
+    """loop.drive: each yielded event goes to the handler in order, the generator's return
+    value comes back, and a handler that raises closes the generator (its finally runs)."""
+    from napari_cryoden.training.loop import drive
+
+    closed = []
+
+    def job(n):
+        try:
+            for i in range(n):
+                yield i
+            return "done"
+        finally:
+            closed.append(n)
+
+    seen = []
+    assert drive(job(3), seen.append) == "done" and seen == [0, 1, 2] and closed == [3]
+
+    def stop(event):
+        if event == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        drive(job(5), stop)
+    assert closed == [3, 5]

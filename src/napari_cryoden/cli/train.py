@@ -15,7 +15,6 @@ import json
 import signal
 import sys
 import threading
-from contextlib import closing
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -362,15 +361,13 @@ def _train(bar: _TrainBar | None, events: Iterator) -> Any:
     to its end in this thread, drawing each progress report
     (:class:`~napari_cryoden.training.finetune.TrainEvent`) on `bar`; return its FineTuneResult."""
     from ..training.finetune import TrainEvent
+    from ..training.loop import drive
 
-    with closing(events):
-        while True:
-            try:
-                event = next(events)
-            except StopIteration as stop:
-                return stop.value
-            if bar is not None and isinstance(event, TrainEvent):
-                bar.update(event)
+    def handle(event) -> None:
+        if bar is not None and isinstance(event, TrainEvent):
+            bar.update(event)
+
+    return drive(events, handle)
 
 
 def _resume_hint(values: dict, workdir: Path) -> str:

@@ -66,7 +66,6 @@ import copy
 import datetime as _dt
 import math
 import os
-from contextlib import closing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Generator, Sequence
@@ -84,7 +83,7 @@ from .checkpoint import (
     CHECKPOINT_NAME, CheckpointMismatch, check_finite_weights, check_workdir, cpu_state, finite_number,
     load_checkpoint, restore_optimizer, save_checkpoint, stepper_tensors, sub_state,
 )
-from .loop import Checkpoint, Done, LoopConfig, Losses, Preview, Step, Validation, iter_train
+from .loop import Checkpoint, Done, LoopConfig, Losses, Preview, Step, Validation, drive, iter_train
 from .patches import PatchSampler
 from .supervised import LOSSES, SupervisedStep, content_loss
 
@@ -849,17 +848,15 @@ def fine_tune(
         source, target, config, model=model, architecture=architecture, arch_kwargs=arch_kwargs, workdir=workdir,
         resume=resume, preview_every=None if preview is not None else 0, cancel=cancel, overwrite=overwrite,
     )
-    with closing(events):
-        while True:
-            try:
-                ev = next(events)
-            except StopIteration as stop:
-                return stop.value
-            if isinstance(ev, PreviewWeights):
-                with torch.no_grad():
-                    preview(ev.module)
-            elif progress is not None:
-                progress(ev)
+
+    def handle(ev) -> None:
+        if isinstance(ev, PreviewWeights):
+            with torch.no_grad():
+                preview(ev.module)
+        elif progress is not None:
+            progress(ev)
+
+    return drive(events, handle)
 
 
 def iter_fine_tune(

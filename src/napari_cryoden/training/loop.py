@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 import torch
 
@@ -36,7 +37,7 @@ from ..device import is_out_of_memory
 from .checks import check_number
 
 __all__ = ["Checkpoint", "Done", "LoopConfig", "Losses", "Preview", "Step", "TrainingEvent", "Validation",
-           "iter_train", "rampdown_factor"]
+           "drive", "iter_train", "rampdown_factor"]
 
 #: Why a run ended (:attr:`Done.reason`).
 REASONS = ("steps", "cancelled", "budget")
@@ -288,3 +289,24 @@ def iter_train(
     if reason != "steps" and step > last_checkpoint:
         yield Checkpoint(step, elapsed())
     yield Done(step, elapsed(), reason)
+
+
+def drive(events: Generator[Any, None, Any], handle: Callable[[Any], None]) -> Any:
+    """Run the generator `events` to its end in this thread, passing each event to `handle`.
+
+    For callers that want callbacks rather than a generator (``finetune.fine_tune``,
+    ``cryoden train``). The generator is closed on the way out, so a ``finally`` in it runs
+    when `handle` raises (an interrupt, say).
+
+    Returns
+    -------
+    object
+        The generator's return value (e.g. the ``FineTuneResult`` of ``iter_fine_tune``).
+    """
+    with closing(events):
+        while True:
+            try:
+                event = next(events)
+            except StopIteration as stop:
+                return stop.value
+            handle(event)
