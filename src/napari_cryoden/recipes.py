@@ -995,10 +995,15 @@ def main(argv=None) -> int:
             scores["realistic"] = evaluate_held_out(lm, realistic_held_out_set(maps), precision="auto")
         print(json.dumps(scores, indent=1))
         return 0
+    return _train_and_report(a, workers=a.workers, data=a.data, realistic=a.realistic)
+
+
+def _train_and_report(a, **kwargs) -> int:
+    """Run the recipe of the parsed arguments `a` (plus `kwargs` for :func:`run_recipe`); print
+    the card written, or a one-line error (exit status 2)."""
     try:
-        path = run_recipe(a.name, a.maps, a.out, steps=a.steps, workers=a.workers, device=a.device,
-                          minutes=a.minutes, workdir=a.workdir, resume=a.resume, data=a.data,
-                          realistic=a.realistic, patch=a.patch, batch_size=a.batch_size)
+        path = run_recipe(a.name, a.maps, a.out, steps=a.steps, device=a.device, minutes=a.minutes,
+                          workdir=a.workdir, resume=a.resume, patch=a.patch, batch_size=a.batch_size, **kwargs)
     except ValueError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
@@ -1031,15 +1036,7 @@ def _main_2d(a) -> int:
                                        pixel_size=r["pixel_size"])
         print(json.dumps(evaluate_micrographs(lm, sims, bm3d=bm3d, precision="auto"), indent=1))
         return 0
-    try:
-        path = run_recipe(a.name, a.maps, a.out, steps=a.steps, bm3d=bm3d, device=a.device, minutes=a.minutes,
-                          workdir=a.workdir, resume=a.resume, patch=a.patch, batch_size=a.batch_size)
-    except ValueError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    if path is not None:
-        print(f"wrote {path}")
-    return 0
+    return _train_and_report(a, bm3d=bm3d)
 
 
 if __name__ == "__main__":
