@@ -91,7 +91,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .physics import MAX_DETECTOR_CORRELATION
+from .physics import MAX_DETECTOR_CORRELATION, detector_tap
 from .specimen import ICE_SCALE_A, ICE_STD, check_particles
 
 __all__ = [
@@ -910,10 +910,7 @@ def _detector(counts: torch.Tensor, expected: torch.Tensor, rho: torch.Tensor | 
     """
     if rho is None:
         return counts
-    rho = rho.double()
-    a = torch.where(rho > 0, (1 - torch.sqrt((1 - 2 * rho * rho).clamp_min(0))) / (2 * rho.clamp_min(1e-12)),
-                    torch.zeros_like(rho))
-    a = a.float()[:, None, None, None]
+    a = detector_tap(rho.double()).float()[:, None, None, None]
     norm = torch.sqrt(1 + 2 * a * a)
     noise = counts - expected
     for dim in (-1, -2):

@@ -43,6 +43,7 @@ __all__ = [
     "critical_exposure",
     "ctf_2d",
     "detector_kernel",
+    "detector_tap",
     "ctf_padding",
     "electron_wavelength",
     "image_contrast",
@@ -206,11 +207,23 @@ def image_contrast(
 MAX_DETECTOR_CORRELATION = 0.7
 
 
+def detector_tap(rho):
+    """The outer tap `a` of the 3-tap filter ``(a, 1, a)`` whose filtered white noise has the
+    neighbour correlation `rho`: the smaller root of ``2a / (1 + 2a²) = rho``, written
+    ``rho / (1 + sqrt(1 - 2 rho²))`` so that it is 0 at rho = 0.
+
+    `rho` is a float, a numpy array or a torch tensor (the batched simulator's per-item values),
+    in [0, 0.7]; the result has its type. Not checked here (see :func:`detector_kernel`).
+    """
+    return rho / (1 + (1 - 2 * rho * rho) ** 0.5)
+
+
 def detector_kernel(correlation: float) -> np.ndarray:
     """The 3-tap filter ``(a, 1, a) / sqrt(1 + 2 a²)`` that gives white noise the neighbour `correlation`.
 
     The lag-1 autocorrelation of white noise filtered by ``(a, 1, a)`` is ``2a / (1 + 2a²)``; `a`
-    is its smaller root for `correlation`, and the normalisation keeps the variance.
+    is its smaller root for `correlation` (:func:`detector_tap`), and the normalisation keeps the
+    variance.
 
     Parameters
     ----------
@@ -230,7 +243,7 @@ def detector_kernel(correlation: float) -> np.ndarray:
     rho = float(correlation)
     if not 0.0 <= rho <= MAX_DETECTOR_CORRELATION:
         raise ValueError(f"detector_correlation must be in [0, {MAX_DETECTOR_CORRELATION}], got {correlation!r}")
-    a = 0.0 if rho == 0 else (1.0 - math.sqrt(1.0 - 2.0 * rho * rho)) / (2.0 * rho)
+    a = detector_tap(rho)
     return np.array([a, 1.0, a]) / math.sqrt(1.0 + 2.0 * a * a)
 
 
