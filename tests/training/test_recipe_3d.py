@@ -153,14 +153,14 @@ def test_bad_data_sources_are_refused_before_training(maps_dir, tmp_path, kw, ma
     assert not (tmp_path / "out").exists()
 
 
-def test_the_command_line_passes_the_data_source(monkeypatch, capsys):
+def test_the_command_line_passes_the_data_source(monkeypatch, capsys, tmp_path):
     calls = []
     monkeypatch.setattr(recipes, "run_recipe", lambda *a, **kw: calls.append(kw) or "card.json")
     assert recipes.main(["upsampleunet48-gan", "--data", "device"]) == 0
     assert recipes.main(["upsampleunet48-gan"]) == 0
     assert [c["data"] for c in calls] == ["device", "host"]
     assert recipes.main(["upsampleunet48-gan", "--realistic", "low-dose", "--patch", "64", "--batch-size", "16"]) == 0
-    assert recipes.main(["n2n-unet-2d", "--patch", "256", "--skip-bm3d", "--maps", "."]) == 0
+    assert recipes.main(["n2n-unet-2d", "--patch", "256", "--skip-bm3d", "--maps", str(tmp_path)]) == 0  # no maps
     assert [(c.get("realistic"), c["patch"], c["batch_size"]) for c in calls[2:]] == [
         ("low-dose", 64, 16), (None, 256, None)]
     assert calls[0]["realistic"] == "standard" and calls[0]["patch"] is None
