@@ -179,6 +179,91 @@ def test_denoise_file_resident_writes_the_same_file(net3d, tmp_path, mmap_thresh
         np.testing.assert_allclose(float(hb[field]), float(ha[field]), rtol=1e-4)
 
 
+def test_to_host_reports_slabs_in_order(monkeypatch):
+    monkeypatch.setattr(resident_module, "COPY_SLAB_BYTES", 3 * 17 * 19 * 4)  # 3 slices a slab
+    tensor = torch.from_numpy(_volume((13, 17, 19)))
+    out = np.zeros(tuple(tensor.shape), dtype=np.float32)
+    seen = []
+
+    def on_slab(a, b):
+        np.testing.assert_array_equal(out[a:b], tensor[a:b].numpy())  # the rows are there when told
+        seen.append((a, b))
+
+    to_host(tensor, out, on_slab=on_slab)
+    assert seen == [(0, 3), (3, 6), (6, 9), (9, 12), (12, 13)]
+    np.testing.assert_array_equal(out, tensor.numpy())
+
+
+def _tomo(tmp_path, shape=(12, 40, 40)):
+    src = tmp_path / "tomo.mrc"
+    with mrcfile.new(src) as mrc:
+        mrc.set_data(_volume(shape))
+        mrc.voxel_size = 7.5
+    return src
+
+
+def test_resident_output_is_written_while_it_comes_back(net3d, tmp_path, monkeypatch):
+    """A resident run's in-memory output goes to the file slab by slab (MrcRowWriter), and the
+    file equals that of the tile-by-tile run, which writes it whole at the end."""
+    from napari_cryoden.io import MrcRowWriter
+
+    src = _tomo(tmp_path)
+    monkeypatch.setattr(resident_module, "COPY_SLAB_BYTES", 5 * 40 * 40 * 4)  # 5 slices a slab: 3 slabs
+    writes = []
+    real_write = MrcRowWriter.write
+    monkeypatch.setattr(MrcRowWriter, "write", lambda self, a, rows: (writes.append((a, len(rows))),
+                                                                       real_write(self, a, rows))[1])
+    denoise_file(src, tmp_path / "host.mrc", net3d, device="cpu", precision="fp32", resident=False, overlap=8)
+    assert writes == []  # no statistics before the end: written whole, as before
+    denoise_file(src, tmp_path / "res.mrc", net3d, device="cpu", precision="fp32", resident=True, overlap=8)
+    assert writes == [(0, 5), (5, 5), (10, 2)]
+    with mrcfile.open(tmp_path / "host.mrc") as a, mrcfile.open(tmp_path / "res.mrc") as b:
+        np.testing.assert_allclose(b.data, a.data, rtol=1e-5, atol=1e-5 * float(np.abs(a.data).max()))
+        assert a.voxel_size == b.voxel_size
+        for field in ("dmin", "dmax", "dmean", "rms"):
+            np.testing.assert_allclose(float(b.header[field]), float(a.header[field]), rtol=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["host.mrc", "res.mrc", "tomo.mrc"]
+
+
+def test_a_write_failing_during_the_copy_back_leaves_nothing(net3d, tmp_path, monkeypatch):
+    import errno
+
+    src = _tomo(tmp_path)
+    monkeypatch.setattr(resident_module, "COPY_SLAB_BYTES", 5 * 40 * 40 * 4)
+    real = os.pwrite
+    calls = []
+
+    def fail_second(fd, buf, offset):
+        calls.append(offset)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, buf, offset)
+
+    monkeypatch.setattr(os, "pwrite", fail_second)
+    with pytest.raises(OSError, match="No space"):
+        denoise_file(src, tmp_path / "res.mrc", net3d, device="cpu", precision="fp32", resident=True, overlap=8)
+    assert len(calls) >= 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tomo.mrc"]
+
+
+def test_resampled_runs_are_written_whole(net3d, tmp_path, monkeypatch):
+    """Resampled back to the input's grid, the network's rows are not the output's: no row writes."""
+    from napari_cryoden.io import MrcRowWriter
+    from napari_cryoden.models.registry import LoadedModel
+
+    src = _tomo(tmp_path, (12, 40, 40))
+    lm = LoadedModel.from_module(net3d, name="fast-test", ndim=3)
+    lm.card = {"voxel_size_A": 15.0}
+    started = []
+    monkeypatch.setattr(MrcRowWriter, "__init__", lambda self, *a, **k: started.append(a))
+    info = {}
+    denoise_file(src, tmp_path / "res.mrc", lm, device="cpu", precision="fp32", resident=True, overlap=8,
+                 info=info)
+    assert info["resample_plan"].resampled and started == []
+    with mrcfile.open(tmp_path / "res.mrc") as mrc:
+        assert mrc.data.shape == (12, 40, 40)
+
+
 def test_write_mrc_with_known_stats_writes_the_same_file(tmp_path):
     from napari_cryoden.io import write_mrc
 
@@ -217,8 +302,10 @@ def test_cuda_copies_in_slabs(monkeypatch):
     assert tensor.device.type == "cuda"
     np.testing.assert_array_equal(tensor.cpu().numpy(), vol.astype(np.float32))
     out = np.zeros(vol.shape, dtype=np.float32)
-    to_host(tensor + 1, out)
+    seen = []
+    to_host(tensor + 1, out, on_slab=lambda a, b: seen.append((a, b, bool((out[a:b] == vol[a:b] + 1).all()))))
     np.testing.assert_array_equal(out, vol.astype(np.float32) + 1)
+    assert seen == [(0, 3, True), (3, 6, True), (6, 9, True), (9, 12, True), (12, 13, True)]
 
 
 @cuda

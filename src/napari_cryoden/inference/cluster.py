@@ -581,7 +581,8 @@ def iter_split_denoise_file(
     groups = _task_groups(len(tiles), g.batch, threads * max(1, int(tasks_per_thread)),
                           max(1, MAX_TASK_BYTES // max(1, core_bytes)))
 
-    def gather(out: np.ndarray | None) -> Generator[tuple[int, int], None, np.ndarray]:
+    def gather(out: np.ndarray | None, on_rows=None) -> Generator[tuple[int, int], None, np.ndarray]:
+        # `on_rows` is not called: the cores come back in any order, and the whole file is written at the end
         if out is None:
             out = np.empty(shape, dtype=np.float32)
         out_view = out if plan.mode != "image" else out[None]

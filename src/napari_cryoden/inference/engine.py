@@ -759,6 +759,7 @@ def iter_denoise(
     whole_first_axis: bool = False,
     resident: bool | None = None,
     timings: dict | None = None,
+    on_rows: Callable[[int, int], None] | None = None,
 ) -> Generator[tuple[int, int], None, np.ndarray]:
     """Denoise tile by tile, yielding ``(tiles_done, tiles_total)``; returns the output array.
 
@@ -778,6 +779,12 @@ def iter_denoise(
 
     `timings`, a dict, receives the seconds spent per stage (:data:`~napari_cryoden.inference.
     timing.STAGES`); the CUDA device is synchronised around each stage, for benchmarks.
+
+    `on_rows(start, stop)` is called when rows ``[start, stop)`` of the output along its first
+    axis are final, in order, covering the whole output before the generator returns: a resident
+    run calls it slab after slab as the output comes back from the device, so the caller can
+    write those rows to a file while the next ones come back
+    (:class:`~napari_cryoden.io.mrc.MrcRowWriter`); a tile-by-tile run calls it once at the end.
 
     Yields
     ------
@@ -843,7 +850,9 @@ def iter_denoise(
         with stages("stitch"):
             if info is not None:
                 info["header_stats"] = tensor_stats(dout)
-        to_host(dout, out, stages)
+        to_host(dout, out, stages, on_slab=on_rows)
+    elif on_rows is not None:
+        on_rows(0, out.shape[0])
     return out
 
 

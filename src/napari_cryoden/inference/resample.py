@@ -431,7 +431,9 @@ def iter_denoise_resampled(
     **kwargs
         Other keyword arguments of :func:`~napari_cryoden.inference.iter_denoise` (`tile`,
         `overlap`, `device`, `precision`, `batch_size`, `image_stack`, `memory_bytes`, `stats`:
-        statistics on the model's grid, e.g. of a whole stack when denoising one slice of it).
+        statistics on the model's grid, e.g. of a whole stack when denoising one slice of it;
+        `on_rows`, passed on only when the network's grid is the output's: without resampling,
+        or ``"binned"``).
 
     Returns
     -------
@@ -457,6 +459,8 @@ def iter_denoise_resampled(
         }
     if not plan.resampled:
         return (yield from inference.iter_denoise(volume, model, out=out, info=info, nonfinite=nonfinite, **kwargs))
+    if plan.mode != "binned":
+        kwargs.pop("on_rows", None)  # the network's grid is not the output's
     lm = engine.as_model(model)
     engine.check_input(volume, lm, nonfinite=nonfinite, image_stack=bool(kwargs.get("image_stack", False)))
     n_bad = engine.count_nonfinite(volume)

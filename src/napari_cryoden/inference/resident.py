@@ -10,6 +10,7 @@ pinned host buffers, so reading or writing one slab on the host overlaps the cop
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -140,7 +141,8 @@ def to_device(volume: np.ndarray, dev: torch.device, stages: Stages | None = Non
     return dst
 
 
-def to_host(tensor: torch.Tensor, out: np.ndarray, stages: Stages | None = None) -> None:
+def to_host(tensor: torch.Tensor, out: np.ndarray, stages: Stages | None = None,
+            on_slab: Callable[[int, int], None] | None = None) -> None:
     """Copy the float32 `tensor` into `out`.
 
     On CUDA in slabs along the first axis through two pinned buffers: copying one slab into `out`
@@ -154,15 +156,23 @@ def to_host(tensor: torch.Tensor, out: np.ndarray, stages: Stages | None = None)
         Same shape as `tensor`; overwritten.
     stages : Stages, optional
         Charges the whole copy to "d2h".
+    on_slab : callable(start: int, stop: int), optional
+        Called as soon as ``out[start:stop]`` holds its rows, slab after slab in order (on every
+        device), while the next slab is still being copied: e.g. to write them to a file
+        (:class:`~napari_cryoden.io.mrc.MrcRowWriter`).
     """
     stages = stages or Stages()
+    shape = tuple(tensor.shape)
+    slabs, per = _slabs(shape)
     with stages("d2h"):
         if tensor.device.type != "cuda":
-            np.copyto(out, tensor.numpy())
-            release_pages(out)
+            host = tensor.numpy()
+            for a, b in slabs if on_slab is not None else [(0, shape[0])]:
+                np.copyto(out[a:b], host[a:b])
+                release_pages(out)
+                if on_slab is not None:
+                    on_slab(a, b)
             return
-        shape = tuple(tensor.shape)
-        slabs, per = _slabs(shape)
         bufs = _pinned_pair((slabs[0][1] - slabs[0][0]) * per)
         pending: list[tuple] = []
 
@@ -171,6 +181,8 @@ def to_host(tensor: torch.Tensor, out: np.ndarray, stages: Stages | None = None)
             event.synchronize()
             np.copyto(out[a:b], host.numpy())
             release_pages(out)
+            if on_slab is not None:
+                on_slab(a, b)
 
         for i, (a, b) in enumerate(slabs):
             host = bufs[i % 2][: (b - a) * per].view(b - a, *shape[1:])

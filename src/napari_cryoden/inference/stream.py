@@ -238,28 +238,52 @@ def write_denoised(
     src: Path, dst: Path, shape: tuple[int, ...], voxel_size, label: str, fill, *, overwrite: bool, streamed: bool,
     header=None, info: dict | None = None, stages: Stages | None = None,
 ) -> Generator[tuple[int, int], None, None]:
-    """Write the float32 output `dst` atomically while `fill(out)` computes it, yielding its
-    progress (a streamed output's disk space is reserved first, :func:`reserve_space`).
+    """Write the float32 output `dst` atomically while `fill(out, on_rows)` computes it, yielding
+    its progress (a streamed output's disk space is reserved first, :func:`reserve_space`).
 
-    `fill(out)` is a generator that writes the denoised volume into `out` and returns it; given
-    None (in-memory outputs) it allocates the array itself. Streamed outputs are memory-mapped
-    MRC files in the temporary file of :func:`~napari_cryoden.io.atomic_path`, finished with the
-    voxel size, the label and the header statistics; others go through
+    `fill(out, on_rows)` is a generator that writes the denoised volume into `out` and returns
+    it; given None (compressed outputs) it allocates the array itself. It may call
+    ``on_rows(start, stop)`` when rows of `out` along its first axis are final, in order (the
+    `on_rows` of :func:`~napari_cryoden.inference.iter_denoise`). Streamed outputs are
+    memory-mapped MRC files in the temporary file of :func:`~napari_cryoden.io.atomic_path`,
+    finished with the voxel size, the label and the header statistics; others go through
     :func:`~napari_cryoden.io.write_mrc`, which never writes over `src`. `header` (an
     :class:`~napari_cryoden.io.mrc.HeaderFields`) carries the input's header fields into both;
-    `voxel_size` None keeps the header's own. Header statistics that
-    the run left in ``info["header_stats"]`` (a resident run takes them on the device) are
-    written as they are, instead of being computed from the output again.
+    `voxel_size` None keeps the header's own. Header statistics that the run left in
+    ``info["header_stats"]`` (a resident run takes them on the device) are written as they are,
+    instead of being computed from the output again; when they are known at the first
+    ``on_rows``, an uncompressed in-memory output is written row block by row block on a
+    background thread while the next rows come back from the device
+    (:class:`~napari_cryoden.io.mrc.MrcRowWriter`).
     """
     stages = stages or Stages()
     info = {} if info is None else info
     if not streamed:
-        from ..io import write_mrc
+        from ..io import MrcRowWriter, write_mrc
 
-        result = yield from fill(None)
-        with stages("write"):
-            write_mrc(dst, result, voxel_size, overwrite=overwrite, protect=(src,), label=label, header=header,
-                      stats=info.get("header_stats"))
+        if any(s.lower() in _COMPRESSED for s in dst.suffixes[-1:]):
+            out, on_rows = None, None
+        else:
+            out = np.empty(tuple(shape), dtype=np.float32)
+            writer: list = []
+
+            def on_rows(start: int, stop: int) -> None:
+                if not writer and info.get("header_stats") is not None:
+                    writer.append(MrcRowWriter(dst, tuple(shape), voxel_size, info["header_stats"],
+                                               overwrite=overwrite, protect=(src,), label=label, header=header))
+                if writer:
+                    writer[0].write(start, out[start:stop])
+        try:
+            result = yield from fill(out, on_rows)
+            with stages("write"):
+                if on_rows is not None and writer:
+                    writer.pop().close()
+                else:
+                    write_mrc(dst, result, voxel_size, overwrite=overwrite, protect=(src,), label=label,
+                              header=header, stats=info.get("header_stats"))
+        finally:
+            if on_rows is not None and writer:  # an error or a cancel: the file goes
+                writer.pop().abort()
         return
     import mrcfile
 
@@ -271,7 +295,7 @@ def write_denoised(
                                exttyp=exttyp)
         try:
             reserve_space(tmp, dst)
-            yield from fill(mrc.data)
+            yield from fill(mrc.data, None)
             with stages("write"):
                 finish_header(mrc, tuple(shape), voxel_size, label, header)
                 h = mrc.header
@@ -390,8 +414,8 @@ def iter_denoise_file(
                   nonfinite=nonfinite, info=info, image_stack=stack, memory_bytes=memory_bytes, resident=resident,
                   timings=timings)
 
-    def fill(out):
-        steps = resampling.iter_denoise_resampled(data, lm, plan, out=out, **kwargs)
+    def fill(out, on_rows):
+        steps = resampling.iter_denoise_resampled(data, lm, plan, out=out, on_rows=on_rows, **kwargs)
         if volume.metadata.get("memory_mapped"):
             steps = while_file_whole(src, steps)
         result = yield from steps

@@ -13,6 +13,7 @@ cryo-microscopy and tomography. J. Struct. Biol. 192(2), 146-150. doi:10.1016/j.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import math
 import gzip
 import os
@@ -29,6 +30,7 @@ __all__ = [
     "MRC_EXTENSIONS",
     "HeaderFields",
     "MrcError",
+    "MrcRowWriter",
     "MrcVolume",
     "check_mrc_header",
     "finish_header",
@@ -601,18 +603,14 @@ def write_mrc(
     import mrcfile
 
     path = Path(path)
-    for p in protect:
-        if path.exists() and same_file(path, p):
-            raise MrcError(f"{path}: refusing to write the output over the input file")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: exists; pass overwrite to replace it")
+    _check_target(path, overwrite, protect)
     arr = np.asarray(data)
     if arr.ndim not in (2, 3) or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise MrcError(f"{path}: can only write 2D or 3D real arrays, got {arr.ndim}D {arr.dtype}")
     compression = {".gz": "gzip", ".bz2": "bzip2"}.get(_split_suffix(path)[1])
     if stats is not None and compression is None:
-        with atomic_path(path, overwrite=overwrite) as tmp:
-            _write_with_stats(tmp, arr, voxel_size, label, header, stats)
+        with MrcRowWriter(path, arr.shape, voxel_size, stats, overwrite=overwrite, label=label, header=header) as rows:
+            rows.write(0, arr)
         return path
     with atomic_path(path, overwrite=overwrite) as tmp:
         # mrcfile's statistics are float32 sums: the mean and rms overflow near 1e38 (fixed below)
@@ -649,26 +647,179 @@ def finish_header(mrc, shape: tuple[int, ...], voxel_size, label: str | None, he
     mrc.voxel_size = (vs_zyx[2], vs_zyx[1], vs_zyx[0])
 
 
-def _write_with_stats(tmp: Path, arr: np.ndarray, voxel_size, label: str | None, header: HeaderFields | None,
-                      stats) -> None:
-    """:func:`write_mrc` with known header statistics: the header (mrcfile, on an empty file of
-    the right size), then the float32 data appended with plain writes, no pass over the data
-    but the copy itself."""
-    import mrcfile
+def _check_target(path: Path, overwrite: bool, protect) -> None:
+    """Refuse an output that is one of the `protect`ed inputs (MrcError) or that exists without
+    `overwrite` (FileExistsError)."""
+    for p in protect:
+        if path.exists() and same_file(path, p):
+            raise MrcError(f"{path}: refusing to write the output over the input file")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: exists; pass overwrite to replace it")
 
-    ext, exttyp = header.extended_for(arr.shape) if header is not None else (None, None)
-    with mrcfile.new_mmap(tmp, shape=arr.shape, mrc_mode=2, overwrite=True, extended_header=ext,
-                          exttyp=exttyp) as mrc:
-        finish_header(mrc, arr.shape, voxel_size, label, header)
-        h = mrc.header
-        h.dmin, h.dmax, h.dmean, h.rms = stats
-        offset = h.nbytes + mrc.extended_header.nbytes
-    flat = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)  # no copy for float32 C-order data
-    step = 16 * 1024**2  # float32 values per write
-    with open(tmp, "r+b") as fh:
-        fh.seek(offset)
-        for start in range(0, flat.size, step):
-            fh.write(memoryview(flat[start : start + step]).cast("B"))
+
+class _Aborted(Exception):
+    """Thrown into the atomic write of an aborted :class:`MrcRowWriter`, so that it removes its file."""
+
+
+class MrcRowWriter:
+    """Write a float32 MRC file atomically from its rows, given in order as they are computed.
+
+    The header, with the statistics known beforehand (a GPU run takes them on the device), is
+    written first. Each block of rows (a slab along the first axis: Z of a tomogram, Y of an
+    image, N of a stack) given to :meth:`write` then goes to the file on a background thread, so
+    the caller computes or copies the next rows (for example from the GPU) while the last ones
+    are written. :meth:`close` waits for the writes and renames the file into place. On any
+    error, or :meth:`abort`, the temporary file is removed and `path` is left as it was. As a
+    context manager it closes on success and aborts on an exception.
+
+    Parameters
+    ----------
+    path : path-like
+        Output, uncompressed.
+    shape : tuple of int
+        (Z, Y, X), (Y, X) or (N, Y, X) of the float32 data.
+    voxel_size : float or tuple of float or None
+        As for :func:`write_mrc`.
+    stats : (min, max, mean, std) of float
+        The header statistics of the whole data, in its units.
+    overwrite, protect, label, header
+        As for :func:`write_mrc`.
+
+    Raises
+    ------
+    FileExistsError
+        If `path` exists and `overwrite` is False.
+    MrcError
+        If `path` is one of `protect`, or `shape` is not 2D/3D with at least one voxel.
+    OSError
+        From :meth:`write` or :meth:`close` when the disk fails (``ENOSPC`` for a full disk);
+        nothing is left behind.
+    """
+
+    #: Largest single write, bytes.
+    CHUNK_BYTES = 64 * 1024**2
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], voxel_size, stats, *,
+                 overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = (), label: str | None = None,
+                 header: HeaderFields | None = None):
+        import mrcfile
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.path = Path(path)
+        self.shape = tuple(int(n) for n in shape)
+        if len(self.shape) not in (2, 3) or min(self.shape) < 1:
+            raise MrcError(f"{self.path}: can only write 2D or 3D data with voxels, got shape {self.shape}")
+        _check_target(self.path, overwrite, protect)
+        self._row_bytes = 4 * math.prod(self.shape[1:])
+        self._next = 0
+        self._futures: list = []
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(atomic_path(self.path, overwrite=overwrite))
+        try:
+            ext, exttyp = header.extended_for(self.shape) if header is not None else (None, None)
+            with mrcfile.new_mmap(tmp, shape=self.shape, mrc_mode=2, overwrite=True, extended_header=ext,
+                                  exttyp=exttyp) as mrc:
+                finish_header(mrc, self.shape, voxel_size, label, header)
+                h = mrc.header
+                h.dmin, h.dmax, h.dmean, h.rms = stats
+                self._offset = int(h.nbytes + mrc.extended_header.nbytes)
+            self._fd = os.open(tmp, os.O_WRONLY)
+            self._stack.callback(os.close, self._fd)  # closed before the rename
+        except BaseException as exc:
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryoden-mrc-writer")
+        self._open = True
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
+        while len(data):
+            done = os.pwrite(self._fd, data[: self.CHUNK_BYTES], offset)
+            data, offset = data[done:], offset + done
+
+    def _check_writes(self, wait: bool) -> None:
+        """Raise the error of a failed write; forget the writes done (all of them, waiting, if `wait`)."""
+        while self._futures and (wait or self._futures[0].done()):
+            self._futures.pop(0).result()
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """Queue rows ``[start, start + len(rows))``: `start` is the first row not yet given.
+
+        Parameters
+        ----------
+        start : int
+        rows : ndarray of float32, (n, *shape[1:])
+            Must stay unchanged until the file is closed (no copy is taken of C-ordered float32
+            rows, e.g. a slab of the output array).
+
+        Raises
+        ------
+        ValueError
+            For rows out of order or of the wrong shape (the file is aborted).
+        OSError
+            If an earlier write failed (the file is aborted).
+        """
+        try:
+            if not self._open:
+                raise ValueError(f"{self.path}: the writer is closed")
+            rows = np.ascontiguousarray(rows, dtype=np.float32)
+            if start != self._next or rows.ndim != len(self.shape) or rows.shape[1:] != self.shape[1:] \
+                    or start + rows.shape[0] > self.shape[0]:
+                raise ValueError(f"{self.path}: expected rows from {self._next} of shape (n, "
+                                 f"{', '.join(map(str, self.shape[1:]))}), got {rows.shape} from {start}")
+            self._check_writes(wait=False)
+            self._next += rows.shape[0]
+            data = memoryview(rows.reshape(-1)).cast("B")
+            self._futures.append(self._pool.submit(self._pwrite, data, self._offset + start * self._row_bytes))
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    def close(self) -> Path:
+        """Wait for the writes and put the file in place; returns its path.
+
+        Raises
+        ------
+        ValueError
+            If not every row was given (the file is aborted).
+        OSError
+            If a write failed (the file is aborted).
+        """
+        if not self._open:
+            raise ValueError(f"{self.path}: the writer is closed")
+        try:
+            self._check_writes(wait=True)
+            if self._next != self.shape[0]:
+                raise ValueError(f"{self.path}: {self._next} of {self.shape[0]} rows were given")
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        self._open = False
+        self._pool.shutdown()
+        self._stack.close()  # closes the file, then renames it into place
+        return self.path
+
+    def abort(self) -> None:
+        """Stop writing and remove the temporary file; `path` is left as it was. Idempotent."""
+        self._fail(_Aborted())
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._open:
+            return
+        self._open = False
+        for future in self._futures:
+            future.cancel()
+        self._pool.shutdown(wait=True)  # a write under way ends before its file goes
+        self._futures.clear()
+        self._stack.__exit__(type(exc), exc, exc.__traceback__)
+
+    def __enter__(self) -> MrcRowWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def clip_header_stats(lo: float, hi: float, mean: float, std: float) -> tuple[float, float, float, float]:
