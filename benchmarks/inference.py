@@ -234,11 +234,22 @@ def run_case(spec: dict) -> dict:
 
 
 #: Engine variants of ``--breakdown``: "before" is the tile-by-tile host path with the settings
-#: of the code before the resident path (contiguous memory and no cuDNN autotuning on CUDA).
+#: of the code before the resident path (contiguous memory, no cuDNN autotuning, no reading
+#: ahead on CUDA, the output written whole at the end). "read_ahead" reads the next batch of
+#: tiles on a thread (:mod:`napari_cryoden.inference.prefetch`; default on CUDA only);
+#: "row_writes" False writes a resident run's output whole after it came back, instead of slab
+#: by slab while it comes back (:data:`napari_cryoden.inference.stream.ROW_WRITES`).
 VARIANTS = {
-    "cpu": {"host": {"resident": False}},
+    "cpu": {
+        "host": {"resident": False},
+        "host, read ahead": {"resident": False, "read_ahead": True},
+    },
     "cuda": {
-        "before": {"resident": False, "channels_last": False, "cudnn_benchmark": False},
+        "before": {"resident": False, "channels_last": False, "cudnn_benchmark": False, "read_ahead": False,
+                   "row_writes": False},
+        "host, read ahead": {"resident": False, "channels_last": False, "cudnn_benchmark": False, "read_ahead": True},
+        "resident, written whole": {"resident": None, "channels_last": False, "cudnn_benchmark": False,
+                                    "row_writes": False},
         "resident": {"resident": None, "channels_last": False, "cudnn_benchmark": False},
         "resident, contiguous": {"resident": None, "channels_last": False, "cudnn_benchmark": True},
         "resident, no autotune": {"resident": None, "channels_last": True, "cudnn_benchmark": False},
@@ -268,12 +279,16 @@ def run_breakdown_case(spec: dict) -> dict:
     """One model, device and engine variant, in this (child) process: see ``--breakdown``."""
     import torch
 
-    from napari_cryoden.inference import denoise_file, engine, plan_geometry, resolve_device, resolve_precision
+    from napari_cryoden.inference import (denoise_file, engine, plan_geometry, prefetch, resolve_device,
+                                          resolve_precision, stream)
     from napari_cryoden.models import load_model
 
     variant = spec["variant"]
     engine.CUDA_CHANNELS_LAST = variant.get("channels_last", engine.CUDA_CHANNELS_LAST)
     engine.CUDA_CUDNN_BENCHMARK = variant.get("cudnn_benchmark", engine.CUDA_CUDNN_BENCHMARK)
+    if "read_ahead" in variant:
+        prefetch.PREFETCH_DEVICES = ("cpu", "cuda") if variant["read_ahead"] else ()
+    stream.ROW_WRITES = variant.get("row_writes", stream.ROW_WRITES)
     device = resolve_device(spec["device"])
     precision = resolve_precision("auto", device)
     model = load_model(spec["model"])
@@ -614,7 +629,7 @@ def main(argv=None) -> int:
     parser.add_argument("--breakdown", action="store_true",
                         help="time each stage of a run, per device and engine variant, instead of the table")
     parser.add_argument("--variants", nargs="+", default=None,
-                        help=f"--breakdown variants (default: all; CUDA: {', '.join(VARIANTS['cuda'])})")
+                        help=f"--breakdown variants (default: all; CUDA: {'; '.join(repr(v) for v in VARIANTS['cuda'])})")
     parser.add_argument("--batch", type=int, default=0, metavar="N",
                         help="--breakdown: also denoise N copies of the input one after the other")
     args = parser.parse_args(argv)

@@ -13,22 +13,6 @@ from napari_cryoden.models.registry import LoadedModel
 FP32 = {"device": "cpu", "precision": "fp32", "overlap": 24}  # covers the receptive field: tiling-invariant
 
 
-class Fussy(torch.nn.Module):
-    """Wraps a network; raises CUDA's out-of-memory error for inputs above `limit` voxels."""
-
-    stride = 8
-
-    def __init__(self, net, limit):
-        super().__init__()
-        self.net, self.limit, self.sizes = net, limit, []
-
-    def forward(self, x):
-        self.sizes.append(x.numel())
-        if x.numel() > self.limit:
-            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {x.numel() * 4} bytes")
-        return self.net(x)
-
-
 @pytest.fixture
 def net():
     torch.manual_seed(0)
@@ -40,9 +24,9 @@ def vol(rng):
     return rng.normal(size=(16, 48, 40)).astype(np.float32)
 
 
-def test_out_of_memory_halves_the_tile_and_gives_the_same_result(net, vol, caplog):
+def test_out_of_memory_halves_the_tile_and_gives_the_same_result(net, vol, fussy_net, caplog):
     expected = denoise(vol, net, tile=(16, 48, 40), **FP32)
-    fussy = Fussy(net, limit=56 * 72 * 72)  # the whole volume (64x96x88) does not fit; its halves do
+    fussy = fussy_net(net, limit=56 * 72 * 72)  # the whole volume (64x96x88) does not fit; its halves do
     info = {}
     with caplog.at_level(logging.WARNING, logger="napari_cryoden.inference.engine"):
         out = denoise(vol, LoadedModel.from_module(fussy), tile=(16, 48, 40), info=info, **FP32)
@@ -52,10 +36,10 @@ def test_out_of_memory_halves_the_tile_and_gives_the_same_result(net, vol, caplo
     assert max(fussy.sizes[1:]) <= fussy.limit  # after the first refusal, only tiles that fit
 
 
-def test_out_of_memory_on_a_batch_goes_one_tile_at_a_time(net, vol, caplog):
+def test_out_of_memory_on_a_batch_goes_one_tile_at_a_time(net, vol, fussy_net, caplog):
     expected = denoise(vol, net, tile=(16, 16, 16), batch_size=1, **FP32)
     one_tile = 64**3
-    fussy = Fussy(net, limit=one_tile)
+    fussy = fussy_net(net, limit=one_tile)
     with caplog.at_level(logging.WARNING, logger="napari_cryoden.inference.engine"):
         out = denoise(vol, LoadedModel.from_module(fussy), tile=(16, 16, 16), batch_size=4, **FP32)
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-4 * vol.std())
@@ -63,8 +47,8 @@ def test_out_of_memory_on_a_batch_goes_one_tile_at_a_time(net, vol, caplog):
     assert sum(size > one_tile for size in fussy.sizes) == 1  # the batch size dropped after the first failure
 
 
-def test_out_of_memory_on_the_smallest_tile_is_a_memory_error(net, vol):
-    fussy = Fussy(net, limit=10)
+def test_out_of_memory_on_the_smallest_tile_is_a_memory_error(net, vol, fussy_net):
+    fussy = fussy_net(net, limit=10)
     with pytest.raises(MemoryError, match="smallest"):
         denoise(vol, LoadedModel.from_module(fussy), tile=16, **FP32)
 

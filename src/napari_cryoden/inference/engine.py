@@ -27,6 +27,7 @@ from .normalize import robust_stats, robust_stats_tensor
 from .tiling import (Geometry, Tile, auto_geometry, plan_tiles, read_tile, release_pages,
                      split_tile)
 from .measure import DEFAULT_OVERLAP, activation_bytes_per_voxel, model_overlap, receptive_margin
+from . import prefetch
 from .resident import gather_tile, resident_bytes, tensor_stats, to_device, to_host, use_resident
 from .timing import Stages
 
@@ -402,6 +403,7 @@ class _Runner:
         self.two_d = plan.mode != "volume"
         self.split_depth = 0  # after running out of memory, later tiles are cut this many times
         self.splits = 0
+        self.prefetcher: prefetch.Prefetcher | None = None
 
     def _read(self, t: Tile) -> np.ndarray:
         block = read_tile(self.view, t)
@@ -411,13 +413,39 @@ class _Runner:
         block /= self.scale
         return block
 
+    def _host_batch(self, tiles: list[Tile]) -> np.ndarray:
+        """The normalised tiles as one (B, 1, Z, Y, X) float32 batch on the host ((B, 1, Y, X) for 2D)."""
+        x = np.stack([self._read(t) for t in tiles])[:, None]  # (B, 1, Z, Y, X)
+        release_pages(self.view)  # a memory-mapped input's pages are not needed during the forward
+        if self.two_d:
+            x = x[:, :, 0]  # (B, 1, Y, X): one slice per tile
+        return x
+
+    def read_ahead(self, tiles: list[Tile]) -> None:
+        """Start reading the batch of `tiles` on a background thread (on :data:`~napari_cryoden.
+        inference.prefetch.PREFETCH_DEVICES`), to be taken by the next forward pass over them."""
+        if self.dev.type not in prefetch.PREFETCH_DEVICES:
+            return
+        if self.prefetcher is None:
+            self.prefetcher = prefetch.Prefetcher(self._host_batch, self.dev)
+        self.prefetcher.ahead(tiles)
+
+    def close(self) -> None:
+        """Stop reading ahead."""
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+            self.prefetcher = None
+
     def _inputs(self, tiles: list[Tile]) -> torch.Tensor:
-        """The normalised tiles as one (B, 1, Z, Y, X) batch on the device ((B, 1, Y, X) for 2D)."""
+        """The normalised tiles as one (B, 1, Z, Y, X) batch on the device ((B, 1, Y, X) for 2D):
+        read ahead, or read now."""
+        if self.prefetcher is not None:
+            with self.stages("read"):  # waiting for the background read
+                xt = self.prefetcher.take(tiles)
+            if xt is not None:
+                return xt.contiguous(memory_format=self.memory_format)
         with self.stages("read"):
-            x = np.stack([self._read(t) for t in tiles])[:, None]  # (B, 1, Z, Y, X)
-            release_pages(self.view)  # a memory-mapped input's pages are not needed during the forward
-            if self.two_d:
-                x = x[:, :, 0]  # (B, 1, Y, X): one slice per tile
+            x = self._host_batch(tiles)
         with self.stages("h2d"):
             return torch.from_numpy(x).to(self.dev, non_blocking=True).contiguous(memory_format=self.memory_format)
 
@@ -836,15 +864,21 @@ def iter_denoise(
     total = len(tiles)
     yield 0, total
     done, batch = 0, g.batch
-    while done < total:
-        chunk = tiles[done : done + batch]
-        batch = runner.run_batch(chunk)
-        done += len(chunk)
-        release_pages(vol)
-        release_pages(out)
-        if info is not None:
-            info["oom_splits"] = runner.splits
-        yield done, total
+    try:
+        while done < total:
+            chunk = tiles[done : done + batch]
+            if dvol is None:  # the next batch is read while this one runs (on a GPU)
+                runner.read_ahead(chunk)
+                runner.read_ahead(tiles[done + len(chunk) : done + len(chunk) + batch])
+            batch = runner.run_batch(chunk)
+            done += len(chunk)
+            release_pages(vol)
+            release_pages(out)
+            if info is not None:
+                info["oom_splits"] = runner.splits
+            yield done, total
+    finally:
+        runner.close()
     if dvol is not None:
         del view, dvol
         with stages("stitch"):

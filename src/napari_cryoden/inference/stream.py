@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 _COMPRESSED = (".gz", ".bz2")
+#: Write an in-memory output row block by row block while a resident run brings it back from
+#: the device, when its header statistics are known first (False: whole, at the end).
+ROW_WRITES = True
 
 
 def is_image_stack_path(path) -> bool:
@@ -261,7 +264,7 @@ def write_denoised(
     if not streamed:
         from ..io import MrcRowWriter, write_mrc
 
-        if any(s.lower() in _COMPRESSED for s in dst.suffixes[-1:]):
+        if not ROW_WRITES or any(s.lower() in _COMPRESSED for s in dst.suffixes[-1:]):
             out, on_rows = None, None
         else:
             out = np.empty(tuple(shape), dtype=np.float32)
