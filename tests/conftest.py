@@ -59,6 +59,28 @@ def drain(gen):
             return stop.value
 
 
+@pytest.fixture
+def fussy_net():
+    """A class wrapping a network that raises CUDA's out-of-memory error for inputs above `limit`
+    voxels: ``fussy_net(net, limit)``; its ``sizes`` lists the input sizes it was given."""
+    import torch
+
+    class Fussy(torch.nn.Module):
+        stride = 8
+
+        def __init__(self, net, limit):
+            super().__init__()
+            self.net, self.limit, self.sizes = net, limit, []
+
+        def forward(self, x):
+            self.sizes.append(x.numel())
+            if x.numel() > self.limit:
+                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {x.numel() * 4} bytes")
+            return self.net(x)
+
+    return Fussy
+
+
 def cli_imports(argvs: Sequence[Sequence[str]], modules: Sequence[str], expect: str) -> list[str]:
     """Which of `modules` ``cryoden ARGV`` imports, for each ARGV in turn, in a fresh interpreter.
 

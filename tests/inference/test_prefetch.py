@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import drain  # tests/conftest.py (tests/ is on sys.path)
+
 from napari_cryoden.inference import engine, prefetch
 from napari_cryoden.inference.engine import iter_denoise
 from napari_cryoden.inference.stream import denoise_file
@@ -24,14 +26,6 @@ from napari_cryoden.models.networks import N2NUNet2D
 from napari_cryoden.models.registry import LoadedModel
 
 FP32 = {"device": "cpu", "precision": "fp32"}
-
-
-def _drive(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
 
 
 @contextmanager
@@ -78,7 +72,7 @@ def _volume(shape, seed=0):
 def test_off_on_the_cpu_by_default(net3d):
     assert "cpu" not in prefetch.PREFETCH_DEVICES
     vol = _volume((16, 32, 32))
-    _drive(iter_denoise(vol, net3d, tile=16, overlap=8, batch_size=2, **FP32))
+    drain(iter_denoise(vol, net3d, tile=16, overlap=8, batch_size=2, **FP32))
     assert _readers() == []
 
 
@@ -87,10 +81,10 @@ def test_read_ahead_gives_the_same_volume(net3d, on_cpu, batch):
     vol = _volume((20, 40, 36))
     vol[3, 5, 7] = np.nan  # replaced on the thread as in line
     on_cpu.clear()
-    got = _drive(iter_denoise(vol, net3d, tile=16, overlap=8, batch_size=batch, **FP32))
+    got = drain(iter_denoise(vol, net3d, tile=16, overlap=8, batch_size=batch, **FP32))
     assert on_cpu and all(on_cpu)  # every batch came from the thread
     with _inline():
-        expected = _drive(iter_denoise(vol, net3d, tile=16, overlap=8, batch_size=batch, **FP32))
+        expected = drain(iter_denoise(vol, net3d, tile=16, overlap=8, batch_size=batch, **FP32))
     np.testing.assert_array_equal(got, expected)
     assert _readers() == []  # the thread ends with the run
 
@@ -99,10 +93,10 @@ def test_read_ahead_for_a_2d_stack(on_cpu):
     torch.manual_seed(0)
     lm = LoadedModel.from_module(N2NUNet2D(), name="n2n-2d-test", ndim=2)
     stack = _volume((3, 40, 72), seed=1)
-    got = _drive(iter_denoise(stack, lm, tile=32, overlap=16, batch_size=4, **FP32))
+    got = drain(iter_denoise(stack, lm, tile=32, overlap=16, batch_size=4, **FP32))
     assert on_cpu and all(on_cpu)
     with _inline():
-        expected = _drive(iter_denoise(stack, lm, tile=32, overlap=16, batch_size=4, **FP32))
+        expected = drain(iter_denoise(stack, lm, tile=32, overlap=16, batch_size=4, **FP32))
     np.testing.assert_array_equal(got, expected)
 
 
@@ -132,7 +126,7 @@ def test_a_read_error_on_the_thread_reaches_the_caller(net3d, on_cpu, monkeypatc
 
     monkeypatch.setattr(engine, "read_tile", flaky)
     with pytest.raises(OSError, match="went away"):
-        _drive(iter_denoise(_volume((20, 40, 36)), net3d, tile=16, overlap=8, batch_size=2, **FP32))
+        drain(iter_denoise(_volume((20, 40, 36)), net3d, tile=16, overlap=8, batch_size=2, **FP32))
     assert any(name.startswith("cryoden-tile-reader") for name in calls)
     assert _readers() == []
 
@@ -191,7 +185,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 def test_cuda_read_ahead_matches(net3d):
     vol = _volume((40, 72, 64))
     kw = dict(tile=32, overlap=8, batch_size=2, device="cuda", precision="fp32", resident=False)
-    ahead = _drive(iter_denoise(vol, net3d, **kw))
+    ahead = drain(iter_denoise(vol, net3d, **kw))
     with _inline():
-        inline = _drive(iter_denoise(vol, net3d, **kw))
+        inline = drain(iter_denoise(vol, net3d, **kw))
     np.testing.assert_array_equal(ahead, inline)
