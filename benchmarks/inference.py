@@ -610,6 +610,50 @@ def run_preview(args, models: list[str]) -> None:
                   f"{', '.join(f'{t:.2f}' for t in times)} | {diff:.2g} (output std {full.std():.3g}) |", flush=True)
 
 
+def run_copy_back(args, devices) -> None:
+    """``--copy-back``: an output of ``--shape`` on each device, brought back and written to a file
+    (header statistics known, as in a resident run) two ways, interleaved: copied back whole and
+    then written (:func:`~napari_cryoden.io.write_mrc` with ``stats=``), or written slab by slab
+    while the next slab comes back (:class:`~napari_cryoden.io.MrcRowWriter`)."""
+    import torch
+
+    from napari_cryoden.inference.resident import tensor_stats, to_host
+    from napari_cryoden.io import MrcRowWriter, write_mrc
+
+    print(f"copy back and write: shape {tuple(args.shape)} float32 ({np.prod(args.shape) * 4 / 2**20:.0f} MiB), "
+          f"{args.repeats} repeats; torch {torch.__version__}; {os.cpu_count()} CPUs")
+    print("| device | copied back, then written: median s (runs) | written while copied back: median s (runs) | ratio |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="cryoden-bench-", dir=args.tmp) as tmp:
+        dst = Path(tmp) / "out.mrc"
+        for name in devices:
+            device = torch.device(name)
+            tensor = torch.randn(*args.shape, generator=torch.Generator().manual_seed(0)).to(device)
+            stats = tensor_stats(tensor)
+
+            def whole():
+                out = np.empty(tuple(args.shape), dtype=np.float32)
+                to_host(tensor, out)
+                write_mrc(dst, out, 1.0, overwrite=True, stats=stats)
+
+            def rows():
+                out = np.empty(tuple(args.shape), dtype=np.float32)
+                with MrcRowWriter(dst, tuple(args.shape), 1.0, stats, overwrite=True) as writer:
+                    to_host(tensor, out, on_slab=lambda a, b: writer.write(a, out[a:b]))
+
+            times: dict = {"whole": [], "rows": []}
+            whole(), rows()  # warm-up: pinned buffers, page cache
+            for _ in range(args.repeats):
+                for key, fn in (("whole", whole), ("rows", rows)):
+                    _sync(device)
+                    t = time.perf_counter()
+                    fn()
+                    times[key].append(time.perf_counter() - t)
+            a, b = (statistics.median(times[k]) for k in ("whole", "rows"))
+            runs = {k: ", ".join(f"{t:.3f}" for t in v) for k, v in times.items()}
+            print(f"| {name} | {a:.3f} ({runs['whole']}) | {b:.3f} ({runs['rows']}) | {b / a:.2f} |", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", nargs=3, type=int, default=(128, 256, 256), metavar=("Z", "Y", "X"))
@@ -630,6 +674,9 @@ def main(argv=None) -> int:
                         help="time each stage of a run, per device and engine variant, instead of the table")
     parser.add_argument("--variants", nargs="+", default=None,
                         help=f"--breakdown variants (default: all; CUDA: {'; '.join(repr(v) for v in VARIANTS['cuda'])})")
+    parser.add_argument("--copy-back", action="store_true",
+                        help="time bringing an output of --shape back from each device and writing it, whole "
+                             "after the copy or slab by slab during it, instead of the table")
     parser.add_argument("--batch", type=int, default=0, metavar="N",
                         help="--breakdown: also denoise N copies of the input one after the other")
     args = parser.parse_args(argv)
@@ -653,6 +700,9 @@ def main(argv=None) -> int:
         run_activations(args, models)
         return 0
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    if args.copy_back:
+        run_copy_back(args, devices)
+        return 0
     if args.breakdown:
         run_breakdown(args, args.models or ["upsampleunet48-gan"], devices)
         return 0
