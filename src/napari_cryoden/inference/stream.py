@@ -264,29 +264,29 @@ def write_denoised(
     if not streamed:
         from ..io import MrcRowWriter, write_mrc
 
-        if not ROW_WRITES or any(s.lower() in _COMPRESSED for s in dst.suffixes[-1:]):
-            out, on_rows = None, None
-        else:
-            out = np.empty(tuple(shape), dtype=np.float32)
-            writer: list = []
+        rows = ROW_WRITES and not any(s.lower() in _COMPRESSED for s in dst.suffixes[-1:])
+        out = np.empty(tuple(shape), dtype=np.float32) if rows else None
+        writer = None
 
-            def on_rows(start: int, stop: int) -> None:
-                if not writer and info.get("header_stats") is not None:
-                    writer.append(MrcRowWriter(dst, tuple(shape), voxel_size, info["header_stats"],
-                                               overwrite=overwrite, protect=(src,), label=label, header=header))
-                if writer:
-                    writer[0].write(start, out[start:stop])
+        def on_rows(start: int, stop: int) -> None:
+            nonlocal writer
+            if writer is None and info.get("header_stats") is not None:
+                writer = MrcRowWriter(dst, tuple(shape), voxel_size, info["header_stats"], overwrite=overwrite,
+                                      protect=(src,), label=label, header=header)
+            if writer is not None:
+                writer.write(start, out[start:stop])
+
         try:
-            result = yield from fill(out, on_rows)
+            result = yield from fill(out, on_rows if rows else None)
             with stages("write"):
-                if on_rows is not None and writer:
-                    writer.pop().close()
+                if writer is not None:
+                    writer.close()
                 else:
                     write_mrc(dst, result, voxel_size, overwrite=overwrite, protect=(src,), label=label,
                               header=header, stats=info.get("header_stats"))
         finally:
-            if on_rows is not None and writer:  # an error or a cancel: the file goes
-                writer.pop().abort()
+            if writer is not None:  # after an error or a cancel the file goes; after close() a no-op
+                writer.abort()
         return
     import mrcfile
 
